@@ -1,0 +1,110 @@
+"""A seller's connection to one channel account: secrets, API endpoint, SKU mapping, sync options.
+
+Connections are loaded from a TOML file (``[[connection]]`` tables). A webhook for a connection may only
+produce events for that connection's tenant: that is how tenants stay isolated.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, ValidationError
+
+from schemas.base import Channel, Sku, Tenant
+
+ConnectionId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
+
+
+class Listing(BaseModel):
+    """How one master SKU appears on the channel."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    listing_id: str = Field(description="The channel's id of the sellable item (e.g. a Shopify variant id).")
+    inventory_ref: str | None = Field(None, description="The channel's inventory handle, if separate.")
+
+
+class Connection(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: ConnectionId
+    tenant: Tenant
+    channel: Channel
+    webhook_secret: SecretStr
+    api_base_url: str
+    access_token: SecretStr = SecretStr("")
+    listings: dict[Sku, Listing] = Field(default_factory=dict)
+    enabled: bool = True
+    safety_buffer: int = Field(0, ge=0)
+    options: dict[str, str] = Field(default_factory=dict)
+
+    def sku_for_listing(self, listing_id: str) -> str | None:
+        for sku, listing in self.listings.items():
+            if listing.listing_id == listing_id:
+                return sku
+        return None
+
+
+class ConnectionsFileError(ValueError):
+    """The connections file is unreadable or invalid; the message names the file and the problem."""
+
+
+class ConnectionRegistry:
+    """Look-ups over the configured connections; immutable once built."""
+
+    def __init__(self, connections: Iterable[Connection]) -> None:
+        self._by_id: dict[str, Connection] = {}
+        for c in connections:
+            if c.id in self._by_id:
+                raise ConnectionsFileError(f"connection id {c.id!r} is defined twice")
+            self._by_id[c.id] = c
+
+    def get(self, connection_id: str) -> Connection | None:
+        return self._by_id.get(connection_id)
+
+    def __iter__(self) -> Iterator[Connection]:
+        return iter(self._by_id.values())
+
+    def for_channel(self, channel: str) -> list[Connection]:
+        return [c for c in self._by_id.values() if c.channel == channel and c.enabled]
+
+    @classmethod
+    def from_file(cls, path: Path) -> ConnectionRegistry:
+        try:
+            data = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConnectionsFileError(f"cannot read connections file {path}: {exc}") from exc
+        try:
+            return cls(Connection.model_validate(c) for c in data.get("connection", []))
+        except ValidationError as exc:
+            raise ConnectionsFileError(f"invalid connection in {path}:\n{exc}") from exc
+
+
+def to_toml(connections: Iterable[Connection]) -> str:
+    """Render connections as a TOML connections file (secrets included: write it with care)."""
+    out: list[str] = []
+    for c in connections:
+        out.append("[[connection]]")
+        for key in ("id", "tenant", "channel", "api_base_url"):
+            out.append(f"{key} = {_q(getattr(c, key))}")
+        out.append(f"webhook_secret = {_q(c.webhook_secret.get_secret_value())}")
+        out.append(f"access_token = {_q(c.access_token.get_secret_value())}")
+        out.append(f"enabled = {'true' if c.enabled else 'false'}")
+        out.append(f"safety_buffer = {c.safety_buffer}")
+        if c.options:
+            out.append("options = { " + ", ".join(f"{_q(k)} = {_q(v)}" for k, v in c.options.items()) + " }")
+        for sku, listing in c.listings.items():
+            out.append(f"[connection.listings.{_q(sku)}]")
+            out.append(f"listing_id = {_q(listing.listing_id)}")
+            if listing.inventory_ref is not None:
+                out.append(f"inventory_ref = {_q(listing.inventory_ref)}")
+        out.append("")
+    return "\n".join(out)
+
+
+def _q(value: str) -> str:
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'

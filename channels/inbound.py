@@ -1,0 +1,24 @@
+"""Which code verifies and normalises each channel's webhooks: the gateway's only view of channels."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from channels.connection import Connection
+from channels.shopify import webhooks as shopify
+from schemas.inventory_events import OrderPlaced
+
+Verify = Callable[[str, bytes, Mapping[str, str]], bool]
+
+
+@dataclass(frozen=True)
+class WebhookAdapter:
+    verify: Verify
+    normalise: Callable[[Connection, bytes, Mapping[str, str], datetime], list[OrderPlaced]]
+
+
+ADAPTERS: dict[str, WebhookAdapter] = {
+    "shopify": WebhookAdapter(verify=shopify.verify, normalise=shopify.normalise),
+}

@@ -1,0 +1,1 @@
+"""Fan-out: one consumer group per channel pushes the master quantity to every connection of it."""

@@ -1,0 +1,1 @@
+"""The webhook gateway: verify, normalise, make durable in Kafka, and only then answer 2xx."""

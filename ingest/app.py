@@ -1,0 +1,175 @@
+"""The gateway's aiohttp application: ``POST /webhooks/{connection_id}``, health and metrics.
+
+Contract: 200 only after every event of the webhook is acknowledged by Kafka (acks=all); if Kafka does not
+acknowledge within ``ack_timeout_s`` the answer is 503 so the channel retries (ids make retries harmless).
+401 forged/missing signature, 404 unknown connection, 413 body too large, all with nothing published. A
+signed but unusable body is answered 200 after its raw bytes are durable in the quarantine topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from channels.connection import Connection, ConnectionRegistry
+from channels.errors import PayloadError
+from channels.inbound import ADAPTERS
+from ingest.metrics import IngestMetrics
+from ingest.settings import IngestSettings
+from schemas import inventory_events, quarantine
+from schemas.base import partition_key
+from stocksync.kafka import AsyncProducer, DeliveryError, producer_config
+from stocksync.metrics import metrics_handler
+
+log = logging.getLogger(__name__)
+
+SETTINGS = web.AppKey("settings", IngestSettings)
+CONNECTIONS = web.AppKey("connections", ConnectionRegistry)
+PRODUCER = web.AppKey("producer", AsyncProducer)
+METRICS = web.AppKey("metrics", IngestMetrics)
+
+
+def _error(status: int, message: str, **extra: str) -> web.Response:
+    return web.json_response({"error": message, **extra}, status=status)
+
+
+async def _publish_all(
+    producer: AsyncProducer, records: list[tuple[str, bytes, bytes, dict[str, str]]], timeout_s: float
+) -> None:
+    sends = [producer.send(topic, value, key=key, headers=headers) for topic, key, value, headers in records]
+    await asyncio.wait_for(asyncio.gather(*sends), timeout_s)
+
+
+async def _quarantine(
+    request: web.Request, connection: Connection, body: bytes, reason: str, now: datetime
+) -> web.Response:
+    settings, metrics = request.app[SETTINGS], request.app[METRICS]
+    record = quarantine.WebhookQuarantined(
+        connection_id=connection.id,
+        channel=connection.channel,
+        reason=reason,
+        headers={k: v for k, v in request.headers.items() if k.lower() != "authorization"},
+        body_b64=base64.b64encode(body).decode(),
+        received_at=now,
+    )
+    topic = settings.kafka.topic(quarantine.TOPIC)
+    try:
+        await _publish_all(
+            request.app[PRODUCER],
+            [
+                (
+                    topic,
+                    connection.id.encode(),
+                    record.model_dump_json().encode(),
+                    {"channel": connection.channel},
+                )
+            ],
+            settings.ack_timeout_s,
+        )
+    except (TimeoutError, DeliveryError) as exc:
+        metrics.requests.labels(connection.channel, "unavailable").inc()
+        log.warning("quarantine write failed for connection %s: %s", connection.id, exc)
+        return _error(503, "event store unavailable; retry later", reason=str(exc))
+    metrics.requests.labels(connection.channel, "quarantined").inc()
+    log.warning("quarantined webhook for connection %s: %s", connection.id, reason)
+    return web.json_response({"status": "quarantined", "reason": reason})
+
+
+async def webhook(request: web.Request) -> web.Response:
+    started = time.perf_counter()
+    now = datetime.now(UTC)
+    settings, metrics = request.app[SETTINGS], request.app[METRICS]
+    connection_id = request.match_info["connection_id"]
+    connection = request.app[CONNECTIONS].get(connection_id)
+    if connection is None or not connection.enabled:
+        metrics.requests.labels("unknown", "unknown_connection").inc()
+        return _error(
+            404, f"no enabled connection {connection_id!r}: check the webhook URL set on the channel"
+        )
+    channel = connection.channel
+    adapter = ADAPTERS.get(channel)
+    if adapter is None:
+        metrics.requests.labels(channel, "unknown_connection").inc()
+        return _error(404, f"channel {channel!r} has no webhook support in this version")
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        metrics.requests.labels(channel, "too_large").inc()
+        return _error(413, f"body larger than {settings.max_body_bytes} bytes; raise INGEST_MAX_BODY_BYTES")
+    if not adapter.verify(connection.webhook_secret.get_secret_value(), body, request.headers):
+        metrics.requests.labels(channel, "unauthorized").inc()
+        return _error(401, "signature missing or invalid for this connection; check its webhook secret")
+    try:
+        events = adapter.normalise(connection, body, request.headers, now)
+    except PayloadError as exc:
+        response = await _quarantine(request, connection, body, str(exc), now)
+        metrics.ack_seconds.labels(channel).observe(time.perf_counter() - started)
+        return response
+    topic = settings.kafka.topic(inventory_events.TOPIC)
+    records: list[tuple[str, bytes, bytes, dict[str, str]]] = [
+        (
+            topic,
+            partition_key(e.tenant, e.sku),
+            inventory_events.encode(e),
+            {"channel": channel, "type": e.type},
+        )
+        for e in events
+    ]
+    try:
+        await _publish_all(request.app[PRODUCER], records, settings.ack_timeout_s)
+    except (TimeoutError, DeliveryError) as exc:
+        metrics.requests.labels(channel, "unavailable").inc()
+        log.warning("webhook for %s not stored in Kafka: %r", connection_id, exc)
+        return web.json_response(
+            {"error": "event store unavailable; the webhook was not accepted, retry later"},
+            status=503,
+            headers={"Retry-After": "5"},
+        )
+    metrics.requests.labels(channel, "accepted").inc()
+    metrics.events.labels(channel).inc(len(events))
+    metrics.ack_seconds.labels(channel).observe(time.perf_counter() - started)
+    return web.json_response({"status": "accepted", "events": [e.event_id for e in events]})
+
+
+async def healthz(_request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+def build_app(
+    settings: IngestSettings,
+    *,
+    connections: ConnectionRegistry,
+    producer: AsyncProducer | None = None,
+    registry: CollectorRegistry | None = None,
+) -> web.Application:
+    """The gateway; the only place that knows the real Kafka producer (pass one in to share it)."""
+    app = web.Application(client_max_size=settings.max_body_bytes)
+    registry = registry or CollectorRegistry()
+    app[SETTINGS] = settings
+    app[CONNECTIONS] = connections
+    app[METRICS] = IngestMetrics(registry)
+
+    async def kafka_producer(app: web.Application) -> AsyncIterator[None]:
+        if producer is not None:
+            app[PRODUCER] = producer
+            yield
+            return
+        own = AsyncProducer(producer_config(settings.kafka))
+        app[PRODUCER] = own
+        try:
+            yield
+        finally:
+            await own.close()
+
+    app.cleanup_ctx.append(kafka_producer)
+    app.router.add_post("/webhooks/{connection_id}", webhook)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_handler(registry))
+    return app

@@ -1,0 +1,30 @@
+"""Gateway metrics. Label values are bounded: the channel names and a fixed set of outcomes."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+OUTCOMES = ("accepted", "quarantined", "unauthorized", "unknown_connection", "too_large", "unavailable")
+
+
+class IngestMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "webhook_requests_total",
+            "Webhook requests by channel and outcome.",
+            ["channel", "outcome"],
+            registry=registry,
+        )
+        self.ack_seconds = Histogram(
+            "webhook_ack_seconds",
+            "Time from request arrival to the answer, for accepted and quarantined webhooks.",
+            ["channel"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0),
+            registry=registry,
+        )
+        self.events = Counter(
+            "ingest_events_published_total",
+            "Canonical events published to inventory.events.",
+            ["channel"],
+            registry=registry,
+        )

@@ -1,0 +1,130 @@
+"""The Faust app: consumes ``inventory.events`` in batches, applies each batch in one transaction, then
+publishes the results (``stock.changed`` / ``stock.rejected``) and waits for their acknowledgement.
+
+Ordering: one partition per tenant/SKU key, one batch at a time, so a SKU's events apply in log order.
+Delivery: Faust acks a batch's events when the loop body returns (and, in ``take``, also on cancellation),
+so the body never raises: database and produce errors are retried, and a cancelled worker first finishes
+the batch it started. A crash after the commit but before the produce is healed by redelivery: the
+duplicate re-emits the stored result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import faust
+from prometheus_client import CollectorRegistry
+from psycopg import OperationalError
+from psycopg_pool import AsyncConnectionPool
+from pydantic import ValidationError
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
+
+from processor.metrics import ProcessorMetrics
+from processor.settings import ProcessorSettings
+from processor.store import Result, apply
+from schemas import inventory_events, stock_changed, stock_rejected
+from stocksync.db import open_pool
+
+log = logging.getLogger(__name__)
+
+
+def _retrying(what: str, *errors: type[BaseException]) -> AsyncRetrying:
+    def before_sleep(state: Any) -> None:
+        log.warning(
+            "%s failed (attempt %d), retrying: %r", what, state.attempt_number, state.outcome.exception()
+        )
+
+    return AsyncRetrying(
+        retry=retry_if_exception_type(errors),
+        wait=wait_exponential(multiplier=0.1, max=5.0),
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+
+
+async def apply_batch(
+    pool: AsyncConnectionPool, raw_values: list[bytes], metrics: ProcessorMetrics
+) -> list[Result]:
+    """Decode and apply a batch in one transaction (retried whole on connection errors)."""
+    events = []
+    for raw in raw_values:
+        try:
+            events.append(inventory_events.decode(raw))
+        except ValidationError as exc:
+            metrics.events.labels("undecodable").inc()
+            log.error("skipping a record of inventory.events that is not a canonical event: %s", exc)
+    if not events:
+        return []
+    started = time.perf_counter()
+    async for attempt in _retrying("applying a batch to PostgreSQL", OperationalError):
+        with attempt:
+            async with pool.connection() as conn, conn.transaction():
+                results = [await apply(conn, e) for e in events]
+    metrics.commit_seconds.observe(time.perf_counter() - started)
+    metrics.batch_size.observe(len(events))
+    for r in results:
+        metrics.events.labels(r.outcome).inc()
+    return results
+
+
+def build_app(settings: ProcessorSettings, *, registry: CollectorRegistry | None = None) -> faust.App:
+    """The processor's Faust app; connects to nothing until it is started."""
+    kafka = settings.kafka
+    brokers = ";".join(f"kafka://{b.strip()}" for b in kafka.bootstrap_servers.split(","))
+    app = faust.App(
+        kafka.group(settings.app_id),
+        broker=brokers,
+        store="memory://",
+        datadir=str(settings.datadir),
+        topic_partitions=kafka.partitions,
+        topic_replication_factor=kafka.replication_factor,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        web_enabled=settings.web_enabled,
+        web_port=settings.web_port,
+    )
+    metrics = ProcessorMetrics(registry or CollectorRegistry())
+
+    def raw_topic(name: str) -> faust.TopicT:
+        return app.topic(
+            kafka.topic(name),
+            partitions=kafka.partitions,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+        )
+
+    source = raw_topic(inventory_events.TOPIC)
+    outputs = {name: raw_topic(name) for name in (stock_changed.TOPIC, stock_rejected.TOPIC)}
+
+    async def publish(results: list[Result]) -> None:
+        pending = [
+            await outputs[r.topic].send(key=r.key, value=r.payload)
+            for r in results
+            if r.topic is not None and r.payload is not None
+        ]
+        if pending:
+            await asyncio.gather(*pending)
+
+    async def handle(pool: AsyncConnectionPool, values: list[bytes]) -> None:
+        results = await apply_batch(pool, values, metrics)
+        async for attempt in _retrying("publishing results to Kafka", Exception):
+            with attempt:
+                await publish(results)
+
+    @app.agent(source, name="apply-inventory-events")
+    async def apply_events(stream: faust.StreamT[bytes]) -> None:
+        async with open_pool(settings.postgres, name="processor") as pool:
+            async for values in stream.take(settings.batch_max, within=settings.batch_within_s):
+                task = asyncio.ensure_future(handle(pool, list(values)))
+                try:
+                    await asyncio.shield(task)
+                except asyncio.CancelledError:
+                    await task  # finish the started batch before take() acks it
+                    raise
+
+    return app

@@ -1,0 +1,1 @@
+"""Reconciler: backfills orders the webhooks missed, then corrects channels that drifted (issue 6)."""

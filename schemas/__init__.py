@@ -1,0 +1,1 @@
+"""Canonical events, one module per Kafka topic. Frozen pydantic models, unknown fields refused."""

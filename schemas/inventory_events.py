@@ -1,0 +1,58 @@
+"""Topic ``inventory.events``: everything that may change a master count, keyed by tenant/SKU.
+
+``event_id`` is stable per real-world change (channel-prefixed, one per order line), so a webhook retry,
+a backfill by the reconciler and a replay all carry the same id and apply at most once.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import AwareDatetime, Field, NonNegativeInt, PositiveInt, TypeAdapter
+
+from schemas.base import Channel, Event, EventId, Sku, Tenant
+
+TOPIC = "inventory.events"
+
+
+class OrderPlaced(Event):
+    """A buyer ordered `quantity` of `sku` on a channel: one event per order line."""
+
+    type: Literal["order_placed"] = "order_placed"
+    event_id: EventId
+    tenant: Tenant
+    sku: Sku
+    quantity: PositiveInt
+    connection_id: str
+    channel: Channel
+    order_id: str
+    line_id: str
+    occurred_at: AwareDatetime
+    received_at: AwareDatetime
+
+
+class StockCounted(Event):
+    """The seller's system of record says `quantity` units were available as of `occurred_at`."""
+
+    type: Literal["stock_counted"] = "stock_counted"
+    event_id: EventId
+    tenant: Tenant
+    sku: Sku
+    quantity: NonNegativeInt
+    connection_id: str | None = None
+    channel: Channel = "admin"
+    occurred_at: AwareDatetime
+    received_at: AwareDatetime
+
+
+InventoryEvent = Annotated[OrderPlaced | StockCounted, Field(discriminator="type")]
+_adapter: TypeAdapter[InventoryEvent] = TypeAdapter(InventoryEvent)
+
+
+def decode(raw: bytes) -> OrderPlaced | StockCounted:
+    """Parse one record value; raises pydantic.ValidationError on anything malformed."""
+    return _adapter.validate_json(raw)
+
+
+def encode(event: OrderPlaced | StockCounted) -> bytes:
+    return event.model_dump_json().encode()

@@ -1,0 +1,32 @@
+"""Topic ``stock.changed``: the master count of a SKU after a committed change, keyed by tenant/SKU.
+
+`version` grows by one per applied change of that SKU; consumers keep the highest version they saw and
+ignore older ones, so redelivery and reordering across retries are harmless.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import AwareDatetime, NonNegativeInt, PositiveInt
+
+from schemas.base import Event, EventId, Sku, Tenant
+
+TOPIC = "stock.changed"
+
+
+class StockChanged(Event):
+    type: Literal["stock_changed"] = "stock_changed"
+    tenant: Tenant
+    sku: Sku
+    available: NonNegativeInt
+    version: PositiveInt
+    cause_event_id: EventId
+    origin_connection_id: str | None
+    occurred_at: AwareDatetime
+    received_at: AwareDatetime
+    committed_at: AwareDatetime
+
+
+def decode(raw: bytes) -> StockChanged:
+    return StockChanged.model_validate_json(raw)

@@ -1,0 +1,1 @@
+"""Shared plumbing of the services: settings, Kafka and PostgreSQL clients, metrics, lifecycle, CLI."""

@@ -1,0 +1,91 @@
+"""PostgreSQL plumbing: versioned SQL migrations applied idempotently at start-up, and the connection pool.
+
+Migrations are the files ``stocksync/migrations/NNNN_name.sql``, applied in order, each once, under an
+advisory lock so services starting together do not race; an applied file that was edited is an error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from stocksync.settings import PostgresSettings
+
+_LOCK_KEY = 0x5707C5  # advisory lock id for "stocksync migrations"
+
+
+class MigrationError(RuntimeError):
+    """The database's migration history does not match the files shipped with this version."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def shipped_migrations() -> list[Migration]:
+    found = []
+    for entry in resources.files("stocksync.migrations").iterdir():
+        if entry.name.endswith(".sql"):
+            number, _, rest = entry.name.partition("_")
+            found.append(Migration(int(number), rest.removesuffix(".sql"), entry.read_text()))
+    found.sort(key=lambda m: m.version)
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise MigrationError(f"two migration files share a version number: {versions}")
+    return found
+
+
+def migrate(database_url: str) -> list[str]:
+    """Apply every shipped migration the database lacks; return the names applied (empty if none)."""
+    applied_now: list[str] = []
+    with psycopg.connect(database_url) as conn, conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+        conn.execute(
+            """CREATE TABLE IF NOT EXISTS schema_migrations (
+                   version integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,
+                   applied_at timestamptz NOT NULL DEFAULT now())"""
+        )
+        done = {v: c for v, c in conn.execute("SELECT version, checksum FROM schema_migrations")}
+        for m in shipped_migrations():
+            if m.version in done:
+                if done[m.version] != m.checksum:
+                    raise MigrationError(
+                        f"migration {m.version:04d}_{m.name} was edited after it was applied to this "
+                        "database; restore the file and put the change in a new migration."
+                    )
+                continue
+            conn.execute(m.sql.encode())
+            conn.execute(
+                "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
+                (m.version, m.name, m.checksum),
+            )
+            applied_now.append(f"{m.version:04d}_{m.name}")
+    return applied_now
+
+
+@asynccontextmanager
+async def open_pool(settings: PostgresSettings, *, name: str) -> AsyncIterator[AsyncConnectionPool]:
+    """An open pool with at least ``pool_min_size`` connections ready; closed when the block ends."""
+    pool = AsyncConnectionPool(
+        settings.database_url,
+        min_size=settings.pool_min_size,
+        max_size=settings.pool_max_size,
+        open=False,
+        name=name,
+    )
+    async with pool:
+        await pool.wait(timeout=30.0)
+        yield pool

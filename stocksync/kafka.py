@@ -1,0 +1,156 @@
+"""Kafka plumbing over confluent-kafka: a durable async producer, consumer configs, topic creation.
+
+The producer is idempotent with ``acks=all``; ``send`` resolves only once the broker acknowledged the
+record, so a caller that awaits it may tell the outside world the record is durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+
+from stocksync.settings import KafkaSettings
+
+
+class DeliveryError(RuntimeError):
+    """The broker did not acknowledge a record; the caller must not report it as stored."""
+
+
+def producer_config(settings: KafkaSettings, **overrides: Any) -> dict[str, Any]:
+    return {
+        "bootstrap.servers": settings.bootstrap_servers,
+        "enable.idempotence": True,  # implies acks=all and retries without duplicates or reordering
+        "acks": "all",
+        "linger.ms": 2,
+        "compression.type": "lz4",
+        "message.timeout.ms": 30_000,
+        **overrides,
+    }
+
+
+def consumer_config(settings: KafkaSettings, group: str, **overrides: Any) -> dict[str, Any]:
+    """At-least-once: offsets are stored only after the side effect, then committed in the background."""
+    return {
+        "bootstrap.servers": settings.bootstrap_servers,
+        "group.id": settings.group(group),
+        "enable.auto.commit": True,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "partition.assignment.strategy": "cooperative-sticky",
+        **overrides,
+    }
+
+
+class AsyncProducer:
+    """An idempotent producer whose ``send`` is awaitable and completes on the broker's acknowledgement.
+
+    A background thread serves librdkafka's delivery callbacks, so the event loop never blocks on I/O.
+    """
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        self._producer = Producer(dict(config))
+        self._stop = threading.Event()
+        self._poller = threading.Thread(target=self._poll_loop, name="kafka-producer-poll", daemon=True)
+        self._poller.start()
+
+    def _poll_loop(self) -> None:
+        while not self._stop.is_set():
+            self._producer.poll(0.05)
+
+    async def send(
+        self,
+        topic: str,
+        value: bytes,
+        *,
+        key: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout_s: float | None = None,
+    ) -> Message:
+        """Produce one record; return its metadata once acknowledged by all in-sync replicas."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Message] = loop.create_future()
+
+        def on_delivery(err: KafkaError | None, msg: Message) -> None:
+            def resolve() -> None:
+                if done.done():
+                    return
+                if err is not None:
+                    done.set_exception(
+                        DeliveryError(f"Kafka did not store the record in {topic}: {err.str()}")
+                    )
+                else:
+                    done.set_result(msg)
+
+            loop.call_soon_threadsafe(resolve)
+
+        try:
+            self._producer.produce(
+                topic,
+                value=value,
+                key=key,
+                headers=[(k, v.encode()) for k, v in (headers or {}).items()],
+                on_delivery=on_delivery,
+            )
+        except BufferError as exc:
+            raise DeliveryError("the producer's local queue is full; the broker is not keeping up") from exc
+        except KafkaException as exc:
+            raise DeliveryError(f"Kafka refused the record for {topic}: {exc}") from exc
+        if timeout_s is None:
+            return await done
+        return await asyncio.wait_for(asyncio.shield(done), timeout_s)
+
+    async def flush(self, timeout_s: float = 10.0) -> int:
+        return await asyncio.to_thread(self._producer.flush, timeout_s)
+
+    async def close(self, timeout_s: float = 10.0) -> None:
+        try:
+            await self.flush(timeout_s)
+        finally:
+            self._stop.set()
+            await asyncio.to_thread(self._poller.join, 2.0)
+
+
+def ensure_topics(settings: KafkaSettings, names: Iterable[str], *, timeout_s: float = 30.0) -> list[str]:
+    """Create the named topics (prefixed) if missing; return the ones created. Safe to call repeatedly."""
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    wanted = [settings.topic(n) for n in names]
+    existing = set(admin.list_topics(timeout=timeout_s).topics)
+    missing = [t for t in wanted if t not in existing]
+    if not missing:
+        return []
+    futures = admin.create_topics(
+        [
+            NewTopic(t, num_partitions=settings.partitions, replication_factor=settings.replication_factor)
+            for t in missing
+        ],
+        operation_timeout=timeout_s,
+    )
+    created = []
+    for topic, fut in futures.items():
+        try:
+            fut.result(timeout_s)
+            created.append(topic)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+    return created
+
+
+def delete_topics(settings: KafkaSettings, topics: Iterable[str], *, timeout_s: float = 30.0) -> None:
+    """Delete the given (already prefixed) topics; missing ones are ignored."""
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    names = list(topics)
+    if not names:
+        return
+    for fut in admin.delete_topics(names, operation_timeout=timeout_s).values():
+        try:
+            fut.result(timeout_s)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                raise

@@ -1,0 +1,128 @@
+"""The pipeline's services as real OS processes (``python -m ingest|processor|fanout``) on local infra.
+
+Used by the end-to-end tests and the demo: each service gets its settings through the environment, logs to
+its own file, dies with its parent, and is stopped with SIGTERM (then SIGKILL) when the stack closes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stocksync.local.process import LaunchError, free_port, log_tail, make_run_dir, spawn, stop, wait_until
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    bootstrap_servers: str
+    database_url: str
+    connections_file: Path
+    topic_prefix: str = ""
+    partitions: int = 4
+    channels: tuple[str, ...] = ("shopify",)
+
+
+@dataclass
+class Service:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_file: Path
+    port: int | None = None
+
+    def tail(self, lines: int = 40) -> str:
+        return log_tail(self.log_file, lines)
+
+
+@dataclass
+class Stack:
+    config: StackConfig
+    run_dir: Path
+    services: dict[str, Service] = field(default_factory=dict)
+
+    @property
+    def ingest_url(self) -> str:
+        return f"http://127.0.0.1:{self.services['ingest'].port}"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        cfg = self.config
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("KAFKA_", "INGEST_", "PROCESSOR_", "FANOUT_"))
+        }
+        env.update(
+            KAFKA_BOOTSTRAP_SERVERS=cfg.bootstrap_servers,
+            KAFKA_TOPIC_PREFIX=cfg.topic_prefix,
+            KAFKA_PARTITIONS=str(cfg.partitions),
+            DATABASE_URL=cfg.database_url,
+            INGEST_CONNECTIONS_FILE=str(cfg.connections_file),
+            FANOUT_CONNECTIONS_FILE=str(cfg.connections_file),
+            PROCESSOR_DATADIR=str(self.run_dir / "processor-data"),
+            PYTHONUNBUFFERED="1",
+            **extra,
+        )
+        return env
+
+    def start(self, name: str, module: str, *args: str, port: int | None = None, **env: str) -> Service:
+        log_file = self.run_dir / f"{name}.log"
+        proc = spawn([sys.executable, "-m", module, *args], log_file=log_file, env=self.env(**env))
+        service = Service(name, proc, log_file, port)
+        self.services[name] = service
+        return service
+
+    def stop_service(self, name: str, *, sig: int = signal.SIGTERM) -> int:
+        service = self.services.pop(name)
+        return stop(service.proc, sig=sig, grace_s=20.0)
+
+    def describe_failure(self) -> str:
+        return "\n".join(
+            f"--- {s.name} (exit {s.proc.poll()}) ---\n{s.tail()}" for s in self.services.values()
+        )
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 - loopback URL we built
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@contextmanager
+def run_stack(config: StackConfig, *, start_fanout: bool = True) -> Iterator[Stack]:
+    """Start ingest, processor and one fan-out worker per channel; stop them all when the block ends."""
+    stack = Stack(config, make_run_dir("stack"))
+    try:
+        ingest_port = free_port()
+        ingest = stack.start("ingest", "ingest", port=ingest_port, INGEST_PORT=str(ingest_port))
+        stack.start("processor", "processor")
+        if start_fanout:
+            for channel in config.channels:
+                stack.start(f"fanout-{channel}", "fanout", "--channel", channel)
+        wait_until(
+            lambda: _http_ok(f"{stack.ingest_url}/healthz"),
+            timeout_s=30,
+            proc=ingest.proc,
+            what="ingest gateway",
+            log_file=ingest.log_file,
+        )
+        for s in stack.services.values():
+            if s.proc.poll() is not None:
+                raise LaunchError(f"{s.name} exited with status {s.proc.returncode}:\n{s.tail()}")
+        yield stack
+    finally:
+        for name in list(stack.services):
+            stack.stop_service(name)
+        if os.environ.get("STOCKSYNC_KEEP_LOGS"):
+            print(f"service logs kept in {stack.run_dir}", file=sys.stderr)  # noqa: T201
+        else:
+            shutil.rmtree(stack.run_dir, ignore_errors=True)
