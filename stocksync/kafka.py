@@ -41,6 +41,7 @@ def consumer_config(settings: KafkaSettings, group: str, **overrides: Any) -> di
         "group.id": settings.group(group),
         "enable.auto.commit": True,
         "enable.auto.offset.store": False,
+        "auto.commit.interval.ms": 1000,
         "auto.offset.reset": "earliest",
         "partition.assignment.strategy": "cooperative-sticky",
         **overrides,

@@ -114,6 +114,9 @@ def ensure_broker_jars(pom: Path | None = None, cache: Path | None = None) -> tu
 
 def docker_engine_answers() -> bool:
     """True only if a Docker engine actually answers; a docker client alone is not enough."""
+    # No DOCKER_HOST and no local socket: nothing can answer, and the SDK would leak a socket finding out.
+    if not os.environ.get("DOCKER_HOST") and not Path("/var/run/docker.sock").exists():
+        return False
     try:
         import docker
         from docker.errors import DockerException

@@ -44,8 +44,10 @@ class Service:
 
 @dataclass
 class Stack:
+    """The running services; ``start_all`` spawns them (quickly), ``ready`` says when they answer."""
+
     config: StackConfig
-    run_dir: Path
+    run_dir: Path = field(default_factory=lambda: make_run_dir("stack"))
     services: dict[str, Service] = field(default_factory=dict)
 
     @property
@@ -54,11 +56,8 @@ class Stack:
 
     def env(self, **extra: str) -> dict[str, str]:
         cfg = self.config
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("KAFKA_", "INGEST_", "PROCESSOR_", "FANOUT_"))
-        }
+        ours = ("KAFKA_", "INGEST_", "PROCESSOR_", "FANOUT_", "DATABASE_")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(ours)}
         env.update(
             KAFKA_BOOTSTRAP_SERVERS=cfg.bootstrap_servers,
             KAFKA_TOPIC_PREFIX=cfg.topic_prefix,
@@ -73,20 +72,39 @@ class Stack:
         return env
 
     def start(self, name: str, module: str, *args: str, port: int | None = None, **env: str) -> Service:
+        """Spawn one service. Call from the main thread: children die with the thread that spawned them."""
         log_file = self.run_dir / f"{name}.log"
         proc = spawn([sys.executable, "-m", module, *args], log_file=log_file, env=self.env(**env))
         service = Service(name, proc, log_file, port)
         self.services[name] = service
         return service
 
+    def start_all(self, *, fanout: bool = True) -> None:
+        ingest_port = free_port()
+        self.start("ingest", "ingest", port=ingest_port, INGEST_PORT=str(ingest_port))
+        self.start("processor", "processor")
+        if fanout:
+            for channel in self.config.channels:
+                self.start(f"fanout-{channel}", "fanout", "--channel", channel)
+
+    def ready(self) -> bool:
+        """True once the gateway answers; raises if any service has exited."""
+        for s in self.services.values():
+            if s.proc.poll() is not None:
+                raise LaunchError(f"{s.name} exited with status {s.proc.returncode}:\n{s.tail()}")
+        return _http_ok(f"{self.ingest_url}/healthz")
+
     def stop_service(self, name: str, *, sig: int = signal.SIGTERM) -> int:
         service = self.services.pop(name)
         return stop(service.proc, sig=sig, grace_s=20.0)
 
-    def describe_failure(self) -> str:
-        return "\n".join(
-            f"--- {s.name} (exit {s.proc.poll()}) ---\n{s.tail()}" for s in self.services.values()
-        )
+    def close(self) -> None:
+        for name in list(self.services):
+            self.stop_service(name)
+        if os.environ.get("STOCKSYNC_KEEP_LOGS"):
+            print(f"service logs kept in {self.run_dir}", file=sys.stderr)  # noqa: T201
+        else:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
 def _http_ok(url: str) -> bool:
@@ -98,31 +116,12 @@ def _http_ok(url: str) -> bool:
 
 
 @contextmanager
-def run_stack(config: StackConfig, *, start_fanout: bool = True) -> Iterator[Stack]:
+def run_stack(config: StackConfig, *, fanout: bool = True, timeout_s: float = 30.0) -> Iterator[Stack]:
     """Start ingest, processor and one fan-out worker per channel; stop them all when the block ends."""
-    stack = Stack(config, make_run_dir("stack"))
+    stack = Stack(config)
     try:
-        ingest_port = free_port()
-        ingest = stack.start("ingest", "ingest", port=ingest_port, INGEST_PORT=str(ingest_port))
-        stack.start("processor", "processor")
-        if start_fanout:
-            for channel in config.channels:
-                stack.start(f"fanout-{channel}", "fanout", "--channel", channel)
-        wait_until(
-            lambda: _http_ok(f"{stack.ingest_url}/healthz"),
-            timeout_s=30,
-            proc=ingest.proc,
-            what="ingest gateway",
-            log_file=ingest.log_file,
-        )
-        for s in stack.services.values():
-            if s.proc.poll() is not None:
-                raise LaunchError(f"{s.name} exited with status {s.proc.returncode}:\n{s.tail()}")
+        stack.start_all(fanout=fanout)
+        wait_until(stack.ready, timeout_s=timeout_s, what="ingest gateway")
         yield stack
     finally:
-        for name in list(stack.services):
-            stack.stop_service(name)
-        if os.environ.get("STOCKSYNC_KEEP_LOGS"):
-            print(f"service logs kept in {stack.run_dir}", file=sys.stderr)  # noqa: T201
-        else:
-            shutil.rmtree(stack.run_dir, ignore_errors=True)
+        stack.close()

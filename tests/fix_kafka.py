@@ -1,0 +1,47 @@
+"""A real Kafka broker for the session (see stocksync.local.kafka for how it is found or started), and
+per-test settings whose topic prefix isolates each test; that test's topics are deleted afterwards."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from confluent_kafka.admin import AdminClient
+
+from stocksync.kafka import delete_topics
+from stocksync.local import KafkaEndpoint, local_kafka
+from stocksync.settings import KafkaSettings
+
+
+def announce(config: pytest.Config, line: str) -> None:
+    """Print past pytest's output capture, so every run shows which real servers it used."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or capture is None:
+        return
+    with capture.global_and_fixture_disabled():
+        reporter.write_line(f"[infra] {line}")
+
+
+@pytest.fixture(scope="session")
+def kafka_endpoint(pytestconfig: pytest.Config) -> Iterator[KafkaEndpoint]:
+    started = time.monotonic()
+    with local_kafka(partitions=4) as endpoint:
+        announce(pytestconfig, f"started {endpoint.describe()} in {time.monotonic() - started:.1f} s")
+        yield endpoint
+        stopping = time.monotonic()
+    announce(pytestconfig, f"stopped {endpoint.describe()} in {time.monotonic() - stopping:.1f} s")
+
+
+@pytest.fixture
+def kafka(kafka_endpoint: KafkaEndpoint) -> Iterator[KafkaSettings]:
+    prefix = f"t{uuid.uuid4().hex[:10]}."
+    settings = KafkaSettings(
+        bootstrap_servers=kafka_endpoint.bootstrap_servers, topic_prefix=prefix, partitions=4
+    )
+    yield settings
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    mine = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefix)]
+    delete_topics(settings, mine)

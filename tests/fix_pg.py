@@ -1,0 +1,44 @@
+"""A real PostgreSQL server for the session, and a fresh migrated database per test (dropped after)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from stocksync.db import migrate
+from stocksync.local import PostgresEndpoint, local_postgres
+from tests.fix_kafka import announce
+
+
+@pytest.fixture(scope="session")
+def pg_server(pytestconfig: pytest.Config) -> Iterator[PostgresEndpoint]:
+    started = time.monotonic()
+    with local_postgres() as endpoint:
+        announce(pytestconfig, f"started {endpoint.describe()} in {time.monotonic() - started:.1f} s")
+        yield endpoint
+        stopping = time.monotonic()
+    announce(pytestconfig, f"stopped {endpoint.describe()} in {time.monotonic() - stopping:.1f} s")
+
+
+@pytest.fixture
+def empty_database(pg_server: PostgresEndpoint) -> Iterator[str]:
+    """A new, empty database on the session's server; its URL. Dropped (with its connections) after."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server.url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield make_conninfo(pg_server.url, dbname=name)
+    with psycopg.connect(pg_server.url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def database_url(empty_database: str) -> str:
+    """A fresh database with every migration applied."""
+    migrate(empty_database)
+    return empty_database

@@ -1,0 +1,86 @@
+"""A Shopify simulator on loopback, a connections file pointing at it, and the pipeline's processes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from channels.connection import Connection, Listing, to_toml
+from channels.shopify.simulator import ShopifySimulator
+from channels.simulation import serve
+from schemas import inventory_events, quarantine, stock_changed, stock_rejected
+from stocksync.kafka import ensure_topics
+from stocksync.local.stack import Stack, StackConfig
+from stocksync.settings import KafkaSettings
+from tests.helpers import eventually
+
+TOPICS = (inventory_events.TOPIC, stock_changed.TOPIC, stock_rejected.TOPIC, quarantine.TOPIC)
+SKUS = ("SKU-1", "SKU-2", "SKU-3")
+
+
+@dataclass
+class ShopifyWorld:
+    simulator: ShopifySimulator
+    connection: Connection
+    connections_file: Path
+
+    def item(self, sku: str) -> str:
+        ref = self.connection.listings[sku].inventory_ref
+        assert ref is not None
+        return ref
+
+
+def shopify_connection(base_url: str, *, conn_id: str = "shop-acme", tenant: str = "acme") -> Connection:
+    return Connection(
+        id=conn_id,
+        tenant=tenant,
+        channel="shopify",
+        webhook_secret="whsec-test-secret",  # type: ignore[arg-type]
+        api_base_url=base_url,
+        access_token="shpat-test-token",  # type: ignore[arg-type]
+        listings={
+            sku: Listing(listing_id=str(4000 + n), inventory_ref=f"gid://shopify/InventoryItem/{9000 + n}")
+            for n, sku in enumerate(SKUS, start=1)
+        },
+    )
+
+
+@pytest.fixture
+async def shopify_world(tmp_path: Path) -> AsyncIterator[ShopifyWorld]:
+    simulator = ShopifySimulator(access_token="shpat-test-token")
+    async with serve(simulator.app()) as base_url:
+        connection = shopify_connection(base_url)
+        for listing in connection.listings.values():
+            assert listing.inventory_ref is not None
+            simulator.available[listing.inventory_ref] = 0
+        path = tmp_path / "connections.toml"
+        path.write_text(to_toml([connection]))
+        yield ShopifyWorld(simulator, connection, path)
+
+
+@pytest.fixture
+async def pipeline(
+    kafka: KafkaSettings, database_url: str, shopify_world: ShopifyWorld
+) -> AsyncIterator[Stack]:
+    """ingest + processor + fan-out(shopify) as separate processes on the test's topics and database."""
+    ensure_topics(kafka, TOPICS)
+    stack = Stack(
+        StackConfig(
+            bootstrap_servers=kafka.bootstrap_servers,
+            database_url=database_url,
+            connections_file=shopify_world.connections_file,
+            topic_prefix=kafka.topic_prefix,
+            partitions=kafka.partitions,
+        )
+    )
+    try:
+        stack.start_all()
+        await eventually(stack.ready, timeout_s=30, what="the ingest gateway to answer /healthz")
+        yield stack
+    finally:
+        # stopped off the event loop, which keeps serving the simulator to the stopping fan-out
+        await asyncio.to_thread(stack.close)

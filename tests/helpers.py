@@ -1,0 +1,79 @@
+"""Test helpers: wait on a condition with a deadline (never a bare sleep), read a topic to its end."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from confluent_kafka import Consumer, Message, TopicPartition
+
+from stocksync.settings import KafkaSettings
+
+T = TypeVar("T")
+
+
+async def eventually(
+    check: Callable[[], T | Awaitable[T]], *, timeout_s: float = 30.0, what: str, interval_s: float = 0.05
+) -> T:
+    """Poll `check` until it returns a truthy value; fail with `what` if the deadline passes first."""
+    deadline = time.monotonic() + timeout_s
+    last: T | None = None
+    while time.monotonic() < deadline:
+        result = check()
+        last = await result if isinstance(result, Awaitable) else result
+        if last:
+            return last
+        await asyncio.sleep(interval_s)  # a polling interval, bounded by the deadline above
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what} (last value: {last!r})")
+
+
+def read_topic(settings: KafkaSettings, topic: str, *, timeout_s: float = 20.0) -> list[Message]:
+    """Every record of the (unprefixed) topic, up to its end offsets at the time of the call."""
+    name = settings.topic(topic)
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.bootstrap_servers,
+            "group.id": f"reader-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    try:
+        partitions = consumer.list_topics(name, timeout=10).topics[name].partitions
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(name, p), timeout=10)[1] for p in partitions}
+        pending = {p for p, end in ends.items() if end > 0}
+        consumer.assign([TopicPartition(name, p, 0) for p in pending])
+        records: list[Message] = []
+        deadline = time.monotonic() + timeout_s
+        while pending:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"could not read {name} to its end within {timeout_s:.0f} s")
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            records.append(msg)
+            if (msg.offset() or 0) + 1 >= ends[msg.partition() or 0]:
+                pending.discard(msg.partition() or 0)
+        return records
+    finally:
+        consumer.close()
+
+
+def group_caught_up(settings: KafkaSettings, group: str, topic: str) -> bool:
+    """True when the consumer group's committed offsets reached the end of every partition of the topic."""
+    name = settings.topic(topic)
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": settings.group(group)})
+    try:
+        partitions = consumer.list_topics(name, timeout=10).topics[name].partitions
+        tps = [TopicPartition(name, p) for p in partitions]
+        committed = {tp.partition: tp.offset for tp in consumer.committed(tps, timeout=10)}
+        for tp in tps:
+            end = consumer.get_watermark_offsets(tp, timeout=10)[1]
+            if end > 0 and committed.get(tp.partition, -1) < end:
+                return False
+        return True
+    finally:
+        consumer.close()
