@@ -1,0 +1,115 @@
+"""The gateway against a real broker: 200 only once durable, and a clear answer for every bad input."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from channels.connection import ConnectionRegistry
+from channels.shopify.simulator import order_webhook
+from ingest.app import build_app
+from ingest.settings import IngestSettings
+from schemas import inventory_events, quarantine
+from stocksync.kafka import ensure_topics
+from stocksync.local.process import free_port
+from stocksync.settings import KafkaSettings
+from tests.fix_stack import TOPICS, shopify_connection
+from tests.helpers import read_topic
+
+pytestmark = pytest.mark.integration
+
+CONN = shopify_connection("http://127.0.0.1:1")
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+
+def sale_webhook(order_id: int = 1, quantity: int = 2) -> tuple[bytes, dict[str, str]]:
+    return order_webhook(
+        CONN, order_id, [{"id": 1, "variant_id": 4001, "sku": "SKU-1", "quantity": quantity}], NOW
+    )
+
+
+async def gateway(kafka: KafkaSettings, **overrides: object) -> TestClient:  # type: ignore[type-arg]
+    settings = IngestSettings(kafka=kafka, **overrides)  # type: ignore[arg-type]
+    client = TestClient(TestServer(build_app(settings, connections=ConnectionRegistry([CONN]))))
+    await client.start_server()
+    return client
+
+
+@pytest.fixture
+async def client(kafka: KafkaSettings) -> AsyncIterator[TestClient]:  # type: ignore[type-arg]
+    ensure_topics(kafka, TOPICS)
+    c = await gateway(kafka, max_body_bytes=4096)
+    yield c
+    await c.close()
+
+
+async def test_accepted_webhook_is_in_kafka_keyed_by_tenant_and_sku(
+    client: TestClient, kafka: KafkaSettings
+) -> None:  # type: ignore[type-arg]
+    body, headers = sale_webhook()
+    resp = await client.post("/webhooks/shop-acme", data=body, headers=headers)
+    assert resp.status == 200
+    assert (await resp.json())["events"] == ["shop-acme:order:1:line:1"]
+    [record] = read_topic(kafka, inventory_events.TOPIC)  # already durable when 200 was answered
+    assert record.key() == b"acme/SKU-1"
+    assert dict(record.headers() or []) == {"channel": b"shopify", "type": b"order_placed"}
+    event = inventory_events.decode(record.value() or b"")
+    assert (event.event_id, event.sku, event.quantity) == ("shop-acme:order:1:line:1", "SKU-1", 2)
+
+
+async def test_forged_unknown_and_oversized_requests_publish_nothing(
+    client: TestClient,
+    kafka: KafkaSettings,  # type: ignore[type-arg]
+) -> None:
+    body, headers = sale_webhook()
+    forged = {**headers, "X-Shopify-Hmac-SHA256": base64.b64encode(b"x" * 32).decode()}
+    resp = await client.post("/webhooks/shop-acme", data=body, headers=forged)
+    assert resp.status == 401
+    assert "signature" in (await resp.json())["error"]
+    unsigned = {k: v for k, v in headers.items() if k != "X-Shopify-Hmac-SHA256"}
+    assert (await client.post("/webhooks/shop-acme", data=body, headers=unsigned)).status == 401
+    resp = await client.post("/webhooks/nobody", data=body, headers=headers)
+    assert resp.status == 404
+    assert "nobody" in (await resp.json())["error"]
+    resp = await client.post("/webhooks/shop-acme", data=b"x" * 5000, headers=headers)
+    assert resp.status == 413
+    assert read_topic(kafka, inventory_events.TOPIC) == []
+    assert read_topic(kafka, quarantine.TOPIC) == []
+    metrics = await (await client.get("/metrics")).text()
+    assert 'webhook_requests_total{channel="shopify",outcome="unauthorized"} 2.0' in metrics
+    assert 'webhook_requests_total{channel="shopify",outcome="too_large"} 1.0' in metrics
+
+
+async def test_signed_but_unusable_body_is_quarantined_verbatim(
+    client: TestClient, kafka: KafkaSettings
+) -> None:  # type: ignore[type-arg]
+    body, headers = sale_webhook(quantity=0)
+    resp = await client.post("/webhooks/shop-acme", data=body, headers=headers)
+    assert resp.status == 200
+    answer = await resp.json()
+    assert answer["status"] == "quarantined"
+    assert "positive whole number" in answer["reason"]
+    assert read_topic(kafka, inventory_events.TOPIC) == []
+    [record] = read_topic(kafka, quarantine.TOPIC)
+    kept = quarantine.WebhookQuarantined.model_validate_json(record.value() or b"")
+    assert base64.b64decode(kept.body_b64) == body
+    assert kept.connection_id == "shop-acme"
+    assert json.loads(base64.b64decode(kept.body_b64))["line_items"][0]["quantity"] == 0
+
+
+async def test_kafka_unreachable_answers_503_so_the_channel_retries() -> None:
+    dead = KafkaSettings(bootstrap_servers=f"127.0.0.1:{free_port()}")
+    client = await gateway(dead, ack_timeout_s=0.5)
+    try:
+        body, headers = sale_webhook()
+        resp = await client.post("/webhooks/shop-acme", data=body, headers=headers)
+        assert resp.status == 503
+        assert resp.headers["Retry-After"]
+        assert "retry" in (await resp.json())["error"]
+    finally:
+        await client.close()

@@ -1,0 +1,56 @@
+"""The real servers the project starts: Kafka durability round trip, topic creation, migrations."""
+
+from __future__ import annotations
+
+import time
+
+import psycopg
+import pytest
+
+from stocksync.db import MigrationError, migrate
+from stocksync.kafka import AsyncProducer, ensure_topics, producer_config
+from stocksync.local import KafkaEndpoint
+from stocksync.local.kafka import ensure_broker_jars
+from stocksync.settings import KafkaSettings
+from tests.helpers import read_topic
+
+pytestmark = pytest.mark.integration
+
+
+async def test_send_resolves_only_with_the_brokers_acknowledgement(kafka: KafkaSettings) -> None:
+    assert ensure_topics(kafka, ["probe"]) == [kafka.topic("probe")]
+    assert ensure_topics(kafka, ["probe"]) == []  # idempotent
+    producer = AsyncProducer(producer_config(kafka))
+    try:
+        meta = await producer.send(kafka.topic("probe"), b"hello", key=b"acme/SKU-1", headers={"type": "x"})
+        assert meta.offset() is not None and meta.offset() >= 0
+    finally:
+        await producer.close()
+    [record] = read_topic(kafka, "probe")
+    assert (record.key(), record.value(), record.headers()) == (b"acme/SKU-1", b"hello", [("type", b"x")])
+
+
+def test_broker_jars_are_cached_after_the_first_resolution(kafka_endpoint: KafkaEndpoint) -> None:
+    if not kafka_endpoint.source.startswith("jvm"):
+        pytest.skip(f"Kafka came from {kafka_endpoint.source}, not from the Maven-resolved jars")
+    started = time.monotonic()
+    libs, version = ensure_broker_jars()
+    assert time.monotonic() - started < 1.0, "a second resolution must not run Maven again"
+    assert (libs / f"kafka_2.13-{version}.jar").exists()
+
+
+def test_migrations_apply_once_and_refuse_edited_history(empty_database: str) -> None:
+    assert migrate(empty_database) == ["0001_master_record"]
+    assert migrate(empty_database) == []
+    with psycopg.connect(empty_database) as conn:
+        conn.execute("UPDATE schema_migrations SET checksum = 'edited' WHERE version = 1")
+    with pytest.raises(MigrationError, match="edited after it was applied"):
+        migrate(empty_database)
+
+
+def test_the_database_itself_refuses_a_negative_count(database_url: str) -> None:
+    with psycopg.connect(database_url) as conn:
+        conn.execute("INSERT INTO inventory (tenant, sku, available) VALUES ('acme', 'SKU-1', 1)")
+        conn.commit()
+        with pytest.raises(psycopg.errors.CheckViolation, match="inventory_never_negative"):
+            conn.execute("UPDATE inventory SET available = available - 2")

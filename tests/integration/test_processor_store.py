@@ -1,0 +1,97 @@
+"""The master record's rules, applied to a real PostgreSQL database one event at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+from psycopg import AsyncConnection
+
+from processor.store import apply
+from schemas.inventory_events import OrderPlaced, StockCounted
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+
+def sale(n: int, quantity: int, *, at: datetime = T0, sku: str = "SKU-1") -> OrderPlaced:
+    return OrderPlaced(
+        event_id=f"c1:order:{n}:line:1", tenant="acme", sku=sku, quantity=quantity, connection_id="c1",
+        channel="shopify", order_id=str(n), line_id="1", occurred_at=at, received_at=at,
+    )  # fmt: skip
+
+
+def count(n: int, quantity: int, *, as_of: datetime, sku: str = "SKU-1") -> StockCounted:
+    return StockCounted(event_id=f"admin:count:{n}", tenant="acme", sku=sku, quantity=quantity,
+                        occurred_at=as_of, received_at=as_of)  # fmt: skip
+
+
+async def run(database_url: str, event: OrderPlaced | StockCounted):  # type: ignore[no-untyped-def]
+    async with await AsyncConnection.connect(database_url) as conn, conn.transaction():
+        return await apply(conn, event)
+
+
+def state(database_url: str) -> tuple[int, int]:
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute("SELECT available, version FROM inventory WHERE sku = 'SKU-1'").fetchone()
+    assert row is not None
+    return row[0], row[1]
+
+
+def ledger_outcomes(database_url: str) -> list[tuple[str, str]]:
+    with psycopg.connect(database_url) as conn:
+        return [(r[0], r[1]) for r in conn.execute("SELECT event_id, outcome FROM ledger ORDER BY id")]
+
+
+async def test_sale_duplicate_and_oversell(database_url: str) -> None:
+    assert (await run(database_url, count(1, 5, as_of=T0 - timedelta(hours=1)))).outcome == "applied"
+    first = await run(database_url, sale(1, 3))
+    assert first.outcome == "applied"
+    assert json.loads(first.payload or b"")["available"] == 2
+    again = await run(database_url, sale(1, 3))
+    assert again.outcome == "duplicate"
+    assert (again.topic, json.loads(again.payload or b"")) == (first.topic, json.loads(first.payload or b""))
+    refused = await run(database_url, sale(2, 3))
+    assert (refused.outcome, refused.topic) == ("rejected", "stock.rejected")
+    assert json.loads(refused.payload or b"")["reason"] == "out_of_stock"
+    assert state(database_url) == (2, 2)
+    assert ledger_outcomes(database_url) == [
+        ("admin:count:1", "applied"), ("c1:order:1:line:1", "applied"), ("c1:order:2:line:1", "rejected"),
+    ]  # fmt: skip
+
+
+async def test_unknown_sku_is_recorded_not_created(database_url: str) -> None:
+    result = await run(database_url, sale(1, 1, sku="GHOST"))
+    assert result.outcome == "unknown_sku"
+    assert json.loads(result.payload or b"")["reason"] == "unknown_sku"
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM inventory").fetchone() == (0,)
+
+
+async def test_a_count_as_of_t_absorbs_sales_before_t_and_not_after(database_url: str) -> None:
+    t = T0
+    await run(database_url, count(1, 100, as_of=t - timedelta(days=1)))
+    # A sale after T is applied before the count arrives; the count must not erase it.
+    await run(database_url, sale(1, 4, at=t + timedelta(minutes=5)))
+    await run(database_url, count(2, 50, as_of=t))
+    assert state(database_url)[0] == 46
+    # A sale before T arrives late: the count already includes it, so it is recorded, not applied again.
+    assert (await run(database_url, sale(2, 7, at=t - timedelta(minutes=5)))).outcome == "stale"
+    # A sale after T arriving now is applied.
+    assert (await run(database_url, sale(3, 6, at=t + timedelta(minutes=10)))).outcome == "applied"
+    assert state(database_url)[0] == 40
+    # An older count arriving late changes nothing.
+    assert (await run(database_url, count(3, 999, as_of=t - timedelta(hours=2)))).outcome == "stale"
+    assert state(database_url)[0] == 40
+
+
+async def test_concurrent_sales_of_the_last_units_never_oversell(database_url: str) -> None:
+    await run(database_url, count(1, 3, as_of=T0 - timedelta(hours=1)))
+    results = await asyncio.gather(*(run(database_url, sale(n, 1)) for n in range(10)))
+    outcomes = sorted(r.outcome for r in results)
+    assert outcomes == ["applied"] * 3 + ["rejected"] * 7
+    assert state(database_url) == (0, 4)

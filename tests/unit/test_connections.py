@@ -1,0 +1,33 @@
+"""Connections file: round trip, and errors that name the problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from channels.connection import ConnectionRegistry, ConnectionsFileError, to_toml
+from tests.fix_stack import shopify_connection
+
+
+def test_round_trip_through_toml(tmp_path: Path) -> None:
+    conn = shopify_connection("http://127.0.0.1:9/x")
+    path = tmp_path / "c.toml"
+    path.write_text(to_toml([conn]))
+    loaded = ConnectionRegistry.from_file(path).get("shop-acme")
+    assert loaded == conn
+    assert loaded.sku_for_listing(conn.listings["SKU-2"].listing_id) == "SKU-2"
+    assert loaded.sku_for_listing("nope") is None
+
+
+def test_invalid_files_are_explained(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[[connection]]\nid = "Bad Id"\n')
+    with pytest.raises(ConnectionsFileError, match=r"invalid connection in .*c\.toml"):
+        ConnectionRegistry.from_file(path)
+    with pytest.raises(ConnectionsFileError, match="cannot read connections file"):
+        ConnectionRegistry.from_file(tmp_path / "missing.toml")
+    twice = to_toml([shopify_connection("http://x")] * 2)
+    path.write_text(twice)
+    with pytest.raises(ConnectionsFileError, match="defined twice"):
+        ConnectionRegistry.from_file(path)
