@@ -39,9 +39,9 @@ def shopify_connection(base_url: str, *, conn_id: str = "shop-acme", tenant: str
         id=conn_id,
         tenant=tenant,
         channel="shopify",
-        webhook_secret="whsec-test-secret",  # type: ignore[arg-type]
+        webhook_secret="whsec-test-secret",
         api_base_url=base_url,
-        access_token="shpat-test-token",  # type: ignore[arg-type]
+        access_token="shpat-test-token",
         listings={
             sku: Listing(listing_id=str(4000 + n), inventory_ref=f"gid://shopify/InventoryItem/{9000 + n}")
             for n, sku in enumerate(SKUS, start=1)

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from channels.connection import ConnectionRegistry
@@ -23,6 +24,8 @@ from tests.helpers import read_topic
 
 pytestmark = pytest.mark.integration
 
+Client = TestClient[web.Request, web.Application]
+
 CONN = shopify_connection("http://127.0.0.1:1")
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
@@ -33,15 +36,15 @@ def sale_webhook(order_id: int = 1, quantity: int = 2) -> tuple[bytes, dict[str,
     )
 
 
-async def gateway(kafka: KafkaSettings, **overrides: object) -> TestClient:  # type: ignore[type-arg]
+async def gateway(kafka: KafkaSettings, **overrides: object) -> Client:
     settings = IngestSettings(kafka=kafka, **overrides)  # type: ignore[arg-type]
-    client = TestClient(TestServer(build_app(settings, connections=ConnectionRegistry([CONN]))))
+    client: Client = TestClient(TestServer(build_app(settings, connections=ConnectionRegistry([CONN]))))
     await client.start_server()
     return client
 
 
 @pytest.fixture
-async def client(kafka: KafkaSettings) -> AsyncIterator[TestClient]:  # type: ignore[type-arg]
+async def client(kafka: KafkaSettings) -> AsyncIterator[Client]:
     ensure_topics(kafka, TOPICS)
     c = await gateway(kafka, max_body_bytes=4096)
     yield c
@@ -49,8 +52,8 @@ async def client(kafka: KafkaSettings) -> AsyncIterator[TestClient]:  # type: ig
 
 
 async def test_accepted_webhook_is_in_kafka_keyed_by_tenant_and_sku(
-    client: TestClient, kafka: KafkaSettings
-) -> None:  # type: ignore[type-arg]
+    client: Client, kafka: KafkaSettings
+) -> None:
     body, headers = sale_webhook()
     resp = await client.post("/webhooks/shop-acme", data=body, headers=headers)
     assert resp.status == 200
@@ -63,8 +66,8 @@ async def test_accepted_webhook_is_in_kafka_keyed_by_tenant_and_sku(
 
 
 async def test_forged_unknown_and_oversized_requests_publish_nothing(
-    client: TestClient,
-    kafka: KafkaSettings,  # type: ignore[type-arg]
+    client: Client,
+    kafka: KafkaSettings,
 ) -> None:
     body, headers = sale_webhook()
     forged = {**headers, "X-Shopify-Hmac-SHA256": base64.b64encode(b"x" * 32).decode()}
@@ -85,9 +88,7 @@ async def test_forged_unknown_and_oversized_requests_publish_nothing(
     assert 'webhook_requests_total{channel="shopify",outcome="too_large"} 1.0' in metrics
 
 
-async def test_signed_but_unusable_body_is_quarantined_verbatim(
-    client: TestClient, kafka: KafkaSettings
-) -> None:  # type: ignore[type-arg]
+async def test_signed_but_unusable_body_is_quarantined_verbatim(client: Client, kafka: KafkaSettings) -> None:
     body, headers = sale_webhook(quantity=0)
     resp = await client.post("/webhooks/shop-acme", data=body, headers=headers)
     assert resp.status == 200

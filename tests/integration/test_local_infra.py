@@ -23,7 +23,9 @@ async def test_send_resolves_only_with_the_brokers_acknowledgement(kafka: KafkaS
     producer = AsyncProducer(producer_config(kafka))
     try:
         meta = await producer.send(kafka.topic("probe"), b"hello", key=b"acme/SKU-1", headers={"type": "x"})
-        assert meta.offset() is not None and meta.offset() >= 0
+        offset = meta.offset()
+        assert offset is not None
+        assert offset >= 0
     finally:
         await producer.close()
     [record] = read_topic(kafka, "probe")
