@@ -115,11 +115,18 @@ class AsyncProducer:
         finally:
             self._stop.set()
             await asyncio.to_thread(self._poller.join, 2.0)
+            self._producer.close()  # release librdkafka's threads and connections now, not at GC
+
+
+def _admin(settings: KafkaSettings) -> AdminClient:
+    # Short-lived utility client: failures surface through its futures, so its log stays quiet
+    # (otherwise it reports reconnect attempts until garbage-collected, even after the work is done).
+    return AdminClient({"bootstrap.servers": settings.bootstrap_servers, "log_level": 0})
 
 
 def ensure_topics(settings: KafkaSettings, names: Iterable[str], *, timeout_s: float = 30.0) -> list[str]:
     """Create the named topics (prefixed) if missing; return the ones created. Safe to call repeatedly."""
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    admin = _admin(settings)
     wanted = [settings.topic(n) for n in names]
     existing = set(admin.list_topics(timeout=timeout_s).topics)
     missing = [t for t in wanted if t not in existing]
@@ -145,7 +152,7 @@ def ensure_topics(settings: KafkaSettings, names: Iterable[str], *, timeout_s: f
 
 def delete_topics(settings: KafkaSettings, topics: Iterable[str], *, timeout_s: float = 30.0) -> None:
     """Delete the given (already prefixed) topics; missing ones are ignored."""
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    admin = _admin(settings)
     names = list(topics)
     if not names:
         return
@@ -155,3 +162,13 @@ def delete_topics(settings: KafkaSettings, topics: Iterable[str], *, timeout_s: 
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
                 raise
+
+
+def delete_prefixed_topics(settings: KafkaSettings, *, timeout_s: float = 30.0) -> list[str]:
+    """Delete every topic that starts with the settings' (non-empty) prefix; return their names."""
+    if not settings.topic_prefix:
+        raise ValueError("refusing to delete topics without a topic prefix: that would be every topic")
+    admin = _admin(settings)
+    mine = [t for t in admin.list_topics(timeout=timeout_s).topics if t.startswith(settings.topic_prefix)]
+    delete_topics(settings, mine, timeout_s=timeout_s)
+    return mine

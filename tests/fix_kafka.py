@@ -8,9 +8,8 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from confluent_kafka.admin import AdminClient
 
-from stocksync.kafka import delete_topics
+from stocksync.kafka import delete_prefixed_topics
 from stocksync.local import KafkaEndpoint, local_kafka
 from stocksync.settings import KafkaSettings
 
@@ -42,6 +41,4 @@ def kafka(kafka_endpoint: KafkaEndpoint) -> Iterator[KafkaSettings]:
         bootstrap_servers=kafka_endpoint.bootstrap_servers, topic_prefix=prefix, partitions=4
     )
     yield settings
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
-    mine = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefix)]
-    delete_topics(settings, mine)
+    delete_prefixed_topics(settings)

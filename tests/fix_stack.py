@@ -9,17 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from channels.connection import Connection, Listing, to_toml
-from channels.shopify.simulator import ShopifySimulator
+from channels.connection import Connection, to_toml
+from channels.shopify.simulator import ShopifySimulator, sample_connection
 from channels.simulation import serve
-from schemas import inventory_events, quarantine, stock_changed, stock_rejected
+from schemas import TOPICS
 from stocksync.kafka import ensure_topics
 from stocksync.local.stack import Stack, StackConfig
 from stocksync.settings import KafkaSettings
 from tests.helpers import eventually
-
-TOPICS = (inventory_events.TOPIC, stock_changed.TOPIC, stock_rejected.TOPIC, quarantine.TOPIC)
-SKUS = ("SKU-1", "SKU-2", "SKU-3")
 
 
 @dataclass
@@ -34,26 +31,12 @@ class ShopifyWorld:
         return ref
 
 
-def shopify_connection(base_url: str, *, conn_id: str = "shop-acme", tenant: str = "acme") -> Connection:
-    return Connection(
-        id=conn_id,
-        tenant=tenant,
-        channel="shopify",
-        webhook_secret="whsec-test-secret",
-        api_base_url=base_url,
-        access_token="shpat-test-token",
-        listings={
-            sku: Listing(listing_id=str(4000 + n), inventory_ref=f"gid://shopify/InventoryItem/{9000 + n}")
-            for n, sku in enumerate(SKUS, start=1)
-        },
-    )
-
-
 @pytest.fixture
 async def shopify_world(tmp_path: Path) -> AsyncIterator[ShopifyWorld]:
-    simulator = ShopifySimulator(access_token="shpat-test-token")
+    simulator = ShopifySimulator(access_token="")
     async with serve(simulator.app()) as base_url:
-        connection = shopify_connection(base_url)
+        connection = sample_connection(base_url, skus=("SKU-1", "SKU-2", "SKU-3"))
+        simulator.access_token = connection.access_token.get_secret_value()
         for listing in connection.listings.values():
             assert listing.inventory_ref is not None
             simulator.available[listing.inventory_ref] = 0

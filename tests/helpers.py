@@ -2,32 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
 
 from confluent_kafka import Consumer, Message, TopicPartition
 
+from stocksync.local.process import eventually
 from stocksync.settings import KafkaSettings
 
-T = TypeVar("T")
-
-
-async def eventually(
-    check: Callable[[], T | Awaitable[T]], *, timeout_s: float = 30.0, what: str, interval_s: float = 0.05
-) -> T:
-    """Poll `check` until it returns a truthy value; fail with `what` if the deadline passes first."""
-    deadline = time.monotonic() + timeout_s
-    last: T | None = None
-    while time.monotonic() < deadline:
-        result = check()
-        last = await result if isinstance(result, Awaitable) else result
-        if last:
-            return last
-        await asyncio.sleep(interval_s)  # a polling interval, bounded by the deadline above
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what} (last value: {last!r})")
+__all__ = ["eventually", "group_caught_up", "read_topic"]
 
 
 def read_topic(settings: KafkaSettings, topic: str, *, timeout_s: float = 20.0) -> list[Message]:

@@ -8,14 +8,16 @@ and can be told to fail the next calls with a given HTTP status.
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from aiohttp import web
+from pydantic import SecretStr
 
-from channels.connection import Connection
+from channels.connection import Connection, Listing
 from channels.shopify import webhooks
 
 DEFAULT_LOCATION = "gid://shopify/Location/1"
@@ -169,3 +171,22 @@ def order_webhook(
         "X-Shopify-API-Version": "2026-01",
     }
     return body, headers
+
+
+def sample_connection(
+    base_url: str, *, skus: tuple[str, ...], conn_id: str = "shop-acme", tenant: str = "acme"
+) -> Connection:
+    """A connection to this simulator with fresh random secrets and listings for `skus`
+    (variant ids 4001, 4002, ..., inventory items gid://shopify/InventoryItem/9001, ...)."""
+    return Connection(
+        id=conn_id,
+        tenant=tenant,
+        channel="shopify",
+        webhook_secret=SecretStr(secrets.token_urlsafe(24)),
+        api_base_url=base_url,
+        access_token=SecretStr(f"shpat_{secrets.token_hex(16)}"),
+        listings={
+            sku: Listing(listing_id=str(4000 + n), inventory_ref=f"gid://shopify/InventoryItem/{9000 + n}")
+            for n, sku in enumerate(skus, start=1)
+        },
+    )

@@ -6,6 +6,7 @@ SIGKILLed (Linux parent-death signal), and its run directory is removed on a cle
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import os
@@ -15,10 +16,12 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 _PR_SET_PDEATHSIG = 1
+T = TypeVar("T")
 RUN_ROOT = Path(tempfile.gettempdir()) / "stocksync-run"
 
 
@@ -120,6 +123,21 @@ def log_tail(path: Path, lines: int = 30) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log written)"
+
+
+async def eventually(
+    check: Callable[[], T | Awaitable[T]], *, timeout_s: float = 30.0, what: str, interval_s: float = 0.05
+) -> T:
+    """Poll `check` until it returns a truthy value; raise AssertionError naming `what` at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    last: T | None = None
+    while time.monotonic() < deadline:
+        result = check()
+        last = await result if isinstance(result, Awaitable) else result
+        if last:
+            return last
+        await asyncio.sleep(interval_s)  # a polling interval, bounded by the deadline above
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what} (last value: {last!r})")
 
 
 def wait_until(

@@ -54,10 +54,14 @@ async def test_sale_reaches_the_channel_once_and_oversell_is_rejected(
 
     # The seller's count: 10 units of SKU-1 (the admin API that records counts comes later; same event).
     producer = AsyncProducer(producer_config(kafka))
-    count = StockCounted(event_id="admin:count:1", tenant="acme", sku="SKU-1", quantity=10, occurred_at=t0,
-                         received_at=t0)  # fmt: skip
-    await producer.send(kafka.topic(inventory_events.TOPIC), inventory_events.encode(count),
-                        key=partition_key("acme", "SKU-1"))  # fmt: skip
+    count = StockCounted(
+        event_id="admin:count:1", tenant="acme", sku="SKU-1", quantity=10, occurred_at=t0, received_at=t0
+    )
+    await producer.send(
+        kafka.topic(inventory_events.TOPIC),
+        inventory_events.encode(count),
+        key=partition_key("acme", "SKU-1"),
+    )
     await producer.close()
     await eventually(lambda: sim.available.get(item) == 10, what="the simulator to show the count of 10")
 

@@ -12,21 +12,20 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from channels.connection import ConnectionRegistry
-from channels.shopify.simulator import order_webhook
+from channels.shopify.simulator import order_webhook, sample_connection
 from ingest.app import build_app
 from ingest.settings import IngestSettings
-from schemas import inventory_events, quarantine
+from schemas import TOPICS, inventory_events, quarantine
 from stocksync.kafka import ensure_topics
 from stocksync.local.process import free_port
 from stocksync.settings import KafkaSettings
-from tests.fix_stack import TOPICS, shopify_connection
 from tests.helpers import read_topic
 
 pytestmark = pytest.mark.integration
 
 Client = TestClient[web.Request, web.Application]
 
-CONN = shopify_connection("http://127.0.0.1:1")
+CONN = sample_connection("http://127.0.0.1:1", skus=("SKU-1", "SKU-2", "SKU-3"))
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
 

@@ -20,14 +20,28 @@ T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
 def sale(n: int, quantity: int, *, at: datetime = T0, sku: str = "SKU-1") -> OrderPlaced:
     return OrderPlaced(
-        event_id=f"c1:order:{n}:line:1", tenant="acme", sku=sku, quantity=quantity, connection_id="c1",
-        channel="shopify", order_id=str(n), line_id="1", occurred_at=at, received_at=at,
-    )  # fmt: skip
+        event_id=f"c1:order:{n}:line:1",
+        tenant="acme",
+        sku=sku,
+        quantity=quantity,
+        connection_id="c1",
+        channel="shopify",
+        order_id=str(n),
+        line_id="1",
+        occurred_at=at,
+        received_at=at,
+    )
 
 
 def count(n: int, quantity: int, *, as_of: datetime, sku: str = "SKU-1") -> StockCounted:
-    return StockCounted(event_id=f"admin:count:{n}", tenant="acme", sku=sku, quantity=quantity,
-                        occurred_at=as_of, received_at=as_of)  # fmt: skip
+    return StockCounted(
+        event_id=f"admin:count:{n}",
+        tenant="acme",
+        sku=sku,
+        quantity=quantity,
+        occurred_at=as_of,
+        received_at=as_of,
+    )
 
 
 async def run(database_url: str, event: OrderPlaced | StockCounted):  # type: ignore[no-untyped-def]
@@ -60,8 +74,10 @@ async def test_sale_duplicate_and_oversell(database_url: str) -> None:
     assert json.loads(refused.payload or b"")["reason"] == "out_of_stock"
     assert state(database_url) == (2, 2)
     assert ledger_outcomes(database_url) == [
-        ("admin:count:1", "applied"), ("c1:order:1:line:1", "applied"), ("c1:order:2:line:1", "rejected"),
-    ]  # fmt: skip
+        ("admin:count:1", "applied"),
+        ("c1:order:1:line:1", "applied"),
+        ("c1:order:2:line:1", "rejected"),
+    ]
 
 
 async def test_unknown_sku_is_recorded_not_created(database_url: str) -> None:

@@ -12,9 +12,16 @@ NOW = datetime(2026, 11, 23, tzinfo=UTC)
 
 def change(sku: str, version: int, available: int, tenant: str = "acme") -> StockChanged:
     return StockChanged(
-        tenant=tenant, sku=sku, available=available, version=version, cause_event_id=f"e-{sku}-{version}",
-        origin_connection_id=None, occurred_at=NOW, received_at=NOW, committed_at=NOW,
-    )  # fmt: skip
+        tenant=tenant,
+        sku=sku,
+        available=available,
+        version=version,
+        cause_event_id=f"e-{sku}-{version}",
+        origin_connection_id=None,
+        occurred_at=NOW,
+        received_at=NOW,
+        committed_at=NOW,
+    )
 
 
 def test_newest_version_wins_even_when_delivered_out_of_order() -> None:

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 
 from channels.connection import ConnectionRegistry, ConnectionsFileError, to_toml
-from tests.fix_stack import shopify_connection
+from channels.shopify.simulator import sample_connection
 
 
 def test_round_trip_through_toml(tmp_path: Path) -> None:
-    conn = shopify_connection("http://127.0.0.1:9/x")
+    conn = sample_connection("http://127.0.0.1:9/x", skus=("SKU-1", "SKU-2", "SKU-3"))
     path = tmp_path / "c.toml"
     path.write_text(to_toml([conn]))
     loaded = ConnectionRegistry.from_file(path).get("shop-acme")
@@ -27,7 +27,7 @@ def test_invalid_files_are_explained(tmp_path: Path) -> None:
         ConnectionRegistry.from_file(path)
     with pytest.raises(ConnectionsFileError, match="cannot read connections file"):
         ConnectionRegistry.from_file(tmp_path / "missing.toml")
-    twice = to_toml([shopify_connection("http://x")] * 2)
+    twice = to_toml([sample_connection("http://x", skus=("SKU-1", "SKU-2", "SKU-3"))] * 2)
     path.write_text(twice)
     with pytest.raises(ConnectionsFileError, match="defined twice"):
         ConnectionRegistry.from_file(path)

@@ -16,9 +16,17 @@ NOW = datetime(2026, 11, 23, tzinfo=UTC)
 
 def sale(**overrides: object) -> OrderPlaced:
     fields: dict[str, object] = dict(
-        event_id="c1:order:1:line:1", tenant="acme", sku="SKU-1", quantity=1, connection_id="c1",
-        channel="shopify", order_id="1", line_id="1", occurred_at=NOW, received_at=NOW,
-    )  # fmt: skip
+        event_id="c1:order:1:line:1",
+        tenant="acme",
+        sku="SKU-1",
+        quantity=1,
+        connection_id="c1",
+        channel="shopify",
+        order_id="1",
+        line_id="1",
+        occurred_at=NOW,
+        received_at=NOW,
+    )
     fields.update(overrides)
     return OrderPlaced.model_validate(fields)
 

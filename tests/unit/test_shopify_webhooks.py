@@ -9,10 +9,9 @@ import pytest
 
 from channels.errors import PayloadError
 from channels.shopify import webhooks
-from channels.shopify.simulator import order_webhook
-from tests.fix_stack import shopify_connection
+from channels.shopify.simulator import order_webhook, sample_connection
 
-CONN = shopify_connection("http://127.0.0.1:1")
+CONN = sample_connection("http://127.0.0.1:1", skus=("SKU-1", "SKU-2", "SKU-3"))
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 SECRET = CONN.webhook_secret.get_secret_value()
 
