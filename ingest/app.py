@@ -166,7 +166,8 @@ def build_app(
         try:
             yield
         finally:
-            await own.close()
+            # Handlers have answered by now: what is still queued was answered 503, so wait only briefly.
+            await own.close(timeout_s=max(1.0, settings.ack_timeout_s))
 
     app.cleanup_ctx.append(kafka_producer)
     app.router.add_post("/webhooks/{connection_id}", webhook)

@@ -7,6 +7,7 @@ record, so a caller that awaits it may tell the outside world the record is dura
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -16,6 +17,9 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from stocksync.settings import KafkaSettings
+
+
+log = logging.getLogger(__name__)
 
 
 class DeliveryError(RuntimeError):
@@ -110,12 +114,18 @@ class AsyncProducer:
         return await asyncio.to_thread(self._producer.flush, timeout_s)
 
     async def close(self, timeout_s: float = 10.0) -> None:
+        """Deliver what is queued within `timeout_s`; then drop the rest, which nobody was told is stored
+        (their senders got an error or a timeout), and release the client's threads and connections."""
         try:
-            await self.flush(timeout_s)
+            left = await self.flush(timeout_s)
+            if left:
+                log.warning("dropping %d records Kafka never acknowledged (their callers were told so)", left)
+                self._producer.purge(in_queue=True, in_flight=True)
+                await self.flush(1.0)
         finally:
             self._stop.set()
             await asyncio.to_thread(self._poller.join, 2.0)
-            self._producer.close()  # release librdkafka's threads and connections now, not at GC
+            await asyncio.to_thread(self._producer.close)
 
 
 def _admin(settings: KafkaSettings) -> AdminClient:
