@@ -18,7 +18,6 @@ from confluent_kafka.cimpl import NewTopic
 
 from stocksync.settings import KafkaSettings
 
-
 log = logging.getLogger(__name__)
 
 
