@@ -95,7 +95,40 @@ async def _finish(
     return Result(outcome, topic, payload, partition_key(event.tenant, event.sku))
 
 
+@dataclass(frozen=True)
+class SkuRow:
+    available: int
+    version: int
+    counted_at: datetime | None
+
+    def counted_since(self, at: datetime) -> bool:
+        """True if a count as of `at` or later is applied: a change that happened at `at` is in it."""
+        return self.counted_at is not None and self.counted_at >= at
+
+
+async def _row(conn: AsyncConnection, tenant: str, sku: str, *, for_update: bool = False) -> SkuRow | None:
+    query = "SELECT available, version, counted_at FROM inventory WHERE tenant = %s AND sku = %s"
+    cur = await conn.execute(query + " FOR UPDATE" if for_update else query, (tenant, sku))
+    row = await cur.fetchone()
+    return SkuRow(row[0], row[1], row[2]) if row else None
+
+
+def _changed(event: OrderPlaced | StockCounted, available: int, version: int) -> StockChanged:
+    return StockChanged(
+        tenant=event.tenant,
+        sku=event.sku,
+        available=available,
+        version=version,
+        cause_event_id=event.event_id,
+        origin_connection_id=event.connection_id,
+        occurred_at=event.occurred_at,
+        received_at=event.received_at,
+        committed_at=datetime.now(UTC),
+    )
+
+
 async def apply_order(conn: AsyncConnection, event: OrderPlaced) -> Result:
+    """Decrement only if enough is available and no count as of the sale's time or later is applied."""
     if not await _claim(conn, event.event_id, event.tenant, event.sku):
         return await _stored(conn, event.event_id, event.tenant, event.sku)
     q = event.quantity
@@ -105,21 +138,9 @@ async def apply_order(conn: AsyncConnection, event: OrderPlaced) -> Result:
         "AND (counted_at IS NULL OR counted_at < %(at)s) RETURNING available, version",
         {"q": q, "t": event.tenant, "s": event.sku, "at": event.occurred_at},
     )
-    row = await cur.fetchone()
-    now = datetime.now(UTC)
-    if row is not None:
-        after, version = row
-        changed = StockChanged(
-            tenant=event.tenant,
-            sku=event.sku,
-            available=after,
-            version=version,
-            cause_event_id=event.event_id,
-            origin_connection_id=event.connection_id,
-            occurred_at=event.occurred_at,
-            received_at=event.received_at,
-            committed_at=now,
-        )
+    updated = await cur.fetchone()
+    if updated is not None:
+        after, version = updated
         return await _finish(
             conn,
             event,
@@ -129,55 +150,58 @@ async def apply_order(conn: AsyncConnection, event: OrderPlaced) -> Result:
             after=after,
             version=version,
             reason=None,
-            emit=changed,
+            emit=_changed(event, after, version),
         )
-    cur = await conn.execute(
-        "SELECT available, version, counted_at FROM inventory WHERE tenant = %s AND sku = %s",
-        (event.tenant, event.sku),
-    )
-    current = await cur.fetchone()
-    if current is not None and current[2] is not None and current[2] >= event.occurred_at:
+    row = await _row(conn, event.tenant, event.sku)
+    if row is not None and row.counted_since(event.occurred_at):
+        reason = f"sale at {event.occurred_at.isoformat()} is already in the count as of {row.counted_at}"
         return await _finish(
             conn,
             event,
             "stale",
             delta=-q,
-            before=current[0],
-            after=current[0],
-            version=current[1],
-            reason=f"sale at {event.occurred_at.isoformat()} is already included in the count as of "
-            f"{current[2].isoformat()}",
+            before=row.available,
+            after=row.available,
+            version=row.version,
+            reason=reason,
             emit=None,
         )
-    outcome: Outcome = "unknown_sku" if current is None else "rejected"
     rejected = StockRejected(
         tenant=event.tenant,
         sku=event.sku,
         requested=q,
-        available=current[0] if current else None,
-        version=current[1] if current else None,
-        reason="unknown_sku" if current is None else "out_of_stock",
+        available=row.available if row else None,
+        version=row.version if row else None,
+        reason="unknown_sku" if row is None else "out_of_stock",
         cause_event_id=event.event_id,
         origin_connection_id=event.connection_id,
         order_id=event.order_id,
         occurred_at=event.occurred_at,
         received_at=event.received_at,
-        rejected_at=now,
+        rejected_at=datetime.now(UTC),
     )
-    reason = (
-        f"SKU {event.sku!r} is not in the master record of tenant {event.tenant!r}"
-        if current is None
-        else f"requested {q}, only {current[0]} available"
-    )
+    if row is None:
+        reason = f"SKU {event.sku!r} is not in the master record of tenant {event.tenant!r}"
+        return await _finish(
+            conn,
+            event,
+            "unknown_sku",
+            delta=-q,
+            before=None,
+            after=None,
+            version=None,
+            reason=reason,
+            emit=rejected,
+        )
     return await _finish(
         conn,
         event,
-        outcome,
+        "rejected",
         delta=-q,
-        before=current[0] if current else None,
-        after=current[0] if current else None,
-        version=current[1] if current else None,
-        reason=reason,
+        before=row.available,
+        after=row.available,
+        version=row.version,
+        reason=f"requested {q}, only {row.available} available",
         emit=rejected,
     )
 
@@ -186,21 +210,17 @@ async def apply_count(conn: AsyncConnection, event: StockCounted) -> Result:
     """Set the count as of ``occurred_at``; sales applied that happened after it are subtracted again."""
     if not await _claim(conn, event.event_id, event.tenant, event.sku):
         return await _stored(conn, event.event_id, event.tenant, event.sku)
-    cur = await conn.execute(
-        "SELECT available, version, counted_at FROM inventory WHERE tenant = %s AND sku = %s FOR UPDATE",
-        (event.tenant, event.sku),
-    )
-    current = await cur.fetchone()
-    if current is not None and current[2] is not None and current[2] >= event.occurred_at:
+    row = await _row(conn, event.tenant, event.sku, for_update=True)
+    if row is not None and row.counted_since(event.occurred_at):
         return await _finish(
             conn,
             event,
             "stale",
             delta=None,
-            before=current[0],
-            after=current[0],
-            version=current[1],
-            reason=f"a newer count (as of {current[2].isoformat()}) is already applied",
+            before=row.available,
+            after=row.available,
+            version=row.version,
+            reason=f"a newer count (as of {row.counted_at}) is already applied",
             emit=None,
         )
     cur = await conn.execute(
@@ -216,20 +236,9 @@ async def apply_count(conn: AsyncConnection, event: StockCounted) -> Result:
         "counted_at = EXCLUDED.counted_at, updated_at = now() RETURNING version",
         (event.tenant, event.sku, after, event.occurred_at),
     )
-    row = await cur.fetchone()
-    version = int(row[0]) if row else 1
-    before = current[0] if current else None
-    changed = StockChanged(
-        tenant=event.tenant,
-        sku=event.sku,
-        available=after,
-        version=version,
-        cause_event_id=event.event_id,
-        origin_connection_id=event.connection_id,
-        occurred_at=event.occurred_at,
-        received_at=event.received_at,
-        committed_at=datetime.now(UTC),
-    )
+    inserted = await cur.fetchone()
+    version = int(inserted[0]) if inserted else 1
+    before = row.available if row else None
     return await _finish(
         conn,
         event,
@@ -239,7 +248,7 @@ async def apply_count(conn: AsyncConnection, event: StockCounted) -> Result:
         after=after,
         version=version,
         reason=None,
-        emit=changed,
+        emit=_changed(event, after, version),
     )
 
 

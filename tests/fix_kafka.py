@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from typing import Protocol, TypeVar
 
 import pytest
 
@@ -24,14 +26,26 @@ def announce(config: pytest.Config, line: str) -> None:
         reporter.write_line(f"[infra] {line}")
 
 
-@pytest.fixture(scope="session")
-def kafka_endpoint(pytestconfig: pytest.Config) -> Iterator[KafkaEndpoint]:
+class Described(Protocol):
+    def describe(self) -> str: ...
+
+
+E = TypeVar("E", bound=Described)
+
+
+def announced(config: pytest.Config, server: AbstractContextManager[E]) -> Iterator[E]:
+    """Enter `server`, saying which real server started and stopped, and how long each took."""
     started = time.monotonic()
-    with local_kafka(partitions=4) as endpoint:
-        announce(pytestconfig, f"started {endpoint.describe()} in {time.monotonic() - started:.1f} s")
+    with server as endpoint:
+        announce(config, f"started {endpoint.describe()} in {time.monotonic() - started:.1f} s")
         yield endpoint
         stopping = time.monotonic()
-    announce(pytestconfig, f"stopped {endpoint.describe()} in {time.monotonic() - stopping:.1f} s")
+    announce(config, f"stopped {endpoint.describe()} in {time.monotonic() - stopping:.1f} s")
+
+
+@pytest.fixture(scope="session")
+def kafka_endpoint(pytestconfig: pytest.Config) -> Iterator[KafkaEndpoint]:
+    yield from announced(pytestconfig, local_kafka(partitions=4))
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterator
 
@@ -13,17 +12,12 @@ from psycopg.conninfo import make_conninfo
 
 from stocksync.db import migrate
 from stocksync.local import PostgresEndpoint, local_postgres
-from tests.fix_kafka import announce
+from tests.fix_kafka import announced
 
 
 @pytest.fixture(scope="session")
 def pg_server(pytestconfig: pytest.Config) -> Iterator[PostgresEndpoint]:
-    started = time.monotonic()
-    with local_postgres() as endpoint:
-        announce(pytestconfig, f"started {endpoint.describe()} in {time.monotonic() - started:.1f} s")
-        yield endpoint
-        stopping = time.monotonic()
-    announce(pytestconfig, f"stopped {endpoint.describe()} in {time.monotonic() - stopping:.1f} s")
+    yield from announced(pytestconfig, local_postgres())
 
 
 @pytest.fixture
