@@ -13,22 +13,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import faust
+from aiohttp import web
 from prometheus_client import CollectorRegistry
 from psycopg import OperationalError
+from psycopg.errors import DeadlockDetected, SerializationFailure, UniqueViolation
 from psycopg_pool import AsyncConnectionPool
 from pydantic import ValidationError
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from processor.metrics import ProcessorMetrics
+from processor.ops import ops_app
 from processor.settings import ProcessorSettings
-from processor.store import Result, apply
+from processor.store import Result, apply_batch
 from schemas import inventory_events, stock_changed, stock_rejected
 from stocksync.db import open_pool
 
 log = logging.getLogger(__name__)
+
+# Worth retrying: the connection dropped, or another worker touched the same rows during a rebalance.
+TRANSIENT_DB_ERRORS = (OperationalError, DeadlockDetected, SerializationFailure, UniqueViolation)
 
 
 def _retrying(what: str, *errors: type[BaseException]) -> AsyncRetrying:
@@ -39,16 +46,16 @@ def _retrying(what: str, *errors: type[BaseException]) -> AsyncRetrying:
 
     return AsyncRetrying(
         retry=retry_if_exception_type(errors),
-        wait=wait_exponential(multiplier=0.1, max=5.0),
+        wait=wait_exponential(multiplier=0.05, max=5.0),
         before_sleep=before_sleep,
         reraise=True,
     )
 
 
-async def apply_batch(
+async def commit_batch(
     pool: AsyncConnectionPool, raw_values: list[bytes], metrics: ProcessorMetrics
 ) -> list[Result]:
-    """Decode and apply a batch in one transaction (retried whole on connection errors)."""
+    """Decode and apply a batch in one transaction, retried whole on transient database errors."""
     events = []
     for raw in raw_values:
         try:
@@ -59,15 +66,35 @@ async def apply_batch(
     if not events:
         return []
     started = time.perf_counter()
-    async for attempt in _retrying("applying a batch to PostgreSQL", OperationalError):
+    async for attempt in _retrying("applying a batch to PostgreSQL", *TRANSIENT_DB_ERRORS):
         with attempt:
             async with pool.connection() as conn, conn.transaction():
-                results = [await apply(conn, e) for e in events]
+                results = await apply_batch(conn, events)
     metrics.commit_seconds.observe(time.perf_counter() - started)
     metrics.batch_size.observe(len(events))
+    now = datetime.now(UTC)
     for r in results:
         metrics.events.labels(r.outcome).inc()
+        if r.outcome == "rejected":
+            metrics.oversells_prevented.inc()
+        if r.outcome != "duplicate":
+            metrics.lag_seconds.observe(max(0.0, (now - r.event.received_at).total_seconds()))
     return results
+
+
+async def prune_processed(pool: AsyncConnectionPool, older_than: timedelta, *, chunk: int = 10_000) -> int:
+    """Delete processed_events rows older than `older_than`, in chunks; return how many went."""
+    total = 0
+    while True:
+        async with pool.connection() as conn:
+            cur = await conn.execute(
+                "DELETE FROM processed_events WHERE event_id IN (SELECT event_id FROM processed_events "
+                "WHERE processed_at < now() - %s LIMIT %s)",
+                (older_than, chunk),
+            )
+        total += cur.rowcount
+        if cur.rowcount < chunk:
+            return total
 
 
 def build_app(settings: ProcessorSettings, *, registry: CollectorRegistry | None = None) -> faust.App:
@@ -86,7 +113,8 @@ def build_app(settings: ProcessorSettings, *, registry: CollectorRegistry | None
         web_enabled=settings.web_enabled,
         web_port=settings.web_port,
     )
-    metrics = ProcessorMetrics(registry or CollectorRegistry())
+    registry = registry or CollectorRegistry()
+    metrics = ProcessorMetrics(registry)
 
     def raw_topic(name: str) -> faust.TopicT:
         return app.topic(
@@ -111,7 +139,7 @@ def build_app(settings: ProcessorSettings, *, registry: CollectorRegistry | None
             await asyncio.gather(*pending)
 
     async def handle(pool: AsyncConnectionPool, values: list[bytes]) -> None:
-        results = await apply_batch(pool, values, metrics)
+        results = await commit_batch(pool, values, metrics)
         async for attempt in _retrying("publishing results to Kafka", Exception):
             with attempt:
                 await publish(results)
@@ -127,4 +155,23 @@ def build_app(settings: ProcessorSettings, *, registry: CollectorRegistry | None
                     await task  # finish the started batch before take() acks it
                     raise
 
+    async def ops() -> None:
+        """The ops HTTP server and the processed_events retention, on a small pool of their own."""
+        small = settings.postgres.model_copy(update={"pool_min_size": 1, "pool_max_size": 2})
+        async with open_pool(small, name="processor-ops") as pool:
+            runner = web.AppRunner(ops_app(registry, pool), access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, settings.ops_host, settings.ops_port).start()
+            log.info("processor ops server on %s", runner.addresses)
+            try:
+                while True:
+                    deleted = await prune_processed(pool, timedelta(days=settings.retention_days))
+                    metrics.retention_deleted.inc(deleted)
+                    if deleted:
+                        log.info("retention: pruned %d processed_events rows", deleted)
+                    await asyncio.sleep(settings.retention_interval_s)  # the retention schedule
+            finally:
+                await runner.cleanup()
+
+    app.task(ops)
     return app

@@ -1,4 +1,4 @@
-"""Processor metrics."""
+"""Processor metrics. Outcome label values are the fixed set of processor.store.Outcome."""
 
 from __future__ import annotations
 
@@ -10,6 +10,11 @@ class ProcessorMetrics:
         self.events = Counter(
             "processor_events_total", "Inventory events handled, by outcome.", ["outcome"], registry=registry
         )
+        self.oversells_prevented = Counter(
+            "processor_oversells_prevented_total",
+            "Sales refused because they asked for more than was available.",
+            registry=registry,
+        )
         self.batch_size = Histogram(
             "processor_batch_size",
             "Events per database transaction.",
@@ -17,5 +22,19 @@ class ProcessorMetrics:
             registry=registry,
         )
         self.commit_seconds = Histogram(
-            "processor_commit_seconds", "Time to apply and commit one batch.", registry=registry
+            "processor_commit_seconds",
+            "Time to apply and commit one batch.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=registry,
+        )
+        self.lag_seconds = Histogram(
+            "processor_lag_seconds",
+            "From the event's arrival at the gateway to its commit in the master record.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+            registry=registry,
+        )
+        self.retention_deleted = Counter(
+            "processor_retention_deleted_total",
+            "processed_events rows pruned by the retention task.",
+            registry=registry,
         )

@@ -21,7 +21,11 @@ class ProcessorSettings(BaseSettings):
         default_factory=lambda: Path(tempfile.gettempdir()) / "stocksync-processor",
         description="Faust's local state directory.",
     )
-    web_enabled: bool = False
+    web_enabled: bool = Field(False, description="Faust's own web server (the ops server below is ours).")
     web_port: int = 6066
+    ops_host: str = "127.0.0.1"
+    ops_port: int = Field(8081, ge=0, le=65535, description="/metrics, /healthz, /audit; 0: any free port.")
+    retention_days: float = Field(30.0, gt=0, description="How long processed_events keeps an event id.")
+    retention_interval_s: float = Field(3600.0, gt=0, description="How often old ids are pruned.")
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     postgres: PostgresSettings = Field(default_factory=PostgresSettings)

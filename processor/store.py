@@ -1,8 +1,10 @@
-"""The master record in PostgreSQL: one event applied per call, inside the caller's transaction.
+"""The master record in PostgreSQL: a batch of events applied inside the caller's transaction.
 
-Each call first claims the event id in ``processed_events``; a claimed id is a duplicate and changes
-nothing (its stored result is returned for re-emission). A sale is one conditional UPDATE that can never
-drive ``available`` below zero. Every handled event writes exactly one ledger row.
+Each event is one call of ``stocksync_apply`` (migration 0002): claim the id in ``processed_events``
+(``ON CONFLICT DO NOTHING``; a claimed id is a duplicate and changes nothing), a conditional UPDATE that can
+never drive ``available`` below zero, the version bump and exactly one ledger row. The calls of a batch go
+out in one pipeline, in order, so a SKU's events apply in log order. The record each event emits is stored
+with it, so a duplicate re-emits exactly what the first delivery emitted.
 """
 
 from __future__ import annotations
@@ -10,249 +12,145 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from psycopg import AsyncConnection
-from psycopg.types.json import Jsonb
 
 from schemas import stock_changed, stock_rejected
 from schemas.base import partition_key
-from schemas.inventory_events import OrderPlaced, StockCounted
+from schemas.inventory_events import AnyInventoryEvent, OrderCancelled, OrderPlaced
 from schemas.stock_changed import StockChanged
 from schemas.stock_rejected import StockRejected
 
-Outcome = Literal["applied", "duplicate", "rejected", "unknown_sku", "stale"]
+Outcome = Literal["applied", "duplicate", "rejected", "unknown_sku", "stale", "ignored"]
+
+APPLY = (
+    "SELECT outcome, before, after, version, reason FROM stocksync_apply(%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+)
 
 
 @dataclass(frozen=True)
 class Result:
     """What happened to one event, and the record to publish for it (topic name without prefix)."""
 
+    event: AnyInventoryEvent
     outcome: Outcome
     topic: str | None
     payload: bytes | None
-    key: bytes
+    after: int | None = None
+    version: int | None = None
+
+    @property
+    def key(self) -> bytes:
+        return partition_key(self.event.tenant, self.event.sku)
 
 
-async def _claim(conn: AsyncConnection, event_id: str, tenant: str, sku: str) -> bool:
-    cur = await conn.execute(
-        "INSERT INTO processed_events (event_id, tenant, sku, outcome) VALUES (%s, %s, %s, 'pending') "
-        "ON CONFLICT (event_id) DO NOTHING RETURNING 1",
-        (event_id, tenant, sku),
-    )
-    return await cur.fetchone() is not None
-
-
-async def _stored(conn: AsyncConnection, event_id: str, tenant: str, sku: str) -> Result:
-    cur = await conn.execute(
-        "SELECT result_topic, result FROM processed_events WHERE event_id = %s", (event_id,)
-    )
-    row = await cur.fetchone()
-    topic, result = (row[0], row[1]) if row else (None, None)
-    payload = json.dumps(result).encode() if result is not None else None
-    return Result("duplicate", topic, payload, partition_key(tenant, sku))
-
-
-async def _finish(
-    conn: AsyncConnection,
-    event: OrderPlaced | StockCounted,
-    outcome: Outcome,
-    *,
-    delta: int | None,
-    before: int | None,
-    after: int | None,
-    version: int | None,
-    reason: str | None,
-    emit: StockChanged | StockRejected | None,
-) -> Result:
-    topic = stock_changed.TOPIC if isinstance(emit, StockChanged) else stock_rejected.TOPIC if emit else None
-    payload = emit.model_dump_json().encode() if emit else None
-    await conn.execute(
-        "INSERT INTO ledger (event_id, tenant, sku, kind, delta, absolute, before, after, version, outcome, "
-        "reason, channel, connection_id, occurred_at) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-        (
-            event.event_id,
-            event.tenant,
-            event.sku,
-            event.type,
-            delta,
-            event.quantity if isinstance(event, StockCounted) else None,
-            before,
-            after,
-            version,
-            outcome,
-            reason,
-            event.channel,
-            event.connection_id,
-            event.occurred_at,
-        ),
-    )
-    await conn.execute(
-        "UPDATE processed_events SET outcome = %s, result_topic = %s, result = %s WHERE event_id = %s",
-        (outcome, topic, Jsonb(json.loads(payload)) if payload else None, event.event_id),
-    )
-    return Result(outcome, topic, payload, partition_key(event.tenant, event.sku))
-
-
-@dataclass(frozen=True)
-class SkuRow:
-    available: int
-    version: int
-    counted_at: datetime | None
-
-    def counted_since(self, at: datetime) -> bool:
-        """True if a count as of `at` or later is applied: a change that happened at `at` is in it."""
-        return self.counted_at is not None and self.counted_at >= at
-
-
-async def _row(conn: AsyncConnection, tenant: str, sku: str, *, for_update: bool = False) -> SkuRow | None:
-    query = "SELECT available, version, counted_at FROM inventory WHERE tenant = %s AND sku = %s"
-    cur = await conn.execute(query + " FOR UPDATE" if for_update else query, (tenant, sku))
-    row = await cur.fetchone()
-    return SkuRow(row[0], row[1], row[2]) if row else None
-
-
-def _changed(event: OrderPlaced | StockCounted, available: int, version: int) -> StockChanged:
-    return StockChanged(
-        tenant=event.tenant,
-        sku=event.sku,
-        available=available,
-        version=version,
-        cause_event_id=event.event_id,
-        origin_connection_id=event.connection_id,
-        occurred_at=event.occurred_at,
-        received_at=event.received_at,
-        committed_at=datetime.now(UTC),
+def _params(e: AnyInventoryEvent) -> tuple[Any, ...]:
+    sale_id = e.sale_event_id if isinstance(e, OrderCancelled) else None
+    return (
+        e.type,
+        e.event_id,
+        e.tenant,
+        e.sku,
+        e.quantity,
+        e.occurred_at,
+        e.channel,
+        e.connection_id,
+        sale_id,
     )
 
 
-async def apply_order(conn: AsyncConnection, event: OrderPlaced) -> Result:
-    """Decrement only if enough is available and no count as of the sale's time or later is applied."""
-    if not await _claim(conn, event.event_id, event.tenant, event.sku):
-        return await _stored(conn, event.event_id, event.tenant, event.sku)
-    q = event.quantity
-    cur = await conn.execute(
-        "UPDATE inventory SET available = available - %(q)s, version = version + 1, updated_at = now() "
-        "WHERE tenant = %(t)s AND sku = %(s)s AND available >= %(q)s "
-        "AND (counted_at IS NULL OR counted_at < %(at)s) RETURNING available, version",
-        {"q": q, "t": event.tenant, "s": event.sku, "at": event.occurred_at},
-    )
-    updated = await cur.fetchone()
-    if updated is not None:
-        after, version = updated
-        return await _finish(
-            conn,
-            event,
-            "applied",
-            delta=-q,
-            before=after + q,
-            after=after,
+def _emitted(
+    e: AnyInventoryEvent, outcome: str, after: int | None, version: int | None
+) -> tuple[str, bytes] | None:
+    now = datetime.now(UTC)
+    if outcome == "applied" and after is not None and version is not None:
+        changed = StockChanged(
+            tenant=e.tenant,
+            sku=e.sku,
+            available=after,
             version=version,
-            reason=None,
-            emit=_changed(event, after, version),
+            cause_event_id=e.event_id,
+            origin_connection_id=e.connection_id,
+            occurred_at=e.occurred_at,
+            received_at=e.received_at,
+            committed_at=now,
         )
-    row = await _row(conn, event.tenant, event.sku)
-    if row is not None and row.counted_since(event.occurred_at):
-        reason = f"sale at {event.occurred_at.isoformat()} is already in the count as of {row.counted_at}"
-        return await _finish(
-            conn,
-            event,
-            "stale",
-            delta=-q,
-            before=row.available,
-            after=row.available,
-            version=row.version,
-            reason=reason,
-            emit=None,
+        return stock_changed.TOPIC, changed.model_dump_json().encode()
+    if outcome in ("rejected", "unknown_sku") and isinstance(e, OrderPlaced):
+        rejected = StockRejected(
+            tenant=e.tenant,
+            sku=e.sku,
+            requested=e.quantity,
+            available=after,
+            version=version,
+            reason="unknown_sku" if outcome == "unknown_sku" else "out_of_stock",
+            cause_event_id=e.event_id,
+            origin_connection_id=e.connection_id,
+            order_id=e.order_id,
+            occurred_at=e.occurred_at,
+            received_at=e.received_at,
+            rejected_at=now,
         )
-    rejected = StockRejected(
-        tenant=event.tenant,
-        sku=event.sku,
-        requested=q,
-        available=row.available if row else None,
-        version=row.version if row else None,
-        reason="unknown_sku" if row is None else "out_of_stock",
-        cause_event_id=event.event_id,
-        origin_connection_id=event.connection_id,
-        order_id=event.order_id,
-        occurred_at=event.occurred_at,
-        received_at=event.received_at,
-        rejected_at=datetime.now(UTC),
-    )
-    if row is None:
-        reason = f"SKU {event.sku!r} is not in the master record of tenant {event.tenant!r}"
-        return await _finish(
-            conn,
-            event,
-            "unknown_sku",
-            delta=-q,
-            before=None,
-            after=None,
-            version=None,
-            reason=reason,
-            emit=rejected,
-        )
-    return await _finish(
-        conn,
-        event,
-        "rejected",
-        delta=-q,
-        before=row.available,
-        after=row.available,
-        version=row.version,
-        reason=f"requested {q}, only {row.available} available",
-        emit=rejected,
-    )
+        return stock_rejected.TOPIC, rejected.model_dump_json().encode()
+    return None
 
 
-async def apply_count(conn: AsyncConnection, event: StockCounted) -> Result:
-    """Set the count as of ``occurred_at``; sales applied that happened after it are subtracted again."""
-    if not await _claim(conn, event.event_id, event.tenant, event.sku):
-        return await _stored(conn, event.event_id, event.tenant, event.sku)
-    row = await _row(conn, event.tenant, event.sku, for_update=True)
-    if row is not None and row.counted_since(event.occurred_at):
-        return await _finish(
-            conn,
-            event,
-            "stale",
-            delta=None,
-            before=row.available,
-            after=row.available,
-            version=row.version,
-            reason=f"a newer count (as of {row.counted_at}) is already applied",
-            emit=None,
+async def apply_batch(conn: AsyncConnection, events: list[AnyInventoryEvent]) -> list[Result]:
+    """Apply `events` in order; return one Result per event. Call inside a transaction."""
+    if not events:
+        return []
+    rows: list[tuple[Any, ...]] = []
+    async with conn.cursor() as cur:
+        await cur.executemany(APPLY, [_params(e) for e in events], returning=True)
+        async for _ in cur.results():
+            row = await cur.fetchone()
+            if row is None:
+                raise RuntimeError("stocksync_apply returned no row")
+            rows.append(row)
+    results: list[Result] = []
+    first: dict[str, Result] = {}  # an id seen twice in one batch: the second is a duplicate of the first
+    stored: list[str] = []  # duplicates of earlier batches: their stored records are fetched below
+    for event, (outcome, _before, after, version, _reason) in zip(events, rows, strict=True):
+        if outcome == "duplicate":
+            earlier = first.get(event.event_id)
+            results.append(
+                Result(
+                    event,
+                    "duplicate",
+                    earlier.topic if earlier else None,
+                    earlier.payload if earlier else None,
+                )
+            )
+            if earlier is None:
+                stored.append(event.event_id)
+            continue
+        topic, payload = _emitted(event, outcome, after, version) or (None, None)
+        result = Result(event, outcome, topic, payload, after=after, version=version)
+        first[event.event_id] = result
+        results.append(result)
+    fresh = [r for r in first.values() if r.topic is not None and r.payload is not None]
+    if fresh:
+        await conn.execute(
+            "UPDATE processed_events p SET result_topic = v.topic, result = v.result::jsonb "
+            "FROM unnest(%s::text[], %s::text[], %s::text[]) AS v(id, topic, result) WHERE p.event_id = v.id",
+            (
+                [r.event.event_id for r in fresh],
+                [r.topic for r in fresh],
+                [(r.payload or b"").decode() for r in fresh],
+            ),
         )
-    cur = await conn.execute(
-        "SELECT COALESCE(sum(delta), 0) FROM ledger WHERE tenant = %s AND sku = %s AND outcome = 'applied' "
-        "AND kind = 'order_placed' AND occurred_at > %s",
-        (event.tenant, event.sku, event.occurred_at),
-    )
-    later = await cur.fetchone()
-    after = max(0, event.quantity + int(later[0] if later else 0))
-    cur = await conn.execute(
-        "INSERT INTO inventory AS i (tenant, sku, available, version, counted_at) VALUES (%s, %s, %s, 1, %s) "
-        "ON CONFLICT (tenant, sku) DO UPDATE SET available = EXCLUDED.available, version = i.version + 1, "
-        "counted_at = EXCLUDED.counted_at, updated_at = now() RETURNING version",
-        (event.tenant, event.sku, after, event.occurred_at),
-    )
-    inserted = await cur.fetchone()
-    version = int(inserted[0]) if inserted else 1
-    before = row.available if row else None
-    return await _finish(
-        conn,
-        event,
-        "applied",
-        delta=after - (before or 0),
-        before=before,
-        after=after,
-        version=version,
-        reason=None,
-        emit=_changed(event, after, version),
-    )
-
-
-async def apply(conn: AsyncConnection, event: OrderPlaced | StockCounted) -> Result:
-    if isinstance(event, OrderPlaced):
-        return await apply_order(conn, event)
-    return await apply_count(conn, event)
+    if stored:
+        cur = await conn.execute(
+            "SELECT event_id, result_topic, result FROM processed_events WHERE event_id = ANY(%s)", (stored,)
+        )
+        found = {
+            row[0]: (row[1], json.dumps(row[2]).encode() if row[2] is not None else None) async for row in cur
+        }
+        results = [
+            Result(r.event, "duplicate", *found.get(r.event.event_id, (None, None)))
+            if r.outcome == "duplicate" and r.topic is None
+            else r
+            for r in results
+        ]
+    return results

@@ -31,6 +31,26 @@ class OrderPlaced(Event):
     received_at: AwareDatetime
 
 
+class OrderCancelled(Event):
+    """An order line was cancelled or refunded with restock: the units its sale took return to stock.
+
+    Only a sale that took stock (applied, or already inside a count) is restocked; ``sale_event_id`` names it.
+    """
+
+    type: Literal["order_cancelled"] = "order_cancelled"
+    event_id: EventId
+    tenant: Tenant
+    sku: Sku
+    quantity: PositiveInt
+    connection_id: str
+    channel: Channel
+    order_id: str
+    line_id: str
+    sale_event_id: EventId
+    occurred_at: AwareDatetime
+    received_at: AwareDatetime
+
+
 class StockCounted(Event):
     """The seller's system of record says `quantity` units were available as of `occurred_at`."""
 
@@ -45,14 +65,15 @@ class StockCounted(Event):
     received_at: AwareDatetime
 
 
-InventoryEvent = Annotated[OrderPlaced | StockCounted, Field(discriminator="type")]
+AnyInventoryEvent = OrderPlaced | OrderCancelled | StockCounted
+InventoryEvent = Annotated[AnyInventoryEvent, Field(discriminator="type")]
 _adapter: TypeAdapter[InventoryEvent] = TypeAdapter(InventoryEvent)
 
 
-def decode(raw: bytes) -> OrderPlaced | StockCounted:
+def decode(raw: bytes) -> AnyInventoryEvent:
     """Parse one record value; raises pydantic.ValidationError on anything malformed."""
     return _adapter.validate_json(raw)
 
 
-def encode(event: OrderPlaced | StockCounted) -> bytes:
+def encode(event: AnyInventoryEvent) -> bytes:
     return event.model_dump_json().encode()

@@ -82,7 +82,8 @@ class Stack:
     def start_all(self, *, fanout: bool = True) -> None:
         ingest_port = free_port()
         self.start("ingest", "ingest", port=ingest_port, INGEST_PORT=str(ingest_port))
-        self.start("processor", "processor")
+        ops_port = free_port()
+        self.start("processor", "processor", port=ops_port, PROCESSOR_OPS_PORT=str(ops_port))
         if fanout:
             for channel in self.config.channels:
                 self.start(f"fanout-{channel}", "fanout", "--channel", channel)

@@ -10,8 +10,8 @@ import psycopg
 import pytest
 from psycopg import AsyncConnection
 
-from processor.store import apply
-from schemas.inventory_events import OrderPlaced, StockCounted
+from processor.store import Result, apply_batch
+from schemas.inventory_events import AnyInventoryEvent, OrderPlaced, StockCounted
 
 pytestmark = pytest.mark.integration
 
@@ -44,9 +44,10 @@ def count(n: int, quantity: int, *, as_of: datetime, sku: str = "SKU-1") -> Stoc
     )
 
 
-async def run(database_url: str, event: OrderPlaced | StockCounted):  # type: ignore[no-untyped-def]
+async def run(database_url: str, event: AnyInventoryEvent) -> Result:
     async with await AsyncConnection.connect(database_url) as conn, conn.transaction():
-        return await apply(conn, event)
+        [result] = await apply_batch(conn, [event])
+        return result
 
 
 def state(database_url: str) -> tuple[int, int]:
