@@ -31,6 +31,7 @@ from processor.settings import ProcessorSettings
 from processor.store import Result, apply_batch
 from schemas import inventory_events, stock_changed, stock_rejected
 from stocksync.db import open_pool
+from stocksync.kafka import AsyncProducer, DeliveryError, producer_config
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,8 @@ def build_app(settings: ProcessorSettings, *, registry: CollectorRegistry | None
         topic_replication_factor=kafka.replication_factor,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
         web_enabled=settings.web_enabled,
         web_port=settings.web_port,
     )
@@ -127,33 +130,38 @@ def build_app(settings: ProcessorSettings, *, registry: CollectorRegistry | None
         )
 
     source = raw_topic(inventory_events.TOPIC)
-    outputs = {name: raw_topic(name) for name in (stock_changed.TOPIC, stock_rejected.TOPIC)}
+    outputs = {name: kafka.topic(name) for name in (stock_changed.TOPIC, stock_rejected.TOPIC)}
 
-    async def publish(results: list[Result]) -> None:
-        pending = [
-            await outputs[r.topic].send(key=r.key, value=r.payload)
-            for r in results
-            if r.topic is not None and r.payload is not None
-        ]
-        if pending:
-            await asyncio.gather(*pending)
+    async def publish(producer: AsyncProducer, results: list[Result]) -> None:
+        await asyncio.gather(
+            *(
+                producer.send(outputs[r.topic], r.payload, key=r.key)
+                for r in results
+                if r.topic is not None and r.payload is not None
+            )
+        )
 
-    async def handle(pool: AsyncConnectionPool, values: list[bytes]) -> None:
+    async def handle(pool: AsyncConnectionPool, producer: AsyncProducer, values: list[bytes]) -> None:
         results = await commit_batch(pool, values, metrics)
-        async for attempt in _retrying("publishing results to Kafka", Exception):
+        async for attempt in _retrying("publishing results to Kafka", DeliveryError):
             with attempt:
-                await publish(results)
+                await publish(producer, results)
 
     @app.agent(source, name="apply-inventory-events")
     async def apply_events(stream: faust.StreamT[bytes]) -> None:
-        async with open_pool(settings.postgres, name="processor") as pool:
-            async for values in stream.take(settings.batch_max, within=settings.batch_within_s):
-                task = asyncio.ensure_future(handle(pool, list(values)))
-                try:
-                    await asyncio.shield(task)
-                except asyncio.CancelledError:
-                    await task  # finish the started batch before take() acks it
-                    raise
+        # Results go out through librdkafka (idempotent, acks=all): Faust consumes, we publish.
+        producer = AsyncProducer(producer_config(kafka))
+        try:
+            async with open_pool(settings.postgres, name="processor") as pool:
+                async for values in stream.take(settings.batch_max, within=settings.batch_within_s):
+                    task = asyncio.ensure_future(handle(pool, producer, list(values)))
+                    try:
+                        await asyncio.shield(task)
+                    except asyncio.CancelledError:
+                        await task  # finish the started batch before take() acks it
+                        raise
+        finally:
+            await producer.close()
 
     async def ops() -> None:
         """The ops HTTP server and the processed_events retention, on a small pool of their own."""

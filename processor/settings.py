@@ -25,6 +25,11 @@ class ProcessorSettings(BaseSettings):
     web_port: int = 6066
     ops_host: str = "127.0.0.1"
     ops_port: int = Field(8081, ge=0, le=65535, description="/metrics, /healthz, /audit; 0: any free port.")
+    session_timeout_s: float = Field(
+        10.0,
+        ge=6.0,
+        description="A silent worker is dropped from the group (and its partitions moved) after this.",
+    )
     retention_days: float = Field(30.0, gt=0, description="How long processed_events keeps an event id.")
     retention_interval_s: float = Field(3600.0, gt=0, description="How often old ids are pruned.")
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -108,6 +108,21 @@ class AsyncProducer:
         if timeout_s is None:
             return await done
         return await asyncio.wait_for(asyncio.shield(done), timeout_s)
+
+    async def send_batch(
+        self, topic: str, records: Iterable[tuple[bytes | None, bytes]], *, max_in_flight: int = 50_000
+    ) -> int:
+        """Produce (key, value) records in their order (the idempotent producer keeps it per partition)
+        and return once all are acknowledged; `max_in_flight` bounds what is queued at once."""
+        batch: list[Awaitable[Message]] = []
+        sent = 0
+        for key, value in records:
+            batch.append(self.send(topic, value, key=key))
+            if len(batch) >= max_in_flight:
+                await asyncio.gather(*batch)
+                sent, batch = sent + len(batch), []
+        await asyncio.gather(*batch)
+        return sent + len(batch)
 
     async def flush(self, timeout_s: float = 10.0) -> int:
         return await asyncio.to_thread(self._producer.flush, timeout_s)

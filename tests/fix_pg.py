@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest
@@ -21,14 +21,27 @@ def pg_server(pytestconfig: pytest.Config) -> Iterator[PostgresEndpoint]:
 
 
 @pytest.fixture
-def empty_database(pg_server: PostgresEndpoint) -> Iterator[str]:
-    """A new, empty database on the session's server; its URL. Dropped (with its connections) after."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
+def new_database(pg_server: PostgresEndpoint) -> Iterator[Callable[[], str]]:
+    """Makes new, empty databases on the session's server; all dropped, with their connections, after."""
+    made: list[str] = []
+
+    def make() -> str:
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(pg_server.url, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        made.append(name)
+        return make_conninfo(pg_server.url, dbname=name)
+
+    yield make
     with psycopg.connect(pg_server.url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    yield make_conninfo(pg_server.url, dbname=name)
-    with psycopg.connect(pg_server.url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        for name in made:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def empty_database(new_database: Callable[[], str]) -> str:
+    """A new, empty database on the session's server; its URL."""
+    return new_database()
 
 
 @pytest.fixture

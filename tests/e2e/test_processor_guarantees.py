@@ -1,0 +1,169 @@
+"""The processor's guarantees, with real Faust workers as OS processes on real Kafka and PostgreSQL.
+
+The reference for "the same final state" is the same stream applied straight into a second database in one
+uninterrupted pass; the checksum covers inventory, ledger and processed_events (processor.checksum).
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import AsyncConnection
+
+from processor.checksum import TableSum, checksum
+from processor.store import apply_batch
+from schemas import TOPICS, inventory_events, stock_changed
+from schemas.inventory_events import AnyInventoryEvent
+from stocksync.db import migrate
+from stocksync.kafka import AsyncProducer, ensure_topics, producer_config
+from stocksync.local.process import free_port
+from stocksync.local.stack import Service, Stack, StackConfig
+from stocksync.local.traffic import as_records, synthetic_stream
+from stocksync.settings import KafkaSettings
+from tests.helpers import eventually, group_caught_up, read_topic
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+
+
+@dataclass
+class Processors:
+    kafka: KafkaSettings
+    database_url: str
+    stack: Stack
+    new_database: Callable[[], str]
+
+    def start(self, name: str = "processor") -> Service:
+        return self.stack.start(
+            name,
+            "processor",
+            PROCESSOR_OPS_PORT=str(free_port()),
+            PROCESSOR_SESSION_TIMEOUT_S="6",
+            PROCESSOR_BATCH_MAX="300",
+        )
+
+    def kill(self, name: str = "processor") -> None:
+        assert self.stack.stop_service(name, sig=signal.SIGKILL) == -signal.SIGKILL
+
+    async def publish(self, events: list[AnyInventoryEvent]) -> None:
+        producer = AsyncProducer(producer_config(self.kafka))
+        try:
+            await producer.send_batch(self.kafka.topic(inventory_events.TOPIC), as_records(events))
+        finally:
+            await producer.close()
+
+    def ledger_rows(self) -> int:
+        with psycopg.connect(self.database_url) as conn:
+            row = conn.execute("SELECT count(*) FROM ledger").fetchone()
+        return int(row[0]) if row else 0
+
+    async def settled(self, rows: int, timeout_s: float = 120) -> None:
+        """Every event applied, and the group committed every offset of inventory.events."""
+        await eventually(lambda: self.ledger_rows() >= rows, timeout_s=timeout_s, what=f"{rows} ledger rows")
+        await eventually(
+            lambda: group_caught_up(self.kafka, "stocksync-processor", inventory_events.TOPIC),
+            timeout_s=60,
+            what="the processor group to commit every offset",
+        )
+
+    async def reference(self, events: list[AnyInventoryEvent]) -> dict[str, TableSum]:
+        """The state one uninterrupted pass over `events` produces."""
+        url = self.new_database()
+        migrate(url)
+        async with await AsyncConnection.connect(url) as conn:
+            for i in range(0, len(events), 1000):
+                async with conn.transaction():
+                    await apply_batch(conn, events[i : i + 1000])
+        return checksum(url)
+
+
+@pytest.fixture
+async def processors(
+    kafka: KafkaSettings, database_url: str, new_database: Callable[[], str], tmp_path: Path
+) -> AsyncIterator[Processors]:
+    ensure_topics(kafka, TOPICS)
+    config = StackConfig(
+        kafka.bootstrap_servers, database_url, tmp_path / "unused.toml", kafka.topic_prefix, 4
+    )
+    stack = Stack(config)
+    try:
+        yield Processors(kafka, database_url, stack, new_database)
+    finally:
+        stack.close()
+
+
+def reached(processors: Processors, rows: int) -> Callable[[], bool]:
+    return lambda: processors.ledger_rows() >= rows
+
+
+def applied_versions(database_url: str) -> set[tuple[str, str, int]]:
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute("SELECT tenant, sku, version FROM ledger WHERE outcome = 'applied'").fetchall()
+    return {(r[0], r[1], r[2]) for r in rows}
+
+
+def published_versions(kafka: KafkaSettings) -> set[tuple[str, str, int]]:
+    records = read_topic(kafka, stock_changed.TOPIC, timeout_s=60)
+    changes = (stock_changed.decode(m.value() or b"") for m in records)
+    return {(c.tenant, c.sku, c.version) for c in changes}
+
+
+async def test_redelivered_stream_changes_nothing(processors: Processors) -> None:
+    events = synthetic_stream(10_000, skus=100, seed=11)
+    processors.start()
+    await processors.publish(events)
+    await processors.settled(len(events))
+    first = checksum(processors.database_url)
+    assert first == await processors.reference(events)
+
+    # The whole stream again, then 2,000 of its events once more in shuffled order.
+    again = random.Random(5).sample(events, 2_000)
+    await processors.publish(events + again)
+    await eventually(
+        lambda: group_caught_up(processors.kafka, "stocksync-processor", inventory_events.TOPIC),
+        timeout_s=120,
+        what="the processor to consume the redelivered stream",
+    )
+    assert checksum(processors.database_url) == first
+    with psycopg.connect(processors.database_url) as conn:
+        rows = conn.execute("SELECT count(*), count(DISTINCT event_id) FROM ledger").fetchone()
+    assert rows == (len(events), len(events))
+
+
+async def test_kill_9_at_random_moments_loses_nothing(processors: Processors) -> None:
+    events = synthetic_stream(20_000, skus=200, seed=12)
+    expected = await processors.reference(events)
+    processors.start()
+    await processors.publish(events)
+    moments = sorted(random.Random(3).sample(range(2_000, 18_000), 3))
+    killed_at = []
+    for moment in moments:
+        await eventually(reached(processors, moment), timeout_s=120, what=f"{moment} ledger rows")
+        processors.kill()
+        killed_at.append(processors.ledger_rows())
+        processors.start()
+    assert all(rows < len(events) for rows in killed_at), f"a kill came after the burst: {killed_at}"
+    await processors.settled(len(events), timeout_s=180)
+    assert checksum(processors.database_url) == expected
+    # Every change the master committed was announced, at its version, despite the kills.
+    missing = applied_versions(processors.database_url) - published_versions(processors.kafka)
+    assert not missing, f"{len(missing)} applied versions have no stock.changed, e.g. {sorted(missing)[:5]}"
+
+
+async def test_a_worker_leaving_mid_burst_changes_nothing(processors: Processors) -> None:
+    events = synthetic_stream(20_000, skus=200, seed=13)
+    expected = await processors.reference(events)
+    processors.start("processor-a")
+    processors.start("processor-b")
+    await processors.publish(events)
+    await eventually(lambda: processors.ledger_rows() >= 6_000, timeout_s=120, what="6,000 rows")
+    assert processors.stack.stop_service("processor-b") == 0  # SIGTERM: leaves the group, partitions move
+    await processors.settled(len(events), timeout_s=180)
+    assert checksum(processors.database_url) == expected
+    missing = applied_versions(processors.database_url) - published_versions(processors.kafka)
+    assert not missing
