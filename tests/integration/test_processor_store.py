@@ -11,6 +11,7 @@ import pytest
 from psycopg import AsyncConnection
 
 from processor.store import Result, apply_batch
+from schemas.base import Channel
 from schemas.inventory_events import AnyInventoryEvent, OrderPlaced, StockCounted
 
 pytestmark = pytest.mark.integration
@@ -18,14 +19,16 @@ pytestmark = pytest.mark.integration
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
 
-def sale(n: int, quantity: int, *, at: datetime = T0, sku: str = "SKU-1") -> OrderPlaced:
+def sale(
+    n: int, quantity: int, *, at: datetime = T0, sku: str = "SKU-1", channel: Channel = "shopify"
+) -> OrderPlaced:
     return OrderPlaced(
-        event_id=f"c1:order:{n}:line:1",
+        event_id=f"{channel}-1:order:{n}:line:1",
         tenant="acme",
         sku=sku,
         quantity=quantity,
-        connection_id="c1",
-        channel="shopify",
+        connection_id=f"{channel}-1",
+        channel=channel,
         order_id=str(n),
         line_id="1",
         occurred_at=at,
@@ -76,8 +79,8 @@ async def test_sale_duplicate_and_oversell(database_url: str) -> None:
     assert state(database_url) == (2, 2)
     assert ledger_outcomes(database_url) == [
         ("admin:count:1", "applied"),
-        ("c1:order:1:line:1", "applied"),
-        ("c1:order:2:line:1", "rejected"),
+        ("shopify-1:order:1:line:1", "applied"),
+        ("shopify-1:order:2:line:1", "rejected"),
     ]
 
 
@@ -107,8 +110,15 @@ async def test_a_count_as_of_t_absorbs_sales_before_t_and_not_after(database_url
 
 
 async def test_concurrent_sales_of_the_last_units_never_oversell(database_url: str) -> None:
+    """12 buyers on 4 channels, each in its own connection and transaction, race for the last 3 units."""
     await run(database_url, count(1, 3, as_of=T0 - timedelta(hours=1)))
-    results = await asyncio.gather(*(run(database_url, sale(n, 1)) for n in range(10)))
-    outcomes = sorted(r.outcome for r in results)
-    assert outcomes == ["applied"] * 3 + ["rejected"] * 7
+    channels: list[Channel] = ["shopify", "amazon", "ebay", "walmart"]
+    racers = [sale(n, 1, channel=channels[n % 4]) for n in range(12)]
+    results = await asyncio.gather(*(run(database_url, e) for e in racers))
+    assert sorted(r.outcome for r in results) == ["applied"] * 3 + ["rejected"] * 9
     assert state(database_url) == (0, 4)
+    with psycopg.connect(database_url) as conn:
+        befores = conn.execute(
+            "SELECT before FROM ledger WHERE kind = 'order_placed' AND outcome = 'applied' ORDER BY version"
+        ).fetchall()
+    assert [b[0] for b in befores] == [3, 2, 1]  # each accepted sale saw the count its predecessor left
