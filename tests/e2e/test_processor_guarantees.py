@@ -6,8 +6,12 @@ uninterrupted pass; the checksum covers inventory, ledger and processed_events (
 
 from __future__ import annotations
 
+import asyncio
+import os
 import random
 import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,3 +171,41 @@ async def test_a_worker_leaving_mid_burst_changes_nothing(processors: Processors
     assert checksum(processors.database_url) == expected
     missing = applied_versions(processors.database_url) - published_versions(processors.kafka)
     assert not missing
+
+
+def stocksync(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    exe = Path(sys.executable).parent / "stocksync"
+    argv = [str(exe), *args]
+    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300, check=False)  # noqa: S603
+
+
+async def test_replay_rebuilds_the_live_state_and_audit_explains_it(processors: Processors) -> None:
+    events = synthetic_stream(6_000, skus=60, seed=14)
+    processors.start()
+    await processors.publish(events + events[:500])  # the live run also saw redeliveries
+    await processors.settled(len(events))
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": processors.kafka.bootstrap_servers,
+        "KAFKA_TOPIC_PREFIX": processors.kafka.topic_prefix,
+        "DATABASE_URL": processors.database_url,
+        "COLUMNS": "200",
+    }
+    target = processors.new_database()
+    done = await asyncio.to_thread(stocksync, "replay", "--into", target, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "checksums match" in done.stdout
+    assert checksum(target) == checksum(processors.database_url)
+
+    again = await asyncio.to_thread(stocksync, "replay", "--into", target, env=env)
+    assert again.returncode == 2
+    assert "not empty" in again.stdout
+
+    trail = await asyncio.to_thread(stocksync, "audit", "acme", "SKU-0007", "--limit", "5", env=env)
+    assert trail.returncode == 0, trail.stderr
+    with psycopg.connect(processors.database_url) as conn:
+        newest = conn.execute(
+            "SELECT event_id FROM ledger WHERE sku = 'SKU-0007' ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+    assert newest is not None
+    assert newest[0] in trail.stdout
