@@ -14,6 +14,7 @@ import os
 import platform
 import statistics
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,12 +23,22 @@ from typing import Any
 import aiohttp
 import psutil
 import psycopg
+from confluent_kafka import Consumer, TopicPartition
+from psycopg import AsyncConnection
 from rich.console import Console
 from rich.table import Table
 
 from channels.shopify.simulator import order_webhook
+from processor.store import apply_batch
+from schemas import TOPICS, inventory_events
+from schemas.inventory_events import AnyInventoryEvent
+from stocksync.db import migrate
+from stocksync.kafka import AsyncProducer, delete_prefixed_topics, ensure_topics, producer_config
 from stocksync.local.process import eventually
-from stocksync.local.world import World, local_world
+from stocksync.local.stack import Stack, StackConfig
+from stocksync.local.traffic import as_records, synthetic_stream
+from stocksync.local.world import World, create_database, drop_database, local_world
+from stocksync.settings import KafkaSettings
 
 SKUS = tuple(f"BENCH-{n:03d}" for n in range(50))
 INITIAL = 1_000_000
@@ -121,6 +132,120 @@ class Load:
         )
 
 
+def raw_consume_rate(kafka: KafkaSettings, topic: str, expected: int) -> float:
+    """Records/s of a bare confluent-kafka consumer reading the topic from the start (no processing)."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": kafka.bootstrap_servers,
+            "group.id": f"raw-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    try:
+        name = kafka.topic(topic)
+        partitions = consumer.list_topics(name, timeout=10).topics[name].partitions
+        # The clock runs from the assignment, so the first fetch counts, as it does for the worker.
+        started = time.monotonic()
+        consumer.assign([TopicPartition(name, p, 0) for p in partitions])
+        seen, deadline = 0, started + 120
+        while seen < expected and time.monotonic() < deadline:
+            seen += sum(1 for m in consumer.consume(10_000, 1.0) if not m.error())
+        return seen / (time.monotonic() - started)
+    finally:
+        consumer.close()
+
+
+async def processor_rates(world: World, console: Console, *, events: int) -> dict[str, Any]:
+    """The processor alone, as a worker process, over a pre-filled topic, at several batch sizes."""
+    kafka = KafkaSettings(
+        bootstrap_servers=world.kafka.bootstrap_servers,
+        topic_prefix=f"benchproc-{uuid.uuid4().hex[:6]}.",
+        partitions=4,
+    )
+    ensure_topics(kafka, TOPICS)
+    stream = synthetic_stream(events, skus=500, seed=21)
+    producer = AsyncProducer(producer_config(kafka))
+    try:
+        await producer.send_batch(kafka.topic(inventory_events.TOPIC), as_records(stream))
+    finally:
+        await producer.close()
+    rows = []
+    try:
+        for batch, measured in ((1, min(events, 2_000)), (100, events), (1000, events)):
+            name, url = create_database(world.pg_endpoint.url, f"bp{batch}")
+            try:
+                migrate(url)
+                console.print(f"processor: {measured} events, batch size {batch}")
+                rows.append(
+                    {
+                        "batch": batch,
+                        "events": measured,
+                        "events_per_s": round(await _worker_rate(world, kafka, url, batch, measured), 1),
+                    }
+                )
+            finally:
+                drop_database(world.pg_endpoint.url, name)
+        raw = await asyncio.to_thread(raw_consume_rate, kafka, inventory_events.TOPIC, events)
+        name, url = create_database(world.pg_endpoint.url, "bpdb")
+        try:
+            migrate(url)
+            apply_only = await apply_rate(url, stream, batch=1000)
+        finally:
+            drop_database(world.pg_endpoint.url, name)
+    finally:
+        delete_prefixed_topics(kafka)
+    best = max(r["events_per_s"] for r in rows)
+    return {
+        "events_per_s": best,
+        "raw_consume_per_s": round(raw, 1),
+        "ratio": round(best / raw, 3) if raw else None,
+        "apply_only_per_s": round(apply_only, 1),
+        "by_batch": rows,
+        "events": events,
+    }
+
+
+async def apply_rate(url: str, stream: list[AnyInventoryEvent], *, batch: int) -> float:
+    """Events/s of apply_batch straight into the database, no Kafka: the database's share of the cost."""
+    async with await AsyncConnection.connect(url) as conn:
+        started = time.monotonic()
+        for i in range(0, len(stream), batch):
+            async with conn.transaction():
+                await apply_batch(conn, stream[i : i + batch])
+        return len(stream) / (time.monotonic() - started)
+
+
+async def _worker_rate(world: World, kafka: KafkaSettings, url: str, batch: int, measured: int) -> float:
+    stack = Stack(
+        StackConfig(kafka.bootstrap_servers, url, world.stack.config.connections_file, kafka.topic_prefix, 4)
+    )
+    try:
+        stack.start(
+            "processor",
+            "processor",
+            PROCESSOR_APP_ID=f"bench-{batch}-{uuid.uuid4().hex[:6]}",
+            PROCESSOR_BATCH_MAX=str(batch),
+            PROCESSOR_OPS_PORT="0",
+        )
+
+        def applied() -> int:
+            with psycopg.connect(url) as conn:
+                row = conn.execute("SELECT count(*) FROM ledger").fetchone()
+            return int(row[0]) if row else 0
+
+        await eventually(
+            lambda: applied() > 0, timeout_s=60, what="the worker's first commit", interval_s=0.02
+        )
+        started = time.monotonic()
+        await eventually(
+            lambda: applied() >= measured, timeout_s=300, what=f"{measured} events", interval_s=0.05
+        )
+        return measured / (time.monotonic() - started)
+    finally:
+        await asyncio.to_thread(stack.close)
+
+
 def ledger_stats(database_url: str) -> dict[str, int]:
     with psycopg.connect(database_url) as conn:
         rows = conn.execute("SELECT outcome, count(*) FROM ledger GROUP BY outcome").fetchall()
@@ -159,7 +284,7 @@ def machine() -> dict[str, Any]:
     }
 
 
-async def run_bench(console: Console, *, orders: int) -> dict[str, Any]:
+async def run_bench(console: Console, *, orders: int, processor_events: int = 20_000) -> dict[str, Any]:
     console.rule("stocksync bench")
     async with local_world(skus=SKUS, label="bench", say=lambda m: console.print(f"[dim]{m}[/]")) as world:
         await world.seed(dict.fromkeys(SKUS, INITIAL))
@@ -201,6 +326,7 @@ async def run_bench(console: Console, *, orders: int) -> dict[str, Any]:
                 "non_200": sum(1 for s in sent if s.status != 200),
             }
         stats = ledger_stats(world.database_url)
+        processor = await processor_rates(world, console, events=processor_events)
         for row in e2e:
             row["oversells"] = stats["negative_counts"]
             row["duplicates"] = stats["duplicate_ledger_rows"]
@@ -209,6 +335,7 @@ async def run_bench(console: Console, *, orders: int) -> dict[str, Any]:
             "kafka": world.kafka_endpoint.describe(),
             "postgres": world.pg_endpoint.describe(),
             "gateway": gateway,
+            "processor": processor,
             "e2e": e2e,
             "ledger": stats,
             "services": process_usage(world),
@@ -227,6 +354,16 @@ def print_tables(console: Console, result: dict[str, Any]) -> None:
     for col in ("webhooks/s", "ack p50 ms", "ack p99 ms", "non-200"):
         table.add_column(col, justify="right")
     table.add_row(str(g["webhooks_per_s"]), str(g["ack_p50_ms"]), str(g["ack_p99_ms"]), str(g["non_200"]))
+    console.print(table)
+    p = result["processor"]
+    table = Table(title=f"processor: {p['events']} events through one Faust worker (4 partitions)")
+    for col in ("batch size", "events/s"):
+        table.add_column(col, justify="right")
+    for row in p["by_batch"]:
+        table.add_row(str(row["batch"]), str(row["events_per_s"]))
+    table.add_row("raw consume (confluent-kafka)", str(p["raw_consume_per_s"]))
+    table.add_row("apply only, batch 1000 (no Kafka)", str(p["apply_only_per_s"]))
+    table.add_row("best / raw", str(p["ratio"]))
     console.print(table)
     table = Table(title="end to end: webhook POST -> Shopify simulator confirms the new quantity")
     for col in ("orders/s", "orders", "p50 ms", "p99 ms", "oversells", "duplicates"):

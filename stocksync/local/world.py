@@ -86,14 +86,14 @@ class World:
         return {r[0]: (r[1], r[2]) for r in rows}
 
 
-def _create_database(server_url: str, label: str) -> tuple[str, str]:
+def create_database(server_url: str, label: str) -> tuple[str, str]:
     name = f"stocksync_{label}_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(server_url, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     return name, make_conninfo(server_url, dbname=name)
 
 
-def _drop_database(server_url: str, name: str) -> None:
+def drop_database(server_url: str, name: str) -> None:
     with psycopg.connect(server_url, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
@@ -108,8 +108,8 @@ async def local_world(
         say(f"PostgreSQL: {pg.describe()}")
         kafka_endpoint = cleanup.enter_context(local_kafka())
         say(f"Kafka: {kafka_endpoint.describe()}")
-        db_name, database_url = _create_database(pg.url, label)
-        cleanup.callback(_drop_database, pg.url, db_name)
+        db_name, database_url = create_database(pg.url, label)
+        cleanup.callback(drop_database, pg.url, db_name)
         migrate(database_url)
         kafka = KafkaSettings(
             bootstrap_servers=kafka_endpoint.bootstrap_servers,

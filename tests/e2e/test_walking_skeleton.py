@@ -115,3 +115,20 @@ async def test_sale_reaches_the_channel_once_and_oversell_is_rejected(
     )
     assert [c.quantity for c in sim.calls] == [10, 7]
     assert sim.available[item] == master(database_url, "SKU-1")[0]  # type: ignore[index]
+
+    # The processor explains the count over HTTP, newest first, and counted every outcome.
+    ops = f"http://127.0.0.1:{pipeline.services['processor'].port}"
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{ops}/audit/acme/SKU-1") as resp:
+            assert resp.status == 200
+            trail = (await resp.json())["changes"]
+        async with session.get(f"{ops}/metrics") as resp:
+            metrics = await resp.text()
+    assert [(c["event_id"], c["outcome"], c["after"]) for c in trail] == [
+        (oversell_id, "rejected", 7),
+        (sale_id, "applied", 7),
+        ("admin:count:1", "applied", 10),
+    ]
+    assert 'processor_events_total{outcome="applied"} 2.0' in metrics
+    assert 'processor_events_total{outcome="duplicate"} 1.0' in metrics
+    assert "processor_oversells_prevented_total 1.0" in metrics
