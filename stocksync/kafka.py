@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Awaitable, Iterable, Mapping
 from typing import Any
 
@@ -171,7 +172,27 @@ def ensure_topics(settings: KafkaSettings, names: Iterable[str], *, timeout_s: f
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise
+    _wait_for_leaders(admin, missing, timeout_s)
     return created
+
+
+def _wait_for_leaders(admin: AdminClient, topics: list[str], timeout_s: float) -> None:
+    """Return once every partition of `topics` has a leader: created is not yet usable."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        meta = admin.list_topics(timeout=timeout_s).topics
+        led = all(
+            t in meta
+            and meta[t].error is None
+            and meta[t].partitions
+            and all(p.leader >= 0 for p in meta[t].partitions.values())
+            for t in topics
+        )
+        if led:
+            return
+        if time.monotonic() > deadline:
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, f"topics {topics} have no leaders yet"))
+        time.sleep(0.05)  # polling the cluster's metadata, bounded by the deadline
 
 
 def delete_topics(settings: KafkaSettings, topics: Iterable[str], *, timeout_s: float = 30.0) -> None:

@@ -5,12 +5,26 @@ from __future__ import annotations
 import time
 import uuid
 
-from confluent_kafka import Consumer, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_fixed
 
 from stocksync.local.process import eventually
 from stocksync.settings import KafkaSettings
 
 __all__ = ["eventually", "group_caught_up", "read_topic"]
+
+
+def _end_offset(consumer: Consumer, tp: TopicPartition) -> int:
+    """The partition's high watermark, asked again while leadership is still settling."""
+    for attempt in Retrying(
+        retry=retry_if_exception(lambda e: isinstance(e, KafkaException) and e.args[0].retriable()),
+        stop=stop_after_delay(10),
+        wait=wait_fixed(0.1),
+        reraise=True,
+    ):
+        with attempt:
+            return int(consumer.get_watermark_offsets(tp, timeout=10)[1])
+    raise AssertionError("unreachable: Retrying either returns or re-raises")
 
 
 def read_topic(settings: KafkaSettings, topic: str, *, timeout_s: float = 20.0) -> list[Message]:
@@ -26,7 +40,7 @@ def read_topic(settings: KafkaSettings, topic: str, *, timeout_s: float = 20.0) 
     )
     try:
         partitions = consumer.list_topics(name, timeout=10).topics[name].partitions
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(name, p), timeout=10)[1] for p in partitions}
+        ends = {p: _end_offset(consumer, TopicPartition(name, p)) for p in partitions}
         pending = {p for p, end in ends.items() if end > 0}
         consumer.assign([TopicPartition(name, p, 0) for p in pending])
         records: list[Message] = []

@@ -7,7 +7,7 @@ import time
 import psycopg
 import pytest
 
-from stocksync.db import MigrationError, migrate
+from stocksync.db import MigrationError, migrate, shipped_migrations
 from stocksync.kafka import AsyncProducer, ensure_topics, producer_config
 from stocksync.local import KafkaEndpoint
 from stocksync.local.kafka import ensure_broker_jars
@@ -42,7 +42,7 @@ def test_broker_jars_are_cached_after_the_first_resolution(kafka_endpoint: Kafka
 
 
 def test_migrations_apply_once_and_refuse_edited_history(empty_database: str) -> None:
-    assert migrate(empty_database) == ["0001_master_record"]
+    assert migrate(empty_database) == [f"{m.version:04d}_{m.name}" for m in shipped_migrations()]
     assert migrate(empty_database) == []
     with psycopg.connect(empty_database) as conn:
         conn.execute("UPDATE schema_migrations SET checksum = 'edited' WHERE version = 1")
