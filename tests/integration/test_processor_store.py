@@ -9,7 +9,9 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
 
+from processor.app import prune_processed
 from processor.store import Result, apply_batch
 from schemas.base import Channel
 from schemas.inventory_events import AnyInventoryEvent, OrderPlaced, StockCounted
@@ -122,3 +124,22 @@ async def test_concurrent_sales_of_the_last_units_never_oversell(database_url: s
             "SELECT before FROM ledger WHERE kind = 'order_placed' AND outcome = 'applied' ORDER BY version"
         ).fetchall()
     assert [b[0] for b in befores] == [3, 2, 1]  # each accepted sale saw the count its predecessor left
+
+
+async def test_retention_prunes_old_ids_and_a_pruned_id_stays_a_duplicate(database_url: str) -> None:
+    await run(database_url, count(1, 5, as_of=T0 - timedelta(hours=1)))
+    await run(database_url, sale(1, 2))
+    await run(database_url, sale(2, 1))
+    with psycopg.connect(database_url) as conn:
+        conn.execute(
+            "UPDATE processed_events SET processed_at = now() - interval '40 days' WHERE event_id LIKE '%:1:%'"
+        )
+    async with AsyncConnectionPool(database_url, min_size=1, max_size=1, open=False) as pool:
+        assert await prune_processed(pool, timedelta(days=30)) == 1
+        assert await prune_processed(pool, timedelta(days=30)) == 0
+    with psycopg.connect(database_url) as conn:
+        kept = [r[0] for r in conn.execute("SELECT event_id FROM processed_events ORDER BY event_id")]
+    assert kept == ["admin:count:1", "shopify-1:order:2:line:1"]
+    # The pruned sale is redelivered long after: the ledger still knows it, so nothing changes.
+    assert (await run(database_url, sale(1, 2))).outcome == "duplicate"
+    assert state(database_url) == (2, 3)
