@@ -132,7 +132,8 @@ async def test_retention_prunes_old_ids_and_a_pruned_id_stays_a_duplicate(databa
     await run(database_url, sale(2, 1))
     with psycopg.connect(database_url) as conn:
         conn.execute(
-            "UPDATE processed_events SET processed_at = now() - interval '40 days' WHERE event_id LIKE '%:1:%'"
+            "UPDATE processed_events SET processed_at = now() - interval '40 days' "
+            "WHERE event_id LIKE '%:1:%'"
         )
     async with AsyncConnectionPool(database_url, min_size=1, max_size=1, open=False) as pool:
         assert await prune_processed(pool, timedelta(days=30)) == 1
