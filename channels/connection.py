@@ -38,7 +38,14 @@ class Connection(BaseModel):
     access_token: SecretStr = SecretStr("")
     listings: dict[Sku, Listing] = Field(default_factory=dict)
     enabled: bool = True
-    safety_buffer: int = Field(0, ge=0)
+    safety_buffer: int = Field(0, ge=0, description="Units held back from this channel.")
+    allocation: float = Field(
+        1.0, gt=0, le=1, description="Share of the sellable count this channel may show."
+    )
+    rate_limit_per_s: float | None = Field(None, gt=0, description="API budget; default: the channel's.")
+    rate_burst: float | None = Field(
+        None, ge=1, description="Calls that may be saved up; default: the channel's."
+    )
     options: dict[str, str] = Field(default_factory=dict)
 
     def sku_for_listing(self, listing_id: str) -> str | None:
@@ -94,6 +101,11 @@ def to_toml(connections: Iterable[Connection]) -> str:
         out.append(f"access_token = {_q(c.access_token.get_secret_value())}")
         out.append(f"enabled = {'true' if c.enabled else 'false'}")
         out.append(f"safety_buffer = {c.safety_buffer}")
+        out.append(f"allocation = {c.allocation}")
+        if c.rate_limit_per_s is not None:
+            out.append(f"rate_limit_per_s = {c.rate_limit_per_s}")
+        if c.rate_burst is not None:
+            out.append(f"rate_burst = {c.rate_burst}")
         if c.options:
             out.append("options = { " + ", ".join(f"{_q(k)} = {_q(v)}" for k, v in c.options.items()) + " }")
         for sku, listing in c.listings.items():

@@ -19,6 +19,15 @@ class ChannelError(RuntimeError):
         self.retry_after_s = retry_after_s
 
 
+class CompareMismatch(ChannelError):
+    """A compare-and-set write found another count than expected: something changed it on the channel side
+    (a sale whose webhook is still on its way, or a manual edit). `current` is the count found, if known."""
+
+    def __init__(self, message: str, *, current: int | None) -> None:
+        super().__init__(message, status=200, retryable=False)
+        self.current = current
+
+
 def error_for_status(channel: str, status: int, body: str, retry_after: str | None) -> ChannelError:
     """Classify an HTTP failure: 429, 5xx and 409 are worth retrying; other 4xx are not."""
     retry_after_s: float | None = None

@@ -1,4 +1,4 @@
-"""``python -m fanout [--channel NAME]``: run one channel's fan-out worker until SIGTERM/SIGINT."""
+"""``python -m fanout [--channel NAME ...]``: fan-out workers, one group per channel, until SIGTERM."""
 
 from __future__ import annotations
 
@@ -15,10 +15,13 @@ from stocksync.lifecycle import run_until_signalled
 
 
 def main(
-    channel: Annotated[str | None, typer.Option(help="Channel to serve (default: FANOUT_CHANNEL).")] = None,
+    channel: Annotated[
+        list[str] | None,
+        typer.Option(help="Channel to serve; repeat for several (default: FANOUT_CHANNELS)."),
+    ] = None,
 ) -> None:
     logs.configure("fanout")
-    settings = FanoutSettings() if channel is None else FanoutSettings(channel=channel)
+    settings = FanoutSettings() if not channel else FanoutSettings(channels=channel)
     connections = ConnectionRegistry.from_file(settings.connections_file)
 
     async def service(stop: asyncio.Event) -> None:

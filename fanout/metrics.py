@@ -1,8 +1,10 @@
-"""Fan-out metrics."""
+"""Fan-out metrics. Labels: channel names and a fixed set of call results."""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
+
+RESULTS = ("ok", "rate_limited", "server_error", "client_error", "conflict", "network")
 
 
 class FanoutMetrics:
@@ -11,7 +13,7 @@ class FanoutMetrics:
             "sync_lag_seconds",
             "From the cause's arrival at the gateway to the channel confirming the new quantity.",
             ["channel"],
-            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
             registry=registry,
         )
         self.calls = Counter(
@@ -22,13 +24,19 @@ class FanoutMetrics:
         )
         self.coalesced = Counter(
             "fanout_coalesced_total",
-            "Changes not sent because a newer version superseded them.",
+            "Records not sent because a newer one about the same SKU superseded them.",
             ["channel"],
             registry=registry,
         )
-        self.failed = Counter(
-            "fanout_failed_updates_total",
-            "Updates that failed after all retries.",
+        self.dlq_writes = Counter(
+            "fanout_dlq_writes_total",
+            "Updates written to the dead-letter topic.",
+            ["channel"],
+            registry=registry,
+        )
+        self.rate_limit_wait = Counter(
+            "fanout_rate_limit_wait_seconds_total",
+            "Time spent waiting for the connection's token bucket.",
             ["channel"],
             registry=registry,
         )

@@ -13,10 +13,17 @@ from stocksync.settings import KafkaSettings
 class FanoutSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FANOUT_", extra="ignore")
 
-    channel: str = Field("shopify", description="The channel this worker's consumer group serves.")
+    channels: list[str] = Field(["shopify"], description="Channels served by this process, one group each.")
     connections_file: Path = Path("connections.toml")
     host: str = "127.0.0.1"
     port: int = Field(0, ge=0, le=65535, description="Port of /metrics and /healthz (0: any free port).")
-    max_batch: int = Field(1000, ge=1, description="Most records consumed, and coalesced, per round.")
-    max_attempts: int = Field(8, ge=1, description="Tries per channel call before it counts as failed.")
+    coalesce_window_s: float = Field(
+        0.03, ge=0, description="How long a batch gathers records before it is sent."
+    )
+    max_batch: int = Field(5000, ge=1, description="Most records consumed, and coalesced, per batch.")
+    retry_deadline_s: float = Field(120.0, gt=0, description="How long one update is retried before the DLQ.")
+    max_attempts: int = Field(40, ge=1, description="Most tries of one update before the DLQ.")
+    pause_on_rejection: bool = Field(
+        True, description="Show zero after a refused sale until the next change."
+    )
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)

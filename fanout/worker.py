@@ -1,8 +1,11 @@
-"""The fan-out worker of one channel: consumes ``stock.changed`` in group ``fanout.<channel>``, coalesces
-each polled batch to the newest version per SKU, and sets that quantity on every connection listing it.
+"""The fan-out worker of one channel: consumes ``stock.changed`` and ``stock.rejected`` in group
+``fanout.<channel>`` and makes every connection of that channel show what the master allows.
 
-Delivery: offsets are stored only after every connection confirmed (or the update counted as failed), so
-a crash re-sends at most the last batch; a version at or below the last one confirmed is never re-sent.
+Per batch: gather records for a short window, keep only the newest per SKU, turn it into a target per
+connection (buffer, allocation, pause on rejection), skip targets at or below what the connection last
+confirmed, and send the rest within the connection's token bucket (bulk calls where the channel has them),
+retrying transient failures with backoff and jitter (honouring Retry-After). What still fails goes to
+``fanout.dlq``. Offsets are stored only after every target of the batch was confirmed or dead-lettered.
 """
 
 from __future__ import annotations
@@ -10,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,137 +25,327 @@ from aiohttp import web
 from confluent_kafka import Consumer, Message
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_after_delay
 
 from channels.connection import Connection, ConnectionRegistry
-from channels.errors import ChannelError
-from channels.outbound import InventoryClient, client_for
-from fanout.coalesce import latest_per_sku
+from channels.errors import ChannelError, CompareMismatch
+from channels.outbound import InventoryClient, OutboundChannel, outbound
+from channels.ratelimit import TokenBucket
 from fanout.metrics import FanoutMetrics
+from fanout.plan import Order, Record, Target, latest_per_sku, target_for
 from fanout.settings import FanoutSettings
-from schemas import stock_changed
-from schemas.stock_changed import StockChanged
-from stocksync.kafka import consumer_config
+from schemas import fanout_dlq, stock_changed, stock_rejected
+from schemas.base import partition_key
+from schemas.fanout_dlq import UpdateDeadLettered
+from stocksync.kafka import AsyncProducer, consumer_config, producer_config
 from stocksync.metrics import metrics_handler
 
 log = logging.getLogger(__name__)
 
+TOPICS: dict[str, Callable[[bytes], Record]] = {
+    stock_changed.TOPIC: stock_changed.decode,
+    stock_rejected.TOPIC: stock_rejected.decode,
+}
+
 
 def _retryable(exc: BaseException) -> bool:
-    return isinstance(exc, aiohttp.ClientError | asyncio.TimeoutError) or (
+    return isinstance(exc, aiohttp.ClientError | TimeoutError) or (
         isinstance(exc, ChannelError) and exc.retryable
     )
 
 
 def _backoff(state: RetryCallState) -> float:
-    """Exponential backoff with full jitter, or the channel's Retry-After when it gave one."""
+    """The channel's Retry-After when it gave one, else exponential backoff with full jitter (cap 10 s)."""
     exc = state.outcome.exception() if state.outcome else None
     if isinstance(exc, ChannelError) and exc.retry_after_s is not None:
         return exc.retry_after_s
-    return random.uniform(0, min(10.0, 0.1 * 2**state.attempt_number))  # noqa: S311 - jitter, not crypto
+    return random.uniform(0, min(10.0, 0.2 * 2**state.attempt_number))  # noqa: S311 - jitter, not secrets
 
 
-class FanoutWorker:
+def _result(exc: BaseException | None) -> str:
+    if exc is None:
+        return "ok"
+    if isinstance(exc, CompareMismatch):
+        return "conflict"
+    if isinstance(exc, ChannelError) and exc.status is not None:
+        return (
+            "rate_limited" if exc.status == 429 else "server_error" if exc.status >= 500 else "client_error"
+        )
+    return "network" if not isinstance(exc, ChannelError) else "client_error"
+
+
+@dataclass
+class ConnectionSync:
+    """One connection's client, budget, and what it last confirmed per SKU."""
+
+    connection: Connection
+    client: InventoryClient
+    bucket: TokenBucket
+    max_batch: int
+    confirmed: dict[str, tuple[Order, int]] = field(default_factory=dict)
+
+    def due(self, target: Target) -> bool:
+        last = self.confirmed.get(target.sku)
+        return last is None or target.order > last[0]
+
+
+@dataclass(frozen=True)
+class Failure:
+    target: Target
+    attempts: int
+    error: BaseException
+
+
+class ChannelFanout:
+    """Sends targets to the connections of one channel; knows nothing about Kafka."""
+
     def __init__(
         self,
         settings: FanoutSettings,
-        connections: ConnectionRegistry,
-        session: aiohttp.ClientSession,
+        spec: OutboundChannel,
+        syncs: list[ConnectionSync],
         metrics: FanoutMetrics,
     ) -> None:
-        self.settings = settings
-        self.channel = settings.channel
-        self.connections = connections.for_channel(self.channel)
-        self.clients: dict[str, InventoryClient] = {c.id: client_for(session, c) for c in self.connections}
-        self.metrics = metrics
-        self.confirmed: dict[
-            tuple[str, str], tuple[int, int]
-        ] = {}  # (connection, sku) -> (version, quantity)
+        self.settings, self.spec, self.syncs, self.metrics = settings, spec, syncs, metrics
+        self.channel = spec.name
+
+    async def _call(self, sync: ConnectionSync, send: Callable[[], Awaitable[None]]) -> int:
+        """Run `send` within the budget, retrying transient failures; return the attempts it took."""
+        attempts = 0
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception(_retryable),
+            wait=_backoff,
+            stop=stop_after_attempt(self.settings.max_attempts)
+            | stop_after_delay(self.settings.retry_deadline_s),
+            reraise=True,
+        ):
+            with attempt:
+                attempts += 1
+                waited = await sync.bucket.acquire()
+                if waited:
+                    self.metrics.rate_limit_wait.labels(self.channel).inc(waited)
+                try:
+                    await send()
+                except BaseException as exc:
+                    self.metrics.calls.labels(self.channel, _result(exc)).inc()
+                    raise
+                self.metrics.calls.labels(self.channel, "ok").inc()
+        return attempts
+
+    async def _one(self, sync: ConnectionSync, target: Target, reference: str) -> Failure | None:
+        last = sync.confirmed.get(target.sku)
+        quantity, attempts = target.quantity, 0
+        try:
+            try:
+                attempts += await self._call(
+                    sync,
+                    lambda: sync.client.set_available(
+                        target.sku, quantity, change_from=last[1] if last else None, reference=reference
+                    ),
+                )
+            except CompareMismatch as exc:
+                # The channel's count moved without us (a sale we have not heard of yet, or an edit): never
+                # show more than it holds now; the master's next change or the reconciler settles the rest.
+                current = exc.current
+                quantity = min(quantity, current) if current is not None else quantity
+                attempts += await self._call(
+                    sync,
+                    lambda: sync.client.set_available(
+                        target.sku, quantity, change_from=current, reference=reference
+                    ),
+                )
+        except (ChannelError, aiohttp.ClientError, TimeoutError) as exc:
+            return Failure(target, max(1, attempts), exc)
+        sync.confirmed[target.sku] = (target.order, quantity)
+        return None
+
+    async def _bulk(self, sync: ConnectionSync, targets: list[Target], reference: str) -> list[Failure]:
+        items = [(t.sku, t.quantity) for t in targets]
+        try:
+            await self._call(sync, lambda: sync.client.set_many(items, reference=reference))
+        except (ChannelError, aiohttp.ClientError, TimeoutError) as exc:
+            return [Failure(t, 1, exc) for t in targets]
+        for t in targets:
+            sync.confirmed[t.sku] = (t.order, t.quantity)
+        return []
+
+    async def push(self, sync: ConnectionSync, targets: list[Target]) -> list[Failure]:
+        """Send `targets` to one connection: single compare-and-set writes, or bulk calls for several."""
+        reference = f"stocksync://{sync.connection.tenant}/batch-{int(time.time() * 1000)}"
+        failures: list[Failure] = []
+        if len(targets) == 1 or sync.max_batch == 1:
+            for t in targets:
+                ref = f"stocksync://{t.cause.tenant}/{t.sku}?version={t.order[0]}"
+                failure = await self._one(sync, t, ref)
+                if failure:
+                    failures.append(failure)
+            return failures
+        for i in range(0, len(targets), sync.max_batch):
+            failures += await self._bulk(sync, targets[i : i + sync.max_batch], reference)
+        return failures
+
+    async def apply(self, records: list[Record]) -> list[Failure]:
+        """Make every connection show the newest of `records`; return what could not be delivered."""
+        latest = latest_per_sku(records)
+        self.metrics.coalesced.labels(self.channel).inc(len(records) - len(latest))
+        per_sync: list[tuple[ConnectionSync, list[Target]]] = []
+        for sync in self.syncs:
+            conn = sync.connection
+            targets = []
+            for record in latest:
+                if record.tenant != conn.tenant or record.sku not in conn.listings:
+                    continue
+                target = target_for(
+                    record,
+                    conn.id,
+                    buffer=conn.safety_buffer,
+                    allocation=conn.allocation,
+                    pause_on_rejection=self.settings.pause_on_rejection,
+                )
+                if target is not None and sync.due(target):
+                    targets.append(target)
+            if targets:
+                per_sync.append((sync, targets))
+        results = await asyncio.gather(*(self.push(sync, targets) for sync, targets in per_sync))
+        now = datetime.now(UTC)
+        failed = {(f.target.connection_id, f.target.sku) for fs in results for f in fs}
+        for _sync, targets in per_sync:
+            for t in targets:
+                if (t.connection_id, t.sku) not in failed:
+                    self.metrics.sync_lag.labels(self.channel).observe(
+                        max(0.0, (now - t.cause.received_at).total_seconds())
+                    )
+        return [f for fs in results for f in fs]
+
+
+def dead_letter(channel: str, failure: Failure) -> UpdateDeadLettered:
+    t, exc = failure.target, failure.error
+    return UpdateDeadLettered(
+        connection_id=t.connection_id,
+        channel=channel,
+        tenant=t.cause.tenant,
+        sku=t.sku,
+        quantity=t.quantity,
+        version=t.order[0],
+        original_topic=stock_changed.TOPIC if t.cause.type == "stock_changed" else stock_rejected.TOPIC,
+        original=t.cause.model_dump(mode="json"),
+        attempts=failure.attempts,
+        status=exc.status if isinstance(exc, ChannelError) else None,
+        last_error=f"{type(exc).__name__}: {exc}",
+        failed_at=datetime.now(UTC),
+    )
+
+
+class FanoutWorker:
+    """One channel's consumer group: Kafka in, ChannelFanout out, DLQ for what cannot be delivered."""
+
+    def __init__(self, settings: FanoutSettings, fanout: ChannelFanout, producer: AsyncProducer) -> None:
+        self.settings, self.fanout, self.producer = settings, fanout, producer
         self.assigned = asyncio.Event()
 
-    async def push(self, connection: Connection, change: StockChanged) -> None:
-        key = (connection.id, change.sku)
-        last = self.confirmed.get(key)
-        if last is not None and last[0] >= change.version:
-            return
-        quantity = max(0, change.available - connection.safety_buffer)
-        reference = f"stocksync://{change.tenant}/{change.sku}?version={change.version}"
-        client = self.clients[connection.id]
-        try:
-            async for attempt in AsyncRetrying(
-                retry=retry_if_exception(_retryable),
-                wait=_backoff,
-                stop=stop_after_attempt(self.settings.max_attempts),
-                reraise=True,
-            ):
-                with attempt:
-                    await client.set_available(change.sku, quantity, change_from=None, reference=reference)
-        except (ChannelError, aiohttp.ClientError, TimeoutError) as exc:
-            self.metrics.calls.labels(self.channel, "failed").inc()
-            self.metrics.failed.labels(self.channel).inc()
-            log.error(
-                "could not set %s/%s=%d (v%d) on %s: %s",
-                change.tenant,
-                change.sku,
-                quantity,
-                change.version,
-                connection.id,
-                exc,
-            )
-            return
-        self.confirmed[key] = (change.version, quantity)
-        self.metrics.calls.labels(self.channel, "ok").inc()
-        lag = (datetime.now(UTC) - change.received_at).total_seconds()
-        self.metrics.sync_lag.labels(self.channel).observe(max(0.0, lag))
+    def decode(self, messages: list[Message]) -> list[Record]:
+        records: list[Record] = []
+        prefix = self.settings.kafka.topic_prefix
+        for m in messages:
+            decode = TOPICS.get((m.topic() or "").removeprefix(prefix))
+            try:
+                if decode is not None:
+                    records.append(decode(m.value() or b""))
+            except ValidationError as exc:
+                log.error("skipping a record of %s that does not parse: %s", m.topic(), exc)
+        return records
 
     async def handle(self, messages: list[Message]) -> None:
-        changes = []
-        for m in messages:
-            if m.error():
-                log.warning("consumer error: %s", m.error())
-                continue
-            try:
-                changes.append(stock_changed.decode(m.value() or b""))
-            except ValidationError as exc:
-                log.error("skipping a stock.changed record that does not parse: %s", exc)
-        latest = latest_per_sku(changes)
-        self.metrics.coalesced.labels(self.channel).inc(len(changes) - len(latest))
-        pushes = [
-            self.push(conn, change)
-            for change in latest
-            for conn in self.connections
-            if conn.tenant == change.tenant and change.sku in conn.listings
+        failures = await self.fanout.apply(self.decode(messages))
+        if failures:
+            topic = self.settings.kafka.topic(fanout_dlq.TOPIC)
+            letters = [dead_letter(self.fanout.channel, f) for f in failures]
+            await asyncio.gather(
+                *(
+                    self.producer.send(
+                        topic, d.model_dump_json().encode(), key=partition_key(d.tenant, d.sku)
+                    )
+                    for d in letters
+                )
+            )
+            self.fanout.metrics.dlq_writes.labels(self.fanout.channel).inc(len(letters))
+            for d in letters:
+                log.error(
+                    "dead-lettered %s/%s=%d for %s after %d attempts: %s",
+                    d.tenant,
+                    d.sku,
+                    d.quantity,
+                    d.connection_id,
+                    d.attempts,
+                    d.last_error,
+                )
+
+    async def _gather(self, consumer: Consumer) -> list[Message]:
+        """Wait for records, then keep gathering for the coalescing window (or until max_batch)."""
+        messages = [
+            m
+            for m in await asyncio.to_thread(consumer.consume, self.settings.max_batch, 0.2)
+            if not m.error()
         ]
-        await asyncio.gather(*pushes)
+        if not messages:
+            return []
+        deadline = time.monotonic() + self.settings.coalesce_window_s
+        while len(messages) < self.settings.max_batch and (left := deadline - time.monotonic()) > 0:
+            more = await asyncio.to_thread(consumer.consume, self.settings.max_batch - len(messages), left)
+            messages += [m for m in more if not m.error()]
+        return messages
 
     async def run(self, stop: asyncio.Event) -> None:
         kafka = self.settings.kafka
-        consumer = Consumer(consumer_config(kafka, f"fanout.{self.channel}"))
+        consumer = Consumer(consumer_config(kafka, f"fanout.{self.fanout.channel}"))
         loop = asyncio.get_running_loop()
 
-        def on_assign(_consumer: Any, partitions: list[Any]) -> None:
+        def on_assign(_consumer: Any, _partitions: list[Any]) -> None:
             loop.call_soon_threadsafe(self.assigned.set)
 
-        consumer.subscribe([kafka.topic(stock_changed.TOPIC)], on_assign=on_assign)
+        consumer.subscribe([kafka.topic(t) for t in TOPICS], on_assign=on_assign)
         try:
             while not stop.is_set():
-                messages = await asyncio.to_thread(consumer.consume, self.settings.max_batch, 0.2)
+                messages = await self._gather(consumer)
                 if not messages:
                     continue
                 await self.handle(messages)
                 for m in messages:
-                    if not m.error():
-                        consumer.store_offsets(m)
+                    consumer.store_offsets(m)  # only now: every target confirmed or dead-lettered
         finally:
             await asyncio.to_thread(consumer.close)
 
 
+def build_fanout(
+    settings: FanoutSettings,
+    channel: str,
+    connections: ConnectionRegistry,
+    session: aiohttp.ClientSession,
+    metrics: FanoutMetrics,
+) -> ChannelFanout:
+    spec = outbound(channel)
+    syncs = [
+        ConnectionSync(c, spec.client(session, c), spec.budget(c), spec.max_batch)
+        for c in connections.for_channel(channel)
+    ]
+    if not syncs:
+        log.warning(
+            "no enabled %s connections in the connections file: this worker will only advance offsets",
+            channel,
+        )
+    return ChannelFanout(settings, spec, syncs, metrics)
+
+
 @asynccontextmanager
 async def serve_ops(settings: FanoutSettings, registry: CollectorRegistry) -> AsyncIterator[int]:
-    """/metrics and /healthz for the worker; yields the bound port."""
+    """/metrics and /healthz for the process; yields the bound port."""
+
+    async def healthz(_request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
     app = web.Application()
     app.router.add_get("/metrics", metrics_handler(registry))
-    app.router.add_get("/healthz", lambda _r: _ok())
+    app.router.add_get("/healthz", healthz)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, settings.host, settings.port).start()
@@ -160,15 +355,19 @@ async def serve_ops(settings: FanoutSettings, registry: CollectorRegistry) -> As
         await runner.cleanup()
 
 
-async def _ok() -> web.Response:
-    return web.json_response({"status": "ok"})
-
-
 async def run_fanout(settings: FanoutSettings, connections: ConnectionRegistry, stop: asyncio.Event) -> None:
-    """Composition root: the HTTP session, metrics server and worker, closed in reverse order."""
+    """Composition root: one worker (consumer group) per channel in settings.channels, in this process."""
     registry = CollectorRegistry()
     metrics = FanoutMetrics(registry)
     timeout = aiohttp.ClientTimeout(total=10)
-    async with serve_ops(settings, registry) as port, aiohttp.ClientSession(timeout=timeout) as session:
-        log.info("fan-out for %s: metrics on port %d", settings.channel, port)
-        await FanoutWorker(settings, connections, session, metrics).run(stop)
+    producer = AsyncProducer(producer_config(settings.kafka))
+    try:
+        async with serve_ops(settings, registry) as port, aiohttp.ClientSession(timeout=timeout) as session:
+            log.info("fan-out for %s: metrics on port %d", ", ".join(settings.channels), port)
+            workers = [
+                FanoutWorker(settings, build_fanout(settings, ch, connections, session, metrics), producer)
+                for ch in settings.channels
+            ]
+            await asyncio.gather(*(w.run(stop) for w in workers))
+    finally:
+        await producer.close()

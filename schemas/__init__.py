@@ -1,6 +1,12 @@
 """Canonical events, one module per Kafka topic. Frozen pydantic models, unknown fields refused."""
 
-from schemas import inventory_events, quarantine, stock_changed, stock_rejected
+from schemas import fanout_dlq, inventory_events, quarantine, stock_changed, stock_rejected
 
-TOPICS = (inventory_events.TOPIC, stock_changed.TOPIC, stock_rejected.TOPIC, quarantine.TOPIC)
+TOPICS = (
+    inventory_events.TOPIC,
+    stock_changed.TOPIC,
+    stock_rejected.TOPIC,
+    quarantine.TOPIC,
+    fanout_dlq.TOPIC,
+)
 """Every topic the pipeline uses (before the deployment's prefix)."""

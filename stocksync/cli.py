@@ -168,6 +168,61 @@ def audit(
     console.print(table)
 
 
+dlq = typer.Typer(help="The fan-out dead-letter topic: what could not be delivered to a channel.")
+app.add_typer(dlq, name="dlq")
+
+
+@dlq.command("list")
+def dlq_list(connection: Annotated[str | None, typer.Option(help="Only this connection.")] = None) -> None:
+    """Every dead-lettered update, oldest first, with the error that stopped it."""
+    from fanout.dlq import read_dead_letters
+
+    letters = read_dead_letters(KafkaSettings(), connection=connection)
+    table = Table(title=f"{len(letters)} dead-lettered updates")
+    for col in ("failed at", "connection", "sku", "quantity", "version", "attempts", "status", "last error"):
+        table.add_column(col)
+    for d in letters:
+        table.add_row(
+            d.failed_at.isoformat(timespec="seconds"),
+            d.connection_id,
+            d.sku,
+            str(d.quantity),
+            str(d.version),
+            str(d.attempts),
+            str(d.status or "-"),
+            d.last_error[:120],
+        )
+    console.print(table)
+
+
+@dlq.command("replay")
+def dlq_replay(
+    connection: Annotated[str | None, typer.Option(help="Only this connection.")] = None,
+    connections_file: Annotated[
+        Path, typer.Option(envvar="FANOUT_CONNECTIONS_FILE", help="The channel connections (TOML).")
+    ] = Path("connections.toml"),
+) -> None:
+    """Set each dead-lettered (connection, SKU) to what the master allows now; safe to run again."""
+    from channels.connection import ConnectionRegistry
+    from fanout.dlq import read_dead_letters
+    from fanout.dlq import replay as run_replay
+
+    letters = read_dead_letters(KafkaSettings(), connection=connection)
+    results = asyncio.run(
+        run_replay(letters, ConnectionRegistry.from_file(connections_file), PostgresSettings().database_url)
+    )
+    table = Table(title=f"replayed {len(results)} (connection, SKU) pairs from {len(letters)} dead letters")
+    for col in ("connection", "sku", "outcome", "channel had", "master allows", "detail"):
+        table.add_column(col)
+    for r in results:
+        table.add_row(
+            r.connection_id, r.sku, r.outcome, str(r.channel_had), str(r.master_allows), r.detail[:120]
+        )
+    console.print(table)
+    if any(r.outcome in ("failed", "unknown_connection") for r in results):
+        raise typer.Exit(1)
+
+
 def main() -> None:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     app()

@@ -8,6 +8,7 @@ and can be told to fail the next calls with a given HTTP status.
 from __future__ import annotations
 
 import json
+import math
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -18,7 +19,8 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from channels.connection import Connection, Listing
-from channels.shopify import webhooks
+from channels.ratelimit import TokenBucket
+from channels.shopify import RATE_BURST, RATE_LIMIT_PER_S, webhooks
 
 DEFAULT_LOCATION = "gid://shopify/Location/1"
 
@@ -43,6 +45,10 @@ class ShopifySimulator:
     available: dict[str, int] = field(default_factory=dict)
     calls: list[SetCall] = field(default_factory=list)
     failures: list[int] = field(default_factory=list)
+    rate_limited: int = 0  # requests answered 429: over the budget
+    bucket: TokenBucket = field(default_factory=lambda: TokenBucket(RATE_LIMIT_PER_S, RATE_BURST))
+    failing_until: float = 0.0
+    failing_status: int = 503
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -51,6 +57,10 @@ class ShopifySimulator:
 
     def fail_next(self, status: int, times: int = 1) -> None:
         self.failures.extend([status] * times)
+
+    def fail_for(self, status: int, seconds: float) -> None:
+        """Answer every request with `status` for the next `seconds` (an outage)."""
+        self.failing_status, self.failing_until = status, time.monotonic() + seconds
 
     def _error(self, status: int, message: str) -> web.Response:
         headers = {"Retry-After": "1"} if status == 429 else {}
@@ -61,14 +71,27 @@ class ShopifySimulator:
             return self._error(
                 401, "[API] Invalid API key or access token (unrecognized login or wrong password)"
             )
+        wait = self.bucket.take()
+        if wait > 0:
+            self.rate_limited += 1
+            return web.json_response(
+                {"errors": "Throttled"}, status=429, headers={"Retry-After": f"{max(1, math.ceil(wait))}"}
+            )
+        if time.monotonic() < self.failing_until:
+            return self._error(self.failing_status, "injected outage")
         if self.failures:
             return self._error(self.failures.pop(0), "injected failure")
         try:
             payload: dict[str, Any] = await request.json()
         except json.JSONDecodeError:
             return self._error(400, "body is not JSON")
-        if "inventorySetQuantities" not in str(payload.get("query", "")):
-            return self._error(400, "this simulator serves the inventorySetQuantities mutation only")
+        query = str(payload.get("query", ""))
+        if "inventoryLevel" in query and "nodes" in query:
+            return self._read(payload.get("variables") or {})
+        if "inventorySetQuantities" not in query:
+            return self._error(
+                400, "this simulator serves inventorySetQuantities and inventory level reads only"
+            )
         spec = (payload.get("variables") or {}).get("input") or {}
         user_errors: list[dict[str, Any]] = []
         changes = []
@@ -125,6 +148,16 @@ class ShopifySimulator:
             "data": {"inventorySetQuantities": {"inventoryAdjustmentGroup": group, "userErrors": user_errors}}
         }
         return web.json_response(body)
+
+    def _read(self, variables: dict[str, Any]) -> web.Response:
+        nodes: list[dict[str, Any] | None] = []
+        for item in variables.get("ids") or []:
+            if item not in self.available or variables.get("locationId") != self.location_id:
+                nodes.append(None)
+                continue
+            quantities = [{"name": "available", "quantity": self.available[item]}]
+            nodes.append({"id": item, "inventoryLevel": {"quantities": quantities}})
+        return web.json_response({"data": {"nodes": nodes}})
 
     def place_order(
         self, connection: Connection, order_id: int, lines: list[tuple[str, int]], created_at: datetime

@@ -9,7 +9,7 @@ import aiohttp
 import psycopg
 import pytest
 
-from channels.shopify.simulator import order_webhook
+from channels.shopify.simulator import ShopifySimulator, order_webhook
 from schemas import inventory_events, stock_changed, stock_rejected
 from schemas.base import partition_key
 from schemas.inventory_events import StockCounted
@@ -28,6 +28,11 @@ def master(database_url: str, sku: str) -> tuple[int, int] | None:
             "SELECT available, version FROM inventory WHERE tenant = 'acme' AND sku = %s", (sku,)
         ).fetchone()
     return (row[0], row[1]) if row else None
+
+
+def confirmed(sim: ShopifySimulator) -> list[int]:
+    """The quantities the simulator accepted, in order."""
+    return [c.quantity for c in sim.calls if c.user_error is None]
 
 
 def ledger(database_url: str, sku: str) -> list[tuple[str, str, int | None]]:
@@ -71,7 +76,14 @@ async def test_sale_reaches_the_channel_once_and_oversell_is_rejected(
     assert status == 200, answer
     sale_id = "shop-acme:order:1001:line:100101"
     assert answer == {"status": "accepted", "events": [sale_id]}
-    await eventually(lambda: [c.quantity for c in sim.calls] == [10, 7], what="the simulator to be set to 7")
+    await eventually(lambda: confirmed(sim) == [10, 7], what="the simulator to be set to 7")
+    # Shopify had already taken the 3 off its own count: the compare-and-set from 10 was refused, and the
+    # write was redone from the count Shopify holds.
+    assert [(c.quantity, c.change_from, c.user_error is None) for c in sim.calls] == [
+        (10, None, True),
+        (7, 10, False),
+        (7, 7, True),
+    ]
     assert master(database_url, "SKU-1") == (7, 2)
     assert sim.available[item] == 7
 
@@ -113,8 +125,9 @@ async def test_sale_reaches_the_channel_once_and_oversell_is_rejected(
         lambda: group_caught_up(kafka, "fanout.shopify", stock_changed.TOPIC),
         what="fan-out to commit every stock.changed offset",
     )
-    assert [c.quantity for c in sim.calls] == [10, 7]
-    assert sim.available[item] == master(database_url, "SKU-1")[0]  # type: ignore[index]
+    # ... and the refused sale paused the listing: it shows 0 until the master changes again.
+    await eventually(lambda: confirmed(sim) == [10, 7, 0], what="the listing to be paused at 0")
+    assert sim.available[item] == 0
 
     # The processor explains the count over HTTP, newest first, and counted every outcome.
     ops = f"http://127.0.0.1:{pipeline.services['processor'].port}"

@@ -1,0 +1,118 @@
+"""The dead-letter topic, for operators: list what could not be delivered, and replay it once fixed.
+
+Replay is idempotent: for the newest dead letter of each (connection, SKU) it reads the master's current
+count and the channel's, and sets the channel only where they differ. It can be run again after a partial
+fix; letters are never deleted (the topic's retention does that).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass
+
+import aiohttp
+import psycopg
+from confluent_kafka import Consumer, TopicPartition
+from pydantic import ValidationError
+
+from channels.connection import ConnectionRegistry
+from channels.errors import ChannelError
+from channels.outbound import client_for
+from fanout.plan import channel_quantity
+from schemas import fanout_dlq
+from schemas.fanout_dlq import UpdateDeadLettered
+from stocksync.settings import KafkaSettings
+
+
+def read_dead_letters(kafka: KafkaSettings, *, connection: str | None = None) -> list[UpdateDeadLettered]:
+    """Every dead letter in the topic (optionally of one connection), oldest first."""
+    topic = kafka.topic(fanout_dlq.TOPIC)
+    consumer = Consumer(
+        {
+            "bootstrap.servers": kafka.bootstrap_servers,
+            "group.id": f"dlq-reader-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    try:
+        meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        if meta is None or meta.error is not None:
+            return []
+        ends = {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in meta.partitions
+        }
+        pending = {p for p, (low, high) in ends.items() if high > low}
+        consumer.assign([TopicPartition(topic, p, ends[p][0]) for p in pending])
+        letters: list[UpdateDeadLettered] = []
+        while pending:
+            msg = consumer.poll(5.0)
+            if msg is None:
+                raise RuntimeError(f"{topic} stopped answering before its end; is the cluster reachable?")
+            if msg.error():
+                continue
+            partition, offset = msg.partition() or 0, msg.offset() or 0
+            try:
+                letter = fanout_dlq.decode(msg.value() or b"")
+                if connection is None or letter.connection_id == connection:
+                    letters.append(letter)
+            except ValidationError:
+                pass  # not ours to judge here; `dlq list` shows what parses
+            if offset + 1 >= ends[partition][1]:
+                pending.discard(partition)
+        return sorted(letters, key=lambda d: d.failed_at)
+    finally:
+        consumer.close()
+
+
+@dataclass(frozen=True)
+class Replayed:
+    connection_id: str
+    sku: str
+    outcome: str  # set | already_in_sync | unknown_connection | not_in_master | failed
+    channel_had: int | None
+    master_allows: int | None
+    detail: str = ""
+
+
+async def replay(
+    letters: list[UpdateDeadLettered], connections: ConnectionRegistry, database_url: str
+) -> list[Replayed]:
+    """Bring each dead-lettered (connection, SKU) to what the master allows now."""
+    newest = {(d.connection_id, d.sku): d for d in letters}
+    out: list[Replayed] = []
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
+        for (conn_id, sku), letter in newest.items():
+            conn = connections.get(conn_id)
+            if conn is None:
+                out.append(
+                    Replayed(conn_id, sku, "unknown_connection", None, None, "not in the connections file")
+                )
+                continue
+            row = await asyncio.to_thread(_master, database_url, letter.tenant, sku)
+            if row is None:
+                out.append(Replayed(conn_id, sku, "not_in_master", None, None))
+                continue
+            allows = channel_quantity(row, buffer=conn.safety_buffer, allocation=conn.allocation)
+            client = client_for(session, conn)
+            try:
+                had = (await client.get_available([sku])).get(sku)
+                if had == allows:
+                    out.append(Replayed(conn_id, sku, "already_in_sync", had, allows))
+                    continue
+                await client.set_available(
+                    sku, allows, change_from=had, reference=f"stocksync://dlq-replay/{sku}"
+                )
+                out.append(Replayed(conn_id, sku, "set", had, allows))
+            except (ChannelError, aiohttp.ClientError, TimeoutError) as exc:
+                out.append(Replayed(conn_id, sku, "failed", None, allows, f"{type(exc).__name__}: {exc}"))
+    return out
+
+
+def _master(database_url: str, tenant: str, sku: str) -> int | None:
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "SELECT available FROM inventory WHERE tenant = %s AND sku = %s", (tenant, sku)
+        ).fetchone()
+    return int(row[0]) if row else None
