@@ -108,14 +108,21 @@ class Demo:
         )
 
         body, headers = self.order("MUG-BLUE", 50)
+        started = time.monotonic()
         status = await self.post(body, headers)
         await self.until_ledger_has(len(COUNTS) + 2)
+        await self.until_shopify_shows("MUG-BLUE", 0, started)
         self.row(
             "an order of 50 x MUG-BLUE (5 in stock)",
-            f"HTTP {status}, rejected: no oversell",
+            f"HTTP {status}, rejected; listing paused",
             "MUG-BLUE",
             None,
         )
+
+        started = time.monotonic()
+        await world.seed({"MUG-BLUE": 5})
+        ms = await self.until_shopify_shows("MUG-BLUE", 5, started)
+        self.row("the seller recounts MUG-BLUE: 5", "a stock count event", "MUG-BLUE", ms)
 
         body, headers = self.order("MUG-BLUE", 1)
         forged = {**headers, webhooks.SIGNATURE_HEADER: "Zm9yZ2VkIHNpZ25hdHVyZQ=="}
@@ -126,7 +133,7 @@ class Demo:
         started = time.monotonic()
         statuses = await asyncio.gather(*(self.post(b, h) for b, h in orders))
         ms = await self.until_shopify_shows("POSTER-A2", 0, started)
-        await self.until_ledger_has(len(COUNTS) + 2 + len(orders))
+        await self.until_ledger_has(len(COUNTS) + 3 + len(orders))
         self.row(
             "5 buyers race for the last 2 x POSTER-A2",
             f"HTTP {sorted(set(statuses))}: 2 applied, 3 rejected",

@@ -86,7 +86,8 @@ class Stack:
         self.start("processor", "processor", port=ops_port, PROCESSOR_OPS_PORT=str(ops_port))
         if fanout:
             for channel in self.config.channels:
-                self.start(f"fanout-{channel}", "fanout", "--channel", channel)
+                port = free_port()
+                self.start(f"fanout-{channel}", "fanout", "--channel", channel, port=port, FANOUT_PORT=str(port))
 
     def ready(self) -> bool:
         """True once the gateway answers; raises if any service has exited."""
