@@ -23,6 +23,11 @@ class FanoutSettings(BaseSettings):
     max_batch: int = Field(5000, ge=1, description="Most records consumed, and coalesced, per batch.")
     retry_deadline_s: float = Field(120.0, gt=0, description="How long one update is retried before the DLQ.")
     max_attempts: int = Field(40, ge=1, description="Most tries of one update before the DLQ.")
+    session_timeout_s: float = Field(
+        10.0,
+        ge=6.0,
+        description="A silent worker is dropped from the group (and its partitions moved) after this.",
+    )
     pause_on_rejection: bool = Field(
         True, description="Show zero after a refused sale until the next change."
     )

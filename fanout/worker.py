@@ -297,7 +297,13 @@ class FanoutWorker:
 
     async def run(self, stop: asyncio.Event) -> None:
         kafka = self.settings.kafka
-        consumer = Consumer(consumer_config(kafka, f"fanout.{self.fanout.channel}"))
+        consumer = Consumer(
+            consumer_config(
+                kafka,
+                f"fanout.{self.fanout.channel}",
+                **{"session.timeout.ms": int(self.settings.session_timeout_s * 1000)},
+            )
+        )
         loop = asyncio.get_running_loop()
 
         def on_assign(_consumer: Any, _partitions: list[Any]) -> None:

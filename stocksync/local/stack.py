@@ -87,7 +87,8 @@ class Stack:
         if fanout:
             for channel in self.config.channels:
                 port = free_port()
-                self.start(f"fanout-{channel}", "fanout", "--channel", channel, port=port, FANOUT_PORT=str(port))
+                name = f"fanout-{channel}"
+                self.start(name, "fanout", "--channel", channel, port=port, FANOUT_PORT=str(port))
 
     def ready(self) -> bool:
         """True once the gateway answers; raises if any service has exited."""
