@@ -6,19 +6,21 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
+from channels.amazon import webhooks as amazon
 from channels.connection import Connection
 from channels.shopify import webhooks as shopify
-from schemas.inventory_events import OrderPlaced
+from schemas.inventory_events import OrderCancelled, OrderPlaced
 
-Verify = Callable[[str, bytes, Mapping[str, str]], bool]
+Normalise = Callable[[Connection, bytes, Mapping[str, str], datetime], list[OrderPlaced | OrderCancelled]]
 
 
 @dataclass(frozen=True)
 class WebhookAdapter:
-    verify: Verify
-    normalise: Callable[[Connection, bytes, Mapping[str, str], datetime], list[OrderPlaced]]
+    verify: Callable[[str, bytes, Mapping[str, str]], bool]
+    normalise: Normalise
 
 
 ADAPTERS: dict[str, WebhookAdapter] = {
     "shopify": WebhookAdapter(verify=shopify.verify, normalise=shopify.normalise),
+    "amazon": WebhookAdapter(verify=amazon.verify, normalise=amazon.normalise),
 }

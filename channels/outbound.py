@@ -8,7 +8,8 @@ from typing import Protocol
 
 import aiohttp
 
-from channels import shopify
+from channels import amazon, shopify
+from channels.amazon.client import AmazonInventoryClient
 from channels.connection import Connection
 from channels.ratelimit import TokenBucket
 from channels.shopify.client import ShopifyInventoryClient
@@ -46,6 +47,9 @@ class OutboundChannel:
 CHANNELS: dict[str, OutboundChannel] = {
     "shopify": OutboundChannel(
         "shopify", ShopifyInventoryClient, shopify.RATE_LIMIT_PER_S, shopify.RATE_BURST, shopify.MAX_BATCH
+    ),
+    "amazon": OutboundChannel(
+        "amazon", AmazonInventoryClient, amazon.RATE_LIMIT_PER_S, amazon.RATE_BURST, amazon.MAX_BATCH
     ),
 }
 

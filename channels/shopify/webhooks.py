@@ -17,7 +17,7 @@ from typing import Any
 
 from channels.connection import Connection
 from channels.errors import PayloadError
-from schemas.inventory_events import OrderPlaced
+from schemas.inventory_events import OrderCancelled, OrderPlaced
 
 SIGNATURE_HEADER = "X-Shopify-Hmac-SHA256"
 TOPIC_HEADER = "X-Shopify-Topic"
@@ -47,7 +47,7 @@ def _parse_time(value: Any, what: str) -> datetime:
 
 def normalise(
     connection: Connection, body: bytes, headers: Mapping[str, str], received_at: datetime
-) -> list[OrderPlaced]:
+) -> list[OrderPlaced | OrderCancelled]:
     """Canonical events for one verified webhook; raises PayloadError if it cannot be understood."""
     topic = headers.get(TOPIC_HEADER, "")
     if topic != "orders/create":
@@ -59,7 +59,7 @@ def normalise(
     if not isinstance(order, dict) or "id" not in order or not isinstance(order.get("line_items"), list):
         raise PayloadError("body is not a Shopify order: it needs an 'id' and a 'line_items' list")
     occurred_at = _parse_time(order.get("created_at"), "created_at")
-    events = []
+    events: list[OrderPlaced | OrderCancelled] = []
     for line in order["line_items"]:
         if not isinstance(line, dict) or "id" not in line:
             raise PayloadError("a line item has no 'id'")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from channels.connection import ConnectionRegistry, ConnectionsFileError, to_toml
 from channels.shopify.simulator import sample_connection
@@ -31,3 +32,15 @@ def test_invalid_files_are_explained(tmp_path: Path) -> None:
     path.write_text(twice)
     with pytest.raises(ConnectionsFileError, match="defined twice"):
         ConnectionRegistry.from_file(path)
+
+
+def test_secrets_with_newlines_quotes_and_control_characters_survive_the_file(tmp_path: Path) -> None:
+    pem = '-----BEGIN CERTIFICATE-----\nMIIB\\x"q"\t\x01\x7f\n-----END CERTIFICATE-----\n'
+    conn = sample_connection("http://x", skus=("SKU-1",)).model_copy(
+        update={"webhook_secret": SecretStr(pem)}
+    )
+    path = tmp_path / "c.toml"
+    path.write_text(to_toml([conn]))
+    loaded = ConnectionRegistry.from_file(path).get(conn.id)
+    assert loaded is not None
+    assert loaded.webhook_secret.get_secret_value() == pem
