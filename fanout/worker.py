@@ -281,14 +281,15 @@ class FanoutWorker:
                 )
 
     async def _gather(self, consumer: Consumer) -> list[Message]:
-        """Wait for records, then keep gathering for the coalescing window (or until max_batch)."""
-        messages = [
-            m
-            for m in await asyncio.to_thread(consumer.consume, self.settings.max_batch, 0.2)
-            if not m.error()
-        ]
-        if not messages:
+        """Wait for a first record, then keep gathering for the coalescing window (or until max_batch).
+
+        The first record comes from poll(), which returns as soon as one arrives: consume(n, timeout) would
+        wait for n records or the whole timeout, adding that wait to every update at low traffic.
+        """
+        first = await asyncio.to_thread(consumer.poll, 0.2)
+        if first is None or first.error():
             return []
+        messages = [first]
         deadline = time.monotonic() + self.settings.coalesce_window_s
         while len(messages) < self.settings.max_batch and (left := deadline - time.monotonic()) > 0:
             more = await asyncio.to_thread(consumer.consume, self.settings.max_batch - len(messages), left)

@@ -30,7 +30,7 @@ from rich.table import Table
 
 from channels.shopify.simulator import order_webhook
 from processor.store import apply_batch
-from schemas import TOPICS, inventory_events
+from schemas import TOPICS, inventory_events, stock_changed
 from schemas.inventory_events import AnyInventoryEvent
 from stocksync.db import migrate
 from stocksync.kafka import AsyncProducer, delete_prefixed_topics, ensure_topics, producer_config
@@ -65,9 +65,11 @@ class Load:
         self.world, self.session = world, session
         self.ids = itertools.count(1)
         self.sold: dict[str, int] = dict.fromkeys(SKUS, 0)
+        self.last_ids: list[int] = []
 
     async def send(self, sku: str) -> Sent:
         order_id = next(self.ids)
+        self.last_ids.append(order_id)
         self.sold[sku] += 1
         sent = Sent(sku, time.monotonic(), INITIAL - self.sold[sku])
         line = {
@@ -246,6 +248,37 @@ async def _worker_rate(world: World, kafka: KafkaSettings, url: str, batch: int,
         await asyncio.to_thread(stack.close)
 
 
+def commit_lag_ms(kafka: KafkaSettings, order_ids: set[str]) -> list[float]:
+    """Gateway arrival → processor commit of each order's stock.changed (the first half of the way)."""
+    topic = kafka.topic(stock_changed.TOPIC)
+    consumer = Consumer(
+        {
+            "bootstrap.servers": kafka.bootstrap_servers,
+            "group.id": f"lag-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        ends = {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions
+        }
+        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+        lags, seen, deadline = [], 0, time.monotonic() + 60
+        while seen < sum(ends.values()) and time.monotonic() < deadline:
+            for m in consumer.consume(5000, 1.0):
+                if m.error():
+                    continue
+                seen += 1
+                change = stock_changed.decode(m.value() or b"")
+                if change.cause_event_id.split(":order:")[-1].split(":line:")[0] in order_ids:
+                    lags.append((change.committed_at - change.received_at).total_seconds() * 1000)
+        return lags
+    finally:
+        consumer.close()
+
+
 def ledger_stats(database_url: str) -> dict[str, int]:
     with psycopg.connect(database_url) as conn:
         rows = conn.execute("SELECT outcome, count(*) FROM ledger GROUP BY outcome").fetchall()
@@ -300,9 +333,11 @@ async def run_bench(console: Console, *, orders: int, processor_events: int = 20
             for per_s in (20.0, 200.0):
                 console.print(f"paced load: {orders} orders at {per_s:.0f}/s")
                 world.simulator.calls.clear()
+                load.last_ids.clear()
                 sent = await load.paced(orders, per_s)
                 await load.settled()
                 lat = load.propagation_ms(sent)
+                commit = await asyncio.to_thread(commit_lag_ms, world.kafka, {str(i) for i in load.last_ids})
                 e2e.append(
                     {
                         "orders_per_s": per_s,
@@ -310,6 +345,8 @@ async def run_bench(console: Console, *, orders: int, processor_events: int = 20
                         "measured": len(lat),
                         "p50_ms": round(percentile(lat, 50), 1),
                         "p99_ms": round(percentile(lat, 99), 1),
+                        "to_commit_p50_ms": round(percentile(commit, 50), 1),
+                        "to_commit_p99_ms": round(percentile(commit, 99), 1),
                         "non_200": sum(1 for s in sent if s.status != 200),
                     }
                 )
@@ -366,12 +403,19 @@ def print_tables(console: Console, result: dict[str, Any]) -> None:
     table.add_row("best / raw", str(p["ratio"]))
     console.print(table)
     table = Table(title="end to end: webhook POST -> Shopify simulator confirms the new quantity")
-    for col in ("orders/s", "orders", "p50 ms", "p99 ms", "oversells", "duplicates"):
+    columns = (
+        "orders_per_s",
+        "orders",
+        "p50_ms",
+        "p99_ms",
+        "to_commit_p50_ms",
+        "to_commit_p99_ms",
+        "oversells",
+    )
+    for col in ("orders/s", "orders", "p50 ms", "p99 ms", "to commit p50", "to commit p99", "oversells"):
         table.add_column(col, justify="right")
     for row in result["e2e"]:
-        table.add_row(
-            *(str(row[k]) for k in ("orders_per_s", "orders", "p50_ms", "p99_ms", "oversells", "duplicates"))
-        )
+        table.add_row(*(str(row[k]) for k in columns))
     console.print(table)
     table = Table(title="service processes")
     for col in ("service", "CPU s", "RSS MB"):
