@@ -2,25 +2,40 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
+import aiohttp
+
 from channels.amazon import webhooks as amazon
 from channels.connection import Connection
+from channels.ebay import webhooks as ebay
+from channels.etsy import webhooks as etsy
 from channels.shopify import webhooks as shopify
+from channels.walmart import webhooks as walmart
+from channels.woocommerce import webhooks as woocommerce
 from schemas.inventory_events import OrderCancelled, OrderPlaced
 
 Normalise = Callable[[Connection, bytes, Mapping[str, str], datetime], list[OrderPlaced | OrderCancelled]]
+Expand = Callable[[aiohttp.ClientSession, Connection, bytes, Mapping[str, str]], Awaitable[bytes]]
 
 
 @dataclass(frozen=True)
 class WebhookAdapter:
     verify: Callable[[str, bytes, Mapping[str, str]], bool]
     normalise: Normalise
+    expand: Expand | None = None  # thin payloads: fetch the full order from the channel before normalising
+    ping: Callable[[bytes, Mapping[str, str]], bool] | None = None  # unsigned set-up pings that need a 200
 
 
 ADAPTERS: dict[str, WebhookAdapter] = {
     "shopify": WebhookAdapter(verify=shopify.verify, normalise=shopify.normalise),
     "amazon": WebhookAdapter(verify=amazon.verify, normalise=amazon.normalise),
+    "ebay": WebhookAdapter(verify=ebay.verify, normalise=ebay.normalise),
+    "etsy": WebhookAdapter(verify=etsy.verify, normalise=etsy.normalise, expand=etsy.expand),
+    "woocommerce": WebhookAdapter(
+        verify=woocommerce.verify, normalise=woocommerce.normalise, ping=woocommerce.is_ping
+    ),
+    "walmart": WebhookAdapter(verify=walmart.verify, normalise=walmart.normalise),
 }

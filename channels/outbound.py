@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from types import ModuleType
 from typing import Protocol
 
 import aiohttp
 
-from channels import amazon, shopify
+from channels import amazon, ebay, etsy, shopify, walmart, woocommerce
 from channels.amazon.client import AmazonInventoryClient
 from channels.connection import Connection
+from channels.ebay.client import EbayInventoryClient
+from channels.etsy.client import EtsyInventoryClient
 from channels.ratelimit import TokenBucket
 from channels.shopify.client import ShopifyInventoryClient
+from channels.walmart.client import WalmartInventoryClient
+from channels.woocommerce.client import WooCommerceInventoryClient
 
 HEADROOM = 0.9  # stay a little under the published rate: network jitter must not turn into 429s
 
@@ -44,13 +49,26 @@ class OutboundChannel:
         return TokenBucket(rate, max(1.0, connection.rate_burst or self.rate_burst))
 
 
+def _spec(
+    module: ModuleType, client: Callable[[aiohttp.ClientSession, Connection], InventoryClient]
+) -> OutboundChannel:
+    return OutboundChannel(
+        module.CHANNEL, client, module.RATE_LIMIT_PER_S, module.RATE_BURST, module.MAX_BATCH
+    )
+
+
 CHANNELS: dict[str, OutboundChannel] = {
-    "shopify": OutboundChannel(
-        "shopify", ShopifyInventoryClient, shopify.RATE_LIMIT_PER_S, shopify.RATE_BURST, shopify.MAX_BATCH
-    ),
-    "amazon": OutboundChannel(
-        "amazon", AmazonInventoryClient, amazon.RATE_LIMIT_PER_S, amazon.RATE_BURST, amazon.MAX_BATCH
-    ),
+    spec.name: spec
+    for spec in (
+        _spec(shopify, ShopifyInventoryClient),
+        _spec(amazon, AmazonInventoryClient),
+        _spec(ebay, EbayInventoryClient),
+        _spec(etsy, EtsyInventoryClient),
+        _spec(woocommerce, WooCommerceInventoryClient),
+        # One PUT per SKU, each charged to the budget: Walmart's bulk feed (10 an hour, ~30 min to apply)
+        # suits the reconciler's full pushes, not fan-out's latency.
+        replace(_spec(walmart, WalmartInventoryClient), max_batch=1),
+    )
 }
 
 

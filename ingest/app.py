@@ -15,11 +15,12 @@ import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
+import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from channels.connection import Connection, ConnectionRegistry
-from channels.errors import PayloadError
+from channels.errors import ChannelError, PayloadError
 from channels.inbound import ADAPTERS
 from ingest.metrics import IngestMetrics
 from ingest.settings import IngestSettings
@@ -34,6 +35,7 @@ SETTINGS = web.AppKey("settings", IngestSettings)
 CONNECTIONS = web.AppKey("connections", ConnectionRegistry)
 PRODUCER = web.AppKey("producer", AsyncProducer)
 METRICS = web.AppKey("metrics", IngestMetrics)
+HTTP = web.AppKey("http", aiohttp.ClientSession)
 
 
 def _error(status: int, message: str, **extra: str) -> web.Response:
@@ -103,9 +105,25 @@ async def webhook(request: web.Request) -> web.Response:
     except web.HTTPRequestEntityTooLarge:
         metrics.requests.labels(channel, "too_large").inc()
         return _error(413, f"body larger than {settings.max_body_bytes} bytes; raise INGEST_MAX_BODY_BYTES")
+    if adapter.ping is not None and adapter.ping(body, request.headers):
+        metrics.requests.labels(channel, "ping").inc()
+        return web.json_response({"status": "ok", "note": "set-up ping acknowledged; nothing published"})
     if not adapter.verify(connection.webhook_secret.get_secret_value(), body, request.headers):
         metrics.requests.labels(channel, "unauthorized").inc()
         return _error(401, "signature missing or invalid for this connection; check its webhook secret")
+    if adapter.expand is not None:
+        try:
+            body = await adapter.expand(request.app[HTTP], connection, body, request.headers)
+        except (ChannelError, aiohttp.ClientError, TimeoutError) as exc:
+            metrics.requests.labels(channel, "unavailable").inc()
+            log.warning(
+                "could not fetch the order behind a %s webhook for %s: %s", channel, connection_id, exc
+            )
+            return web.json_response(
+                {"error": f"could not fetch the order from {channel}; not accepted, retry later"},
+                status=503,
+                headers={"Retry-After": "30"},
+            )
     try:
         events = adapter.normalise(connection, body, request.headers, now)
     except PayloadError as exc:
@@ -169,7 +187,15 @@ def build_app(
             # Handlers have answered by now: what is still queued was answered 503, so wait only briefly.
             await own.close(timeout_s=max(1.0, settings.ack_timeout_s))
 
+    async def http_session(app: web.Application) -> AsyncIterator[None]:
+        async with aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=min(3.0, settings.ack_timeout_s * 1.5))
+        ) as s:
+            app[HTTP] = s
+            yield
+
     app.cleanup_ctx.append(kafka_producer)
+    app.cleanup_ctx.append(http_session)
     app.router.add_post("/webhooks/{connection_id}", webhook)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_handler(registry))

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-OUTCOMES = ("accepted", "quarantined", "unauthorized", "unknown_connection", "too_large", "unavailable")
+OUTCOMES = (
+    "accepted",
+    "quarantined",
+    "unauthorized",
+    "unknown_connection",
+    "too_large",
+    "unavailable",
+    "ping",
+)
 
 
 class IngestMetrics:

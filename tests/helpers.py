@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 
-from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_fixed
 
 from stocksync.local.process import eventually
@@ -14,10 +14,22 @@ from stocksync.settings import KafkaSettings
 __all__ = ["eventually", "group_caught_up", "read_topic"]
 
 
+SETTLING = {
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+}
+
+
+def _leadership_settling(exc: BaseException) -> bool:
+    # A new topic's leader can be named in metadata a moment before the broker itself acts as one.
+    return isinstance(exc, KafkaException) and (exc.args[0].retriable() or exc.args[0].code() in SETTLING)
+
+
 def _end_offset(consumer: Consumer, tp: TopicPartition) -> int:
     """The partition's high watermark, asked again while leadership is still settling."""
     for attempt in Retrying(
-        retry=retry_if_exception(lambda e: isinstance(e, KafkaException) and e.args[0].retriable()),
+        retry=retry_if_exception(_leadership_settling),
         stop=stop_after_delay(10),
         wait=wait_fixed(0.1),
         reraise=True,

@@ -1,0 +1,210 @@
+"""eBay Notification API webhooks: ECDSA signature check and normalisation of ``ORDER_CONFIRMATION``.
+
+Signature (eBay's event-notification SDKs and Notification API docs): ``X-EBAY-SIGNATURE`` is base64 of
+``{"alg": "ecdsa", "kid": <key id>, "signature": <base64 DER ECDSA>, "digest": "SHA1"}``; the signature is
+over the notification body, checked here against the exact raw bytes received (never re-serialised JSON).
+``webhook_secret`` holds the PEM public key that ``getPublicKey(kid)`` returns; eBay serves it with or without
+line breaks, both are accepted. There is no signed timestamp, hence no replay window: ids are stable.
+
+Payload: the envelope ``{"metadata": {"topic", "schemaVersion", "deprecated"}, "notification":
+{"notificationId", "eventDate", "publishDate", "publishAttemptCount", "data"}}`` is documented. eBay documents
+``ORDER_CONFIRMATION`` (sent per line item when checkout completes) but the fields of its ``data`` are not
+published in full, so this module expects an invented, documented-looking shape named after the Fulfillment
+API's Order type: ``data = {"orderId": str, "lineItems": [{"lineItemId", "legacyItemId", "sku",
+"quantity"}]}`` (one or more lines). ``occurred_at`` is ``notification.eventDate``. eBay has no cancellation
+topic in this API, so only sales are normalised.
+Event ids: ``<connection>:order:<orderId>:line:<lineItemId>``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import json
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from pydantic import ValidationError
+
+from channels.connection import Connection
+from channels.ebay import CHANNEL
+from channels.errors import PayloadError
+from schemas.inventory_events import OrderCancelled, OrderPlaced
+
+SIGNATURE_HEADER = "X-EBAY-SIGNATURE"
+ORDER_TOPIC = "ORDER_CONFIRMATION"
+_PEM_BEGIN = "-----BEGIN PUBLIC KEY-----"
+_PEM_END = "-----END PUBLIC KEY-----"
+_MAX_ID_LENGTH = 100
+
+
+def _digest() -> hashes.HashAlgorithm:
+    # eBay signs notifications with ECDSA over SHA-1 ("digest": "SHA1"); the choice is eBay's, not ours.
+    return hashes.SHA1()  # noqa: S303
+
+
+def sign(private_key: ec.EllipticCurvePrivateKey, body: bytes, *, kid: str) -> str:
+    """The ``X-EBAY-SIGNATURE`` value eBay would send for `body` signed with `private_key` (key id `kid`)."""
+    signature = private_key.sign(body, ec.ECDSA(_digest()))
+    header = {
+        "alg": "ecdsa",
+        "kid": kid,
+        "signature": base64.b64encode(signature).decode(),
+        "digest": "SHA1",
+    }
+    return base64.b64encode(json.dumps(header).encode()).decode()
+
+
+def public_key_pem(private_key: ec.EllipticCurvePrivateKey) -> str:
+    """The PEM (SubjectPublicKeyInfo) of `private_key`'s public half, as stored in ``webhook_secret``."""
+    return (
+        private_key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _public_key(pem: str) -> ec.EllipticCurvePublicKey | None:
+    """The EC public key in `pem` (line breaks optional), or None if it is not one."""
+    text = pem.strip()
+    if not (text.startswith(_PEM_BEGIN) and text.endswith(_PEM_END)):
+        return None
+    body = "".join(text[len(_PEM_BEGIN) : -len(_PEM_END)].split())
+    try:
+        key = serialization.load_der_public_key(base64.b64decode(body, validate=True))
+    except (ValueError, UnsupportedAlgorithm):
+        return None
+    return key if isinstance(key, ec.EllipticCurvePublicKey) else None
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    """Header lookup that ignores case, whatever mapping the caller passes."""
+    value = headers.get(name)
+    if value is None:
+        wanted = name.lower()
+        value = next((v for k, v in headers.items() if isinstance(k, str) and k.lower() == wanted), None)
+    return value if isinstance(value, str) else None
+
+
+def verify(secret: str, body: bytes, headers: Mapping[str, str], *, now: datetime | None = None) -> bool:
+    """True only if ``X-EBAY-SIGNATURE`` is well formed and its ECDSA/SHA-1 signature over `body` verifies
+    with the PEM public key in `secret`. Never raises. `now` is unused: eBay signs no timestamp."""
+    raw = _header(headers, SIGNATURE_HEADER)
+    key = _public_key(secret) if isinstance(secret, str) else None
+    if not raw or key is None or not isinstance(body, bytes):
+        return False
+    try:
+        info = json.loads(base64.b64decode(raw.strip(), validate=True))
+    except (ValueError, UnicodeDecodeError):
+        return False
+    if not isinstance(info, dict):
+        return False
+    alg, digest, kid, signature = (info.get(k) for k in ("alg", "digest", "kid", "signature"))
+    if not (isinstance(alg, str) and alg.lower() == "ecdsa" and isinstance(digest, str)):
+        return False
+    if digest.upper() != "SHA1" or not isinstance(kid, str) or not isinstance(signature, str):
+        return False
+    try:
+        key.verify(base64.b64decode(signature, validate=True), body, ec.ECDSA(_digest()))
+    except (InvalidSignature, binascii.Error, ValueError):
+        return False
+    return True
+
+
+def _parse_time(value: Any, what: str) -> datetime:
+    if not isinstance(value, str):
+        raise PayloadError(f"{what} {value!r} is not an ISO-8601 timestamp string")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise PayloadError(f"{what} {value!r} is not an ISO-8601 timestamp") from exc
+    if parsed.tzinfo is None:
+        raise PayloadError(f"{what} {value!r} has no UTC offset")
+    return parsed
+
+
+def _id(value: Any, what: str) -> str:
+    """An eBay id as text: a non-empty string or a whole number, short enough to sit in an event id."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, str) and value.strip() and len(value) <= _MAX_ID_LENGTH:
+        return value
+    raise PayloadError(f"{what} {value!r} is not an eBay id (a non-empty string or a whole number)")
+
+
+def _object(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise PayloadError(f"{what} is missing or not a JSON object")
+    return value
+
+
+def _sku_for(connection: Connection, line: dict[str, Any], line_id: str) -> str:
+    item = line.get("legacyItemId")
+    sku = None
+    if isinstance(item, (str, int)) and not isinstance(item, bool):
+        sku = connection.sku_for_listing(str(item))
+    seller_sku = line.get("sku")
+    if sku is None and isinstance(seller_sku, str) and seller_sku in connection.listings:
+        sku = seller_sku
+    if sku is None:
+        raise PayloadError(
+            f"line {line_id}: listing {item!r} / sku {seller_sku!r} is not mapped to a master SKU of "
+            f"connection {connection.id!r}; add it to that connection's listings"
+        )
+    return sku
+
+
+def normalise(
+    connection: Connection, body: bytes, headers: Mapping[str, str], received_at: datetime
+) -> list[OrderPlaced | OrderCancelled]:
+    """One OrderPlaced per line of a verified ``ORDER_CONFIRMATION``; PayloadError if it cannot be used."""
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PayloadError(f"body is not JSON: {exc}") from exc
+    envelope = _object(payload, "the notification body")
+    topic = _object(envelope.get("metadata"), "'metadata'").get("topic")
+    if topic != ORDER_TOPIC:
+        raise PayloadError(f"notification topic {topic!r} is not handled (only {ORDER_TOPIC})")
+    notification = _object(envelope.get("notification"), "'notification'")
+    occurred_at = _parse_time(notification.get("eventDate"), "notification.eventDate")
+    data = _object(notification.get("data"), "'notification.data'")
+    order_id = _id(data.get("orderId"), "orderId")
+    lines = data.get("lineItems")
+    if not isinstance(lines, list):
+        raise PayloadError("'notification.data.lineItems' is missing or not a list")
+    if not lines:
+        raise PayloadError(f"order {order_id} has no line items")
+    events: list[OrderPlaced | OrderCancelled] = []
+    for line in lines:
+        if not isinstance(line, dict):
+            raise PayloadError(f"order {order_id}: a line item is not a JSON object")
+        line_id = _id(line.get("lineItemId"), "lineItemId")
+        quantity = line.get("quantity")
+        if not isinstance(quantity, int) or isinstance(quantity, bool) or quantity <= 0:
+            raise PayloadError(f"line {line_id}: quantity {quantity!r} is not a positive whole number")
+        sku = _sku_for(connection, line, line_id)
+        try:
+            events.append(
+                OrderPlaced(
+                    event_id=f"{connection.id}:order:{order_id}:line:{line_id}",
+                    tenant=connection.tenant,
+                    sku=sku,
+                    quantity=quantity,
+                    connection_id=connection.id,
+                    channel=CHANNEL,
+                    order_id=order_id,
+                    line_id=line_id,
+                    occurred_at=occurred_at,
+                    received_at=received_at,
+                )
+            )
+        except ValidationError as exc:
+            raise PayloadError(f"line {line_id}: cannot build an order event: {exc}") from exc
+    return events

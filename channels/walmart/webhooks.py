@@ -1,0 +1,254 @@
+"""Walmart event notifications: HMAC check and normalisation of order events into per-line events.
+
+Signature: the ``Authorization`` header (our subscription's ``authHeaderName``) carries HMAC-SHA256(client
+secret, raw body). Walmart documents what is signed and with which key, not the text encoding: we sign base64
+and accept base64 or lowercase hex, each compared in constant time. No timestamp is signed, so there is no
+replay window (``source.eventTime`` is when the event happened, kept on all 3 attempts, not a send time).
+
+Events (envelope ``{"source": {eventType, eventTime, eventId}, "payload": {...}}``):
+
+- ``PO_CREATED``: OrderPlaced per order line, ``occurred_at`` = ``payload.orderDate`` (else ``eventTime``);
+- ``PO_LINE_AUTOCANCELLED``: OrderCancelled per cancelled line, ``occurred_at`` = ``eventTime``;
+- ``INTENT_TO_CANCEL``: nothing: the buyer only asked, and the seller decides;
+- ``ORDER_UPDATES`` (the newer envelope): routed by ``payload.subEventType`` (or
+  ``payload.meta.subEventType``) with the order in ``payload.order``; ``FRAUD_CANCEL`` is a cancellation.
+  This shape is read from Walmart's prose, without a published sample: treat it as our best reading.
+
+Lines: ``lineNumber``, seller ``sku`` and ``quantity.measurementValue`` (a numeric string) as the events
+document them; the Orders API shape (``item.sku``, ``orderLineQuantity.amount``) is accepted too. In a
+cancellation event, lines whose ``status`` is not Cancelled are other lines of the same PO and are skipped.
+If the connection's ``options.partner_id`` is set, ``payload.partnerId`` must match it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from channels.connection import Connection
+from channels.errors import PayloadError
+from schemas.inventory_events import OrderCancelled, OrderPlaced
+
+AUTH_HEADER = "Authorization"
+
+SALE_EVENTS = frozenset({"PO_CREATED"})
+CANCEL_EVENTS = frozenset({"PO_LINE_AUTOCANCELLED", "FRAUD_CANCEL"})
+IGNORED_EVENTS = frozenset({"INTENT_TO_CANCEL"})
+ENVELOPE_EVENT = "ORDER_UPDATES"
+
+_ORDER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+_COUNT = re.compile(r"[0-9]{1,9}")
+
+
+def sign(secret: str, body: bytes) -> str:
+    """The ``Authorization`` value Walmart sends: base64(HMAC-SHA256(client secret, body))."""
+    return base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest()).decode()
+
+
+def header(headers: Mapping[str, str], name: str) -> str | None:
+    """`name` from `headers`, case-insensitively (aiohttp's headers are; plain dicts are not)."""
+    value = headers.get(name)
+    if value is not None:
+        return value
+    lowered = name.lower()
+    for key, candidate in headers.items():
+        if key.lower() == lowered:
+            return candidate
+    return None
+
+
+def verify(secret: str, body: bytes, headers: Mapping[str, str], *, now: datetime | None = None) -> bool:
+    """True only if the ``Authorization`` header is the body's HMAC under `secret`. Never raises.
+
+    `now` is unused: Walmart signs no timestamp, so there is no replay window to check.
+    """
+    try:
+        given = header(headers, AUTH_HEADER)
+        if not given or not secret:
+            return False
+        digest = hmac.new(secret.encode(), body, hashlib.sha256).digest()
+        presented = given.strip().encode()
+        as_base64 = hmac.compare_digest(base64.b64encode(digest), presented)
+        as_hex = hmac.compare_digest(digest.hex().encode(), presented.lower())
+    except Exception:  # noqa: BLE001 - a malformed header is a failed check, never a crash
+        return False
+    return as_base64 or as_hex
+
+
+def _object(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise PayloadError(f"{what} is not an object but {type(value).__name__}")
+    return value
+
+
+def _text_id(value: Any, what: str) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return str(value)
+    if isinstance(value, str) and _ORDER_ID.fullmatch(value):
+        return value
+    raise PayloadError(f"{what} {value!r} is not a Walmart id")
+
+
+def _count(value: Any) -> int | None:
+    """A positive whole number, given as a JSON integer or a numeric string ("2")."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if value > 0 else None
+    if isinstance(value, str) and _COUNT.fullmatch(value.strip()):
+        number = int(value.strip())
+        return number if number > 0 else None
+    return None
+
+
+def _time(value: Any, what: str) -> datetime:
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:  # the Orders API writes epoch milliseconds
+            return datetime.fromtimestamp(value / 1000, tz=UTC)
+        except (OverflowError, OSError, ValueError) as exc:
+            raise PayloadError(f"{what} {value!r} is not a usable epoch-milliseconds time") from exc
+    if not isinstance(value, str):
+        raise PayloadError(f"{what} is missing or not a timestamp: {value!r}")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise PayloadError(f"{what} {value!r} is not an ISO-8601 timestamp") from exc
+    if parsed.tzinfo is None:
+        raise PayloadError(f"{what} {value!r} has no UTC offset")
+    return parsed
+
+
+def _line_sku(line: Mapping[str, Any]) -> Any:
+    item = line.get("item")
+    return line.get("sku", item.get("sku") if isinstance(item, dict) else None)
+
+
+def _line_quantity(line: Mapping[str, Any]) -> Any:
+    for holder, key in (("quantity", "measurementValue"), ("orderLineQuantity", "amount")):
+        box = line.get(holder)
+        if isinstance(box, dict) and key in box:
+            return box[key]
+    return line.get("quantity")
+
+
+def _is_cancelled(line: Mapping[str, Any]) -> bool:
+    status = line.get("status")
+    # Without a status the event itself says the line is cancelled.
+    return not isinstance(status, str) or status.strip().upper() in {"CANCELLED", "CANCELED"}
+
+
+def _load(body: bytes) -> dict[str, Any]:
+    try:
+        event = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise PayloadError(f"body is not JSON: {exc}") from exc
+    return _object(event, "the body")
+
+
+def _route(event: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """(concrete event type, payload, order object) of a notification."""
+    source = _object(event.get("source"), "'source'")
+    kind = source.get("eventType")
+    payload = _object(event.get("payload"), "'payload'")
+    if kind != ENVELOPE_EVENT:
+        return str(kind), payload, payload
+    meta = payload.get("meta")
+    sub = payload.get("subEventType")
+    if sub is None and isinstance(meta, dict):
+        sub = meta.get("subEventType")
+    order = payload.get("order", payload)
+    return str(sub), payload, _object(order, "'payload.order'")
+
+
+def normalise(
+    connection: Connection, body: bytes, headers: Mapping[str, str], received_at: datetime
+) -> list[OrderPlaced | OrderCancelled]:
+    """Canonical events for one verified notification; raises PayloadError (only) if it is not usable."""
+    event = _load(body)
+    kind, payload, order = _route(event)
+    if kind in IGNORED_EVENTS:
+        return []
+    if kind not in SALE_EVENTS | CANCEL_EVENTS:
+        raise PayloadError(
+            f"event type {kind!r} is not handled (only PO_CREATED, PO_LINE_AUTOCANCELLED, INTENT_TO_CANCEL, "
+            "ORDER_UPDATES); remove it from the Walmart subscription"
+        )
+    expected_partner = connection.options.get("partner_id")
+    partner = order.get("partnerId", payload.get("partnerId"))
+    if expected_partner is not None and str(partner) != expected_partner:
+        raise PayloadError(
+            f"partnerId {partner!r} is not connection {connection.id!r}'s partner "
+            f"{expected_partner!r}: the subscription's secret is shared with another seller account"
+        )
+    order_id = _text_id(order.get("purchaseOrderId"), "purchaseOrderId")
+    lines = order.get("orderLines")
+    if isinstance(lines, dict):  # the Orders API nests them: orderLines.orderLine
+        lines = lines.get("orderLine")
+    if not isinstance(lines, list):
+        raise PayloadError(f"purchase order {order_id} has no 'orderLines' list")
+    restock = kind in CANCEL_EVENTS
+    event_time = event["source"].get("eventTime")
+    if restock:
+        occurred_at = _time(event_time, "source.eventTime")
+    else:
+        order_date = order.get("orderDate")
+        occurred_at = _time(order_date if order_date is not None else event_time, "orderDate")
+    events: list[OrderPlaced | OrderCancelled] = []
+    for line in lines:
+        if not isinstance(line, dict):
+            raise PayloadError(f"purchase order {order_id}: an order line is not an object")
+        line_id = _text_id(line.get("lineNumber"), "lineNumber")
+        if restock and not _is_cancelled(line):
+            continue
+        quantity = _count(_line_quantity(line))
+        if quantity is None:
+            raise PayloadError(
+                f"purchase order {order_id} line {line_id}: quantity {_line_quantity(line)!r} "
+                "is not a positive whole number"
+            )
+        seller_sku = _line_sku(line)
+        sku = connection.sku_for_listing(seller_sku) if isinstance(seller_sku, str) else None
+        if sku is None and isinstance(seller_sku, str) and seller_sku in connection.listings:
+            sku = seller_sku
+        if sku is None:
+            raise PayloadError(
+                f"purchase order {order_id} line {line_id}: Walmart sku {seller_sku!r} is not mapped to a "
+                f"master SKU of connection {connection.id!r}; add it to that connection's listings"
+            )
+        sale_id = f"{connection.id}:order:{order_id}:line:{line_id}"
+        common: dict[str, Any] = {
+            "tenant": connection.tenant,
+            "sku": sku,
+            "quantity": quantity,
+            "connection_id": connection.id,
+            "channel": "walmart",
+            "order_id": order_id,
+            "line_id": line_id,
+            "occurred_at": occurred_at,
+            "received_at": received_at,
+        }
+        try:
+            if restock:
+                events.append(
+                    OrderCancelled(
+                        event_id=f"{connection.id}:cancel:{order_id}:line:{line_id}",
+                        sale_event_id=sale_id,
+                        **common,
+                    )
+                )
+            else:
+                events.append(OrderPlaced(event_id=sale_id, **common))
+        except ValidationError as exc:
+            raise PayloadError(
+                f"purchase order {order_id} line {line_id} makes no valid event: {exc}"
+            ) from exc
+    if not events:
+        what = "cancelled lines" if restock else "order lines"
+        raise PayloadError(f"purchase order {order_id} has no {what}")
+    return events

@@ -1,0 +1,206 @@
+"""WooCommerce webhooks: signature check and normalisation of ``order.created`` / ``order.updated``.
+
+Both topics carry the whole REST v3 order. One event per line item:
+
+- status ``cancelled`` or ``refunded``: OrderCancelled (restock), ``occurred_at`` = ``date_modified_gmt``;
+- status ``checkout-draft``: nothing (a cart, not an order);
+- any other status (pending, processing, on-hold, completed, failed, a plugin's own): OrderPlaced,
+  ``occurred_at`` = ``date_created_gmt``. ``order.updated`` re-asserts the sale under the same ids:
+  WooCommerce never retries, so a later update backfills a lost ``order.created`` and is a no-op otherwise.
+  A failed order keeps its units (the buyer may pay again) until it is cancelled or a stock count corrects it.
+
+Ids: sale ``<connection>:order:<order id>:line:<line item id>``, restock ``<connection>:cancel:...``. A later
+edit of a line's quantity keeps the line id and is therefore not seen here (the reconciler's job). Partial
+refunds leave the order status alone and are not restocked from webhooks either.
+
+Dates: WooCommerce's ``*_gmt`` fields are UTC written without an offset (documented); they are read as UTC.
+The site-local ``date_created`` is never used. An offset, if present, is honoured.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from channels.connection import Connection
+from channels.errors import PayloadError
+from schemas.inventory_events import OrderCancelled, OrderPlaced
+
+SIGNATURE_HEADER = "X-WC-Webhook-Signature"
+TOPIC_HEADER = "X-WC-Webhook-Topic"
+RESOURCE_HEADER = "X-WC-Webhook-Resource"
+EVENT_HEADER = "X-WC-Webhook-Event"
+WEBHOOK_ID_HEADER = "X-WC-Webhook-ID"
+DELIVERY_ID_HEADER = "X-WC-Webhook-Delivery-ID"
+SOURCE_HEADER = "X-WC-Webhook-Source"
+
+HANDLED_TOPICS = ("order.created", "order.updated")
+RESTOCK_STATUSES = frozenset({"cancelled", "refunded"})
+NOT_AN_ORDER_STATUSES = frozenset({"checkout-draft"})
+
+_ID = re.compile(r"[0-9]{1,20}")
+
+
+def sign(secret: str, body: bytes) -> str:
+    """``X-WC-Webhook-Signature`` for `body`: base64(HMAC-SHA256(secret, body))."""
+    return base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest()).decode()
+
+
+def header(headers: Mapping[str, str], name: str) -> str | None:
+    """`name` from `headers`, case-insensitively (aiohttp's headers are; plain dicts are not)."""
+    value = headers.get(name)
+    if value is not None:
+        return value
+    lowered = name.lower()
+    for key, candidate in headers.items():
+        if key.lower() == lowered:
+            return candidate
+    return None
+
+
+def verify(secret: str, body: bytes, headers: Mapping[str, str], *, now: datetime | None = None) -> bool:
+    """True only if ``X-WC-Webhook-Signature`` matches `body` under `secret`. Never raises.
+
+    `now` is unused: WooCommerce signs no timestamp, so there is no replay window to check.
+    """
+    try:
+        given = header(headers, SIGNATURE_HEADER)
+        if not given or not secret:
+            return False
+        return hmac.compare_digest(sign(secret, body).encode(), given.strip().encode())
+    except Exception:  # noqa: BLE001 - a malformed header is a failed check, never a crash
+        return False
+
+
+def _order_id(value: Any, what: str) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return str(value)
+    if isinstance(value, str) and _ID.fullmatch(value) and int(value) > 0:
+        return value
+    raise PayloadError(f"{what} {value!r} is not a positive whole number")
+
+
+def _gmt(order: Mapping[str, Any], name: str) -> datetime:
+    value = order.get(name)
+    if not isinstance(value, str):
+        raise PayloadError(f"order has no {name} (UTC timestamp); got {value!r}")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise PayloadError(f"{name} {value!r} is not an ISO-8601 timestamp") from exc
+    # *_gmt is UTC by definition; WooCommerce just leaves the offset out.
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
+
+
+def _positive_int(value: Any) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return None
+
+
+def _master_sku(connection: Connection, line: Mapping[str, Any], line_id: str) -> str:
+    variation = _positive_int(line.get("variation_id"))
+    product = _positive_int(line.get("product_id"))
+    listing = variation if variation is not None else product
+    sku = connection.sku_for_listing(str(listing)) if listing is not None else None
+    seller_sku = line.get("sku")
+    if sku is None and isinstance(seller_sku, str) and seller_sku in connection.listings:
+        sku = seller_sku
+    if sku is None:
+        raise PayloadError(
+            f"line {line_id}: product {line.get('product_id')!r} / variation {line.get('variation_id')!r} / "
+            f"sku {seller_sku!r} is not mapped to a master SKU of connection {connection.id!r}; "
+            "add it to that connection's listings"
+        )
+    return sku
+
+
+def _load(body: bytes) -> dict[str, Any]:
+    try:
+        order = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise PayloadError(f"body is not JSON: {exc}") from exc
+    if not isinstance(order, dict):
+        raise PayloadError(f"body is not a WooCommerce order object but {type(order).__name__}")
+    return order
+
+
+def normalise(
+    connection: Connection, body: bytes, headers: Mapping[str, str], received_at: datetime
+) -> list[OrderPlaced | OrderCancelled]:
+    """Canonical events for one verified webhook; raises PayloadError (only) if it cannot be understood."""
+    topic = header(headers, TOPIC_HEADER)
+    if topic not in HANDLED_TOPICS:
+        raise PayloadError(
+            f"webhook topic {topic!r} is not handled (only {', '.join(HANDLED_TOPICS)}); "
+            "remove that webhook from the store or point it elsewhere"
+        )
+    order = _load(body)
+    order_id = _order_id(order.get("id"), "order id")
+    status = order.get("status")
+    if not isinstance(status, str) or not status:
+        raise PayloadError(f"order {order_id}: status {status!r} is not a WooCommerce order status")
+    lines = order.get("line_items")
+    if not isinstance(lines, list):
+        raise PayloadError(f"order {order_id} has no 'line_items' list")
+    if status in NOT_AN_ORDER_STATUSES:
+        return []
+    restock = status in RESTOCK_STATUSES
+    occurred_at = _gmt(order, "date_modified_gmt" if restock else "date_created_gmt")
+    events: list[OrderPlaced | OrderCancelled] = []
+    for line in lines:
+        if not isinstance(line, dict):
+            raise PayloadError(f"order {order_id}: a line item is not an object")
+        line_id = _order_id(line.get("id"), "line item id")
+        quantity = _positive_int(line.get("quantity"))
+        if quantity is None:
+            raise PayloadError(
+                f"order {order_id} line {line_id}: quantity {line.get('quantity')!r} "
+                "is not a positive whole number"
+            )
+        sku = _master_sku(connection, line, line_id)
+        sale_id = f"{connection.id}:order:{order_id}:line:{line_id}"
+        common: dict[str, Any] = {
+            "tenant": connection.tenant,
+            "sku": sku,
+            "quantity": quantity,
+            "connection_id": connection.id,
+            "channel": "woocommerce",
+            "order_id": order_id,
+            "line_id": line_id,
+            "occurred_at": occurred_at,
+            "received_at": received_at,
+        }
+        try:
+            if restock:
+                events.append(
+                    OrderCancelled(
+                        event_id=f"{connection.id}:cancel:{order_id}:line:{line_id}",
+                        sale_event_id=sale_id,
+                        **common,
+                    )
+                )
+            else:
+                events.append(OrderPlaced(event_id=sale_id, **common))
+        except ValidationError as exc:
+            raise PayloadError(f"order {order_id} line {line_id} makes no valid event: {exc}") from exc
+    if not events:
+        raise PayloadError(f"order {order_id} has no line items")
+    return events
+
+
+_PING = re.compile(rb"webhook_id=\d{1,20}")
+
+
+def is_ping(body: bytes, headers: Mapping[str, str]) -> bool:
+    """WooCommerce's unsigned creation ping (form body ``webhook_id=N``, no topic header): it must get a 200,
+    or the seller cannot save the webhook. It carries nothing, so nothing is published for it."""
+    return header(headers, "X-WC-Webhook-Topic") is None and _PING.fullmatch(body.strip()) is not None

@@ -1,0 +1,77 @@
+"""The gateway with channels other than Shopify: a thin payload expanded from the channel's API (Etsy), and
+WooCommerce's unsigned set-up ping. Real Kafka; the channels are their simulators on loopback."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from channels.connection import Connection, ConnectionRegistry
+from channels.etsy.simulator import EtsySimulator
+from channels.etsy.simulator import sample_connection as etsy_connection
+from channels.simulation import serve
+from channels.woocommerce.simulator import sample_connection as woo_connection
+from ingest.app import build_app
+from ingest.settings import IngestSettings
+from schemas import TOPICS, inventory_events
+from stocksync.kafka import ensure_topics
+from stocksync.local.process import free_port
+from stocksync.settings import KafkaSettings
+from tests.helpers import read_topic
+
+pytestmark = pytest.mark.integration
+
+Client = TestClient[web.Request, web.Application]
+
+
+async def gateway(kafka: KafkaSettings, *connections: Connection) -> Client:
+    ensure_topics(kafka, TOPICS)
+    client: Client = TestClient(
+        TestServer(build_app(IngestSettings(kafka=kafka), connections=ConnectionRegistry(connections)))
+    )
+    await client.start_server()
+    return client
+
+
+async def test_a_thin_etsy_webhook_is_expanded_from_the_receipt(kafka: KafkaSettings) -> None:
+    port = free_port()
+    conn = etsy_connection(f"http://127.0.0.1:{port}", skus=("MUG-1", "MUG-2"))
+    sim = EtsySimulator.for_connection(conn, {"MUG-1": 10, "MUG-2": 10})
+    client = await gateway(kafka, conn)
+    try:
+        async with serve(sim.app(), port=port):
+            body, headers = sim.place_order(conn, 777, [("MUG-1", 2), ("MUG-2", 1)], datetime.now(UTC))
+            resp = await client.post(f"/webhooks/{conn.id}", data=body, headers=headers)
+            assert resp.status == 200, await resp.text()
+            assert len((await resp.json())["events"]) == 2
+        # The channel's API is gone now: the order cannot be fetched, so the webhook is refused for a retry.
+        body, headers = sim.place_order(conn, 778, [("MUG-1", 1)], datetime.now(UTC))
+        resp = await client.post(f"/webhooks/{conn.id}", data=body, headers=headers)
+        assert resp.status == 503
+    finally:
+        await client.close()
+    events = [inventory_events.decode(m.value() or b"") for m in read_topic(kafka, inventory_events.TOPIC)]
+    assert sorted((e.sku, e.quantity) for e in events) == [("MUG-1", 2), ("MUG-2", 1)]
+    assert all(e.tenant == conn.tenant and e.connection_id == conn.id for e in events)
+
+
+async def test_woocommerce_set_up_ping_gets_200_and_publishes_nothing(kafka: KafkaSettings) -> None:
+    conn = woo_connection("http://127.0.0.1:1", skus=("TEE-1",))
+    client = await gateway(kafka, conn)
+    try:
+        ping = await client.post(
+            f"/webhooks/{conn.id}",
+            data=b"webhook_id=42",
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        assert ping.status == 200
+        forged = await client.post(
+            f"/webhooks/{conn.id}", data=b'{"id": 1}', headers={"X-WC-Webhook-Topic": "order.created"}
+        )
+        assert forged.status == 401
+    finally:
+        await client.close()
+    assert read_topic(kafka, inventory_events.TOPIC) == []
