@@ -9,10 +9,13 @@ from datetime import datetime
 import aiohttp
 
 from channels.amazon import webhooks as amazon
+from channels.bigcommerce import webhooks as bigcommerce
 from channels.connection import Connection
 from channels.ebay import webhooks as ebay
 from channels.etsy import webhooks as etsy
+from channels.flipkart import webhooks as flipkart
 from channels.shopify import webhooks as shopify
+from channels.tiktok import webhooks as tiktok
 from channels.walmart import webhooks as walmart
 from channels.woocommerce import webhooks as woocommerce
 from schemas.inventory_events import OrderCancelled, OrderPlaced
@@ -21,12 +24,19 @@ Normalise = Callable[[Connection, bytes, Mapping[str, str], datetime], list[Orde
 Expand = Callable[[aiohttp.ClientSession, Connection, bytes, Mapping[str, str]], Awaitable[bytes]]
 
 
+Verify = Callable[[str, bytes, Mapping[str, str]], bool]
+
+
 @dataclass(frozen=True)
 class WebhookAdapter:
-    verify: Callable[[str, bytes, Mapping[str, str]], bool]
+    verify: Verify
     normalise: Normalise
     expand: Expand | None = None  # thin payloads: fetch the full order from the channel before normalising
     ping: Callable[[bytes, Mapping[str, str]], bool] | None = None  # unsigned set-up pings that need a 200
+    verifier: Callable[[Connection], Verify] | None = None  # a verify that needs more of the connection
+
+    def verify_for(self, connection: Connection) -> Verify:
+        return self.verifier(connection) if self.verifier is not None else self.verify
 
 
 ADAPTERS: dict[str, WebhookAdapter] = {
@@ -38,4 +48,11 @@ ADAPTERS: dict[str, WebhookAdapter] = {
         verify=woocommerce.verify, normalise=woocommerce.normalise, ping=woocommerce.is_ping
     ),
     "walmart": WebhookAdapter(verify=walmart.verify, normalise=walmart.normalise),
+    "tiktok": WebhookAdapter(
+        verify=tiktok.verify, normalise=tiktok.normalise, expand=tiktok.expand, verifier=tiktok.verifier
+    ),
+    "bigcommerce": WebhookAdapter(
+        verify=bigcommerce.verify, normalise=bigcommerce.normalise, expand=bigcommerce.expand
+    ),
+    "flipkart": WebhookAdapter(verify=flipkart.verify, normalise=flipkart.normalise, expand=flipkart.expand),
 }

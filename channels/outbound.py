@@ -9,13 +9,16 @@ from typing import Protocol
 
 import aiohttp
 
-from channels import amazon, ebay, etsy, shopify, walmart, woocommerce
+from channels import amazon, bigcommerce, ebay, etsy, flipkart, shopify, tiktok, walmart, woocommerce
 from channels.amazon.client import AmazonInventoryClient
+from channels.bigcommerce.client import BigCommerceInventoryClient
 from channels.connection import Connection
 from channels.ebay.client import EbayInventoryClient
 from channels.etsy.client import EtsyInventoryClient
+from channels.flipkart.client import FlipkartInventoryClient
 from channels.ratelimit import TokenBucket
 from channels.shopify.client import ShopifyInventoryClient
+from channels.tiktok.client import TikTokInventoryClient
 from channels.walmart.client import WalmartInventoryClient
 from channels.woocommerce.client import WooCommerceInventoryClient
 
@@ -68,6 +71,9 @@ CHANNELS: dict[str, OutboundChannel] = {
         # One PUT per SKU, each charged to the budget: Walmart's bulk feed (10 an hour, ~30 min to apply)
         # suits the reconciler's full pushes, not fan-out's latency.
         replace(_spec(walmart, WalmartInventoryClient), max_batch=1),
+        _spec(tiktok, TikTokInventoryClient),
+        _spec(bigcommerce, BigCommerceInventoryClient),
+        _spec(flipkart, FlipkartInventoryClient),
     )
 }
 

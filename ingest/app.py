@@ -108,7 +108,9 @@ async def webhook(request: web.Request) -> web.Response:
     if adapter.ping is not None and adapter.ping(body, request.headers):
         metrics.requests.labels(channel, "ping").inc()
         return web.json_response({"status": "ok", "note": "set-up ping acknowledged; nothing published"})
-    if not adapter.verify(connection.webhook_secret.get_secret_value(), body, request.headers):
+    if not adapter.verify_for(connection)(
+        connection.webhook_secret.get_secret_value(), body, request.headers
+    ):
         metrics.requests.labels(channel, "unauthorized").inc()
         return _error(401, "signature missing or invalid for this connection; check its webhook secret")
     if adapter.expand is not None:

@@ -1,0 +1,300 @@
+"""A TikTok Shop simulator: Get Order Detail, Update Inventory, Get Product, and signed notifications.
+
+It checks what TikTok checks (access token, app key, request ``sign``), keeps per-SKU-id counts at one
+warehouse, answers business errors the TikTok way (HTTP 200, non-zero ``code``), enforces a token bucket
+(429 with Retry-After), records every inventory write, and can be told to fail.
+Orders list one line item per unit, without ``quantity``, as 202309 order details do.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+from pydantic import SecretStr
+
+from channels.connection import Connection, Listing
+from channels.ratelimit import TokenBucket
+from channels.tiktok import API_VERSION, RATE_BURST, RATE_LIMIT_PER_S, api, webhooks
+
+DEFAULT_WAREHOUSE = "7068517275539719942"
+
+
+@dataclass(frozen=True)
+class InventoryCall:
+    """One SKU of one Update Inventory call as the simulator saw it."""
+
+    at: float
+    product_id: str
+    sku_id: str
+    warehouse_id: str
+    quantity: int
+    status: int
+    error: str | None = None
+
+
+@dataclass
+class TikTokSimulator:
+    app_key: str = ""
+    app_secret: str = ""
+    access_token: str = ""
+    warehouse_id: str = DEFAULT_WAREHOUSE
+    available: dict[str, int] = field(default_factory=dict)  # by TikTok SKU id
+    products: dict[str, list[str]] = field(default_factory=dict)  # product id -> its SKU ids
+    seller_skus: dict[str, str] = field(default_factory=dict)  # SKU id -> seller SKU
+    orders: dict[str, dict[str, Any]] = field(default_factory=dict)
+    calls: list[InventoryCall] = field(default_factory=list)
+    writes: int = 0  # Update Inventory requests that reached the handler
+    failures: list[int] = field(default_factory=list)
+    rate_limited: int = 0
+    bucket: TokenBucket = field(default_factory=lambda: TokenBucket(RATE_LIMIT_PER_S, RATE_BURST))
+    failing_until: float = 0.0
+    failing_status: int = 503
+
+    def adopt(self, connection: Connection, initial: int = 0) -> None:
+        """Take the connection's credentials and list its SKUs with `initial` units each."""
+        self.app_key = connection.options.get("app_key", "")
+        self.app_secret = connection.webhook_secret.get_secret_value()
+        self.access_token = connection.access_token.get_secret_value()
+        self.warehouse_id = connection.options.get("warehouse_id", self.warehouse_id)
+        for sku, listing in connection.listings.items():
+            if listing.inventory_ref is None:
+                continue
+            skus = self.products.setdefault(listing.listing_id, [])
+            if listing.inventory_ref not in skus:
+                skus.append(listing.inventory_ref)
+            self.available.setdefault(listing.inventory_ref, initial)
+            self.seller_skus[listing.inventory_ref] = sku
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get(api.ORDER_DETAIL_PATH, self._order_detail)
+        app.router.add_get(f"/product/{API_VERSION}/products/{{product_id}}", self._get_product)
+        app.router.add_post(
+            f"/product/{API_VERSION}/products/{{product_id}}/inventory/update", self._update_inventory
+        )
+        return app
+
+    def fail_next(self, status: int, times: int = 1) -> None:
+        self.failures.extend([status] * times)
+
+    def fail_for(self, status: int, seconds: float) -> None:
+        """Answer every request with `status` for the next `seconds` (an outage)."""
+        self.failing_status, self.failing_until = status, time.monotonic() + seconds
+
+    @staticmethod
+    def _reply(code: int, message: str, data: Any = None, *, status: int = 200) -> web.Response:
+        headers = {"Retry-After": "1"} if status == 429 else {}
+        body = {"code": code, "message": message, "request_id": secrets.token_hex(8), "data": data}
+        return web.json_response(body, status=status, headers=headers)
+
+    async def _guard(self, request: web.Request) -> web.Response | None:
+        """The checks every endpoint makes, in TikTok's order; None when the request may proceed."""
+        if request.headers.get(api.TOKEN_HEADER) != self.access_token:
+            return self._reply(105002, "Access token is invalid", status=401)
+        params = dict(request.query)
+        body = await request.read()
+        expected = api.sign_request(self.app_secret, request.path, params, body)
+        if params.get("app_key") != self.app_key or params.get("sign") != expected:
+            return self._reply(106001, "signature is invalid", status=401)
+        wait = self.bucket.take()
+        if wait > 0:
+            self.rate_limited += 1
+            return web.json_response(
+                {"code": 36009004, "message": "Too many requests", "request_id": secrets.token_hex(8)},
+                status=429,
+                headers={"Retry-After": f"{max(1, math.ceil(wait))}"},
+            )
+        if time.monotonic() < self.failing_until:
+            return self._reply(36009003, "injected outage", status=self.failing_status)
+        if self.failures:
+            return self._reply(36009003, "injected failure", status=self.failures.pop(0))
+        return None
+
+    async def _order_detail(self, request: web.Request) -> web.Response:
+        if refused := await self._guard(request):
+            return refused
+        ids = [i for i in request.query.get("ids", "").split(",") if i]
+        if not ids or len(ids) > 50:
+            return self._reply(36009001, "ids must list 1 to 50 order ids")
+        orders = [self.orders[i] for i in ids if i in self.orders]
+        return self._reply(0, "Success", {"orders": orders})
+
+    async def _get_product(self, request: web.Request) -> web.Response:
+        if refused := await self._guard(request):
+            return refused
+        product_id = request.match_info["product_id"]
+        if product_id not in self.products:
+            return self._reply(12052048, f"product {product_id} does not exist in this shop")
+        skus = [
+            {
+                "id": sku_id,
+                "seller_sku": self.seller_skus.get(sku_id, ""),
+                "inventory": [{"warehouse_id": self.warehouse_id, "quantity": self.available.get(sku_id, 0)}],
+            }
+            for sku_id in self.products[product_id]
+        ]
+        return self._reply(0, "Success", {"id": product_id, "status": "ACTIVATE", "skus": skus})
+
+    async def _update_inventory(self, request: web.Request) -> web.Response:
+        if refused := await self._guard(request):
+            return refused
+        self.writes += 1
+        product_id = request.match_info["product_id"]
+        if product_id not in self.products:
+            return self._reply(12052048, f"product {product_id} does not exist in this shop")
+        try:
+            payload = json.loads(await request.read())
+        except json.JSONDecodeError:
+            return self._reply(36009001, "body is not JSON")
+        skus = payload.get("skus") if isinstance(payload, dict) else None
+        if not isinstance(skus, list) or not skus:
+            return self._reply(36009001, "skus is required")
+        errors: list[dict[str, Any]] = []
+        for entry in skus:
+            sku_id = str(entry.get("id")) if isinstance(entry, dict) else "?"
+            stocks = entry.get("inventory") if isinstance(entry, dict) else None
+            for stock in stocks if isinstance(stocks, list) and stocks else [{}]:
+                warehouse = str(stock.get("warehouse_id") or self.warehouse_id)
+                quantity = stock.get("quantity")
+                error = None
+                if sku_id not in self.products[product_id]:
+                    error = f"SKU {sku_id} does not belong to product {product_id}"
+                elif warehouse != self.warehouse_id:
+                    error = f"warehouse {warehouse} is not a warehouse of this SKU"
+                elif (
+                    isinstance(quantity, bool) or not isinstance(quantity, int) or not 0 <= quantity <= 99_999
+                ):
+                    error = f"quantity {quantity!r} must be a whole number from 0 to 99999"
+                self.calls.append(
+                    InventoryCall(
+                        time.monotonic(),
+                        product_id,
+                        sku_id,
+                        warehouse,
+                        quantity if isinstance(quantity, int) else -1,
+                        200,
+                        error,
+                    )
+                )
+                if error:
+                    errors.append(
+                        {
+                            "code": 12052230,
+                            "message": error,
+                            "detail": {
+                                "sku_id": sku_id,
+                                "extra_errors": [
+                                    {"warehouse_id": warehouse, "code": 12052230, "message": error}
+                                ],
+                            },
+                        }
+                    )
+                else:
+                    self.available[sku_id] = int(quantity)
+        return self._reply(0, "Success", {"errors": errors} if errors else {})
+
+    def place_order(
+        self, connection: Connection, order_id: int, lines: list[tuple[str, int]], created_at: datetime
+    ) -> tuple[bytes, dict[str, str]]:
+        """A buyer orders in the app: TikTok takes the stock, lists one line per unit, and notifies."""
+        at = int(created_at.timestamp())
+        items: list[dict[str, Any]] = []
+        for sku, qty in lines:
+            listing = connection.listings[sku]
+            sku_id = listing.inventory_ref or ""
+            if sku_id in self.available:
+                self.available[sku_id] = max(0, self.available[sku_id] - qty)
+            for _ in range(qty):
+                items.append(
+                    {
+                        "id": f"{order_id}{len(items) + 1:03d}",
+                        "product_id": listing.listing_id,
+                        "sku_id": sku_id,
+                        "seller_sku": sku,
+                        "product_name": sku,
+                        "display_status": "AWAITING_SHIPMENT",
+                        "sale_price": "10.00",
+                        "currency": "USD",
+                    }
+                )
+        self.orders[str(order_id)] = {
+            "id": str(order_id),
+            "status": "AWAITING_SHIPMENT",
+            "create_time": at,
+            "update_time": at,
+            "paid_time": at,
+            "line_items": items,
+        }
+        return status_notification(connection, str(order_id), "AWAITING_SHIPMENT", created_at)
+
+    def cancel_order(
+        self, connection: Connection, order_id: int, cancelled_at: datetime
+    ) -> tuple[bytes, dict[str, str]]:
+        """The order is cancelled: TikTok puts the units back and notifies the new status."""
+        order = self.orders[str(order_id)]
+        at = int(cancelled_at.timestamp())
+        order.update(status=webhooks.CANCELLED, cancel_time=at, update_time=at)
+        for line in order["line_items"]:
+            line["display_status"] = webhooks.CANCELLED
+            if line["sku_id"] in self.available:
+                self.available[line["sku_id"]] += 1
+        return status_notification(connection, str(order_id), webhooks.CANCELLED, cancelled_at)
+
+
+def status_notification(
+    connection: Connection, order_id: str, status: str, at: datetime
+) -> tuple[bytes, dict[str, str]]:
+    """A signed ORDER_STATUS_CHANGE notification as TikTok sends it (body bytes and headers)."""
+    body = json.dumps(
+        {
+            "type": webhooks.ORDER_STATUS_CHANGE,
+            "tts_notification_id": str(7_000_000_000_000_000_000 + secrets.randbelow(10**18)),
+            "shop_id": connection.options.get("shop_id", "7494049642642441621"),
+            "timestamp": int(at.timestamp()),
+            "data": {
+                "order_id": order_id,
+                "order_status": status,
+                "is_on_hold_order": False,
+                "update_time": int(at.timestamp()),
+            },
+        }
+    ).encode()
+    signature = webhooks.sign(
+        connection.webhook_secret.get_secret_value(), connection.options.get("app_key", ""), body
+    )
+    return body, {"Content-Type": "application/json", webhooks.SIGNATURE_HEADER: signature}
+
+
+def sample_connection(
+    base_url: str, *, skus: tuple[str, ...], conn_id: str = "tiktok-acme", tenant: str = "acme"
+) -> Connection:
+    """A connection to this simulator with fresh random secrets; two SKUs per product
+    (product ids 1729000000000000001, ...; SKU ids 1729500000000000001, ...)."""
+    return Connection(
+        id=conn_id,
+        tenant=tenant,
+        channel="tiktok",
+        webhook_secret=SecretStr(secrets.token_hex(20)),
+        api_base_url=base_url,
+        access_token=SecretStr(f"TTP_{secrets.token_urlsafe(24)}"),
+        options={
+            "app_key": secrets.token_hex(6),
+            "shop_cipher": f"ROW_{secrets.token_urlsafe(12)}",
+            "shop_id": "7494049642642441621",
+            "warehouse_id": DEFAULT_WAREHOUSE,
+        },
+        listings={
+            sku: Listing(
+                listing_id=str(1_729_000_000_000_000_000 + (n + 1) // 2),
+                inventory_ref=str(1_729_500_000_000_000_000 + n),
+            )
+            for n, sku in enumerate(skus, start=1)
+        },
+    )
