@@ -29,6 +29,7 @@ class StackConfig:
     topic_prefix: str = ""
     partitions: int = 4
     channels: tuple[str, ...] = ("shopify",)
+    fanout_together: bool = False  # one fan-out process for every channel instead of one per channel
 
 
 @dataclass
@@ -85,6 +86,11 @@ class Stack:
         ops_port = free_port()
         self.start("processor", "processor", port=ops_port, PROCESSOR_OPS_PORT=str(ops_port))
         if fanout:
+            if self.config.fanout_together:
+                port = free_port()
+                flags = [arg for ch in self.config.channels for arg in ("--channel", ch)]
+                self.start("fanout", "fanout", *flags, port=port, FANOUT_PORT=str(port))
+                return
             for channel in self.config.channels:
                 port = free_port()
                 name = f"fanout-{channel}"
