@@ -38,6 +38,7 @@ from stocksync.local.process import eventually
 from stocksync.local.stack import Stack, StackConfig
 from stocksync.local.traffic import as_records, synthetic_stream
 from stocksync.local.world import World, create_database, drop_database, local_world
+from stocksync.multibench import run_multichannel
 from stocksync.settings import KafkaSettings
 
 SKUS = tuple(f"BENCH-{n:03d}" for n in range(50))
@@ -364,6 +365,7 @@ async def run_bench(console: Console, *, orders: int, processor_events: int = 20
             }
         stats = ledger_stats(world.database_url)
         processor = await processor_rates(world, console, events=processor_events)
+        multichannel = await run_multichannel(console, world.kafka_endpoint, world.pg_endpoint)
         for row in e2e:
             row["oversells"] = stats["negative_counts"]
             row["duplicates"] = stats["duplicate_ledger_rows"]
@@ -373,6 +375,7 @@ async def run_bench(console: Console, *, orders: int, processor_events: int = 20
             "postgres": world.pg_endpoint.describe(),
             "gateway": gateway,
             "processor": processor,
+            "multichannel": multichannel,
             "e2e": e2e,
             "ledger": stats,
             "services": process_usage(world),
@@ -416,6 +419,21 @@ def print_tables(console: Console, result: dict[str, Any]) -> None:
         table.add_column(col, justify="right")
     for row in result["e2e"]:
         table.add_row(*(str(row[k]) for k in columns))
+    console.print(table)
+    m = result["multichannel"]
+    table = Table(title="sync lag per channel (all nine at once; one fan-out process)")
+    for col in ("channel", "50/min p50 ms", "50/min p99 ms", "2,000/s p50 ms", "2,000/s p99 ms", "429s seen"):
+        table.add_column(col, justify="right")
+    for ch in m["channels"]:
+        slow, fast = m["orders_per_minute_50"][ch], m["orders_per_second_2000"][ch]
+        table.add_row(
+            ch,
+            str(slow["p50_ms"]),
+            str(slow["p99_ms"]),
+            str(fast["p50_ms"]),
+            str(fast["p99_ms"]),
+            str(m["rate_limited_by_simulators"][ch]),
+        )
     console.print(table)
     table = Table(title="service processes")
     for col in ("service", "CPU s", "RSS MB"):

@@ -18,7 +18,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar, overload
 
 _PR_SET_PDEATHSIG = 1
 T = TypeVar("T")
@@ -125,12 +125,24 @@ def log_tail(path: Path, lines: int = 30) -> str:
         return "(no log written)"
 
 
+@overload
 async def eventually(
-    check: Callable[[], T | Awaitable[T]], *, timeout_s: float = 30.0, what: str, interval_s: float = 0.05
-) -> T:
+    check: Callable[[], Awaitable[T]], *, timeout_s: float = ..., what: str, interval_s: float = ...
+) -> T: ...
+
+
+@overload
+async def eventually(
+    check: Callable[[], T], *, timeout_s: float = ..., what: str, interval_s: float = ...
+) -> T: ...
+
+
+async def eventually(
+    check: Callable[[], Any], *, timeout_s: float = 30.0, what: str, interval_s: float = 0.05
+) -> Any:
     """Poll `check` until it returns a truthy value; raise AssertionError naming `what` at the deadline."""
     deadline = time.monotonic() + timeout_s
-    last: T | None = None
+    last: Any = None
     while time.monotonic() < deadline:
         result = check()
         last = await result if isinstance(result, Awaitable) else result
