@@ -20,7 +20,7 @@ import pytest
 
 from channels.connection import to_toml
 from schemas import TOPICS, stock_changed, stock_rejected
-from schemas.inventory_events import StockCounted
+from schemas.inventory_events import OrderPlaced, StockCounted
 from stocksync.kafka import AsyncProducer, ensure_topics, producer_config
 from stocksync.local.marketplaces import Marketplace, marketplaces
 from stocksync.local.stack import Stack, StackConfig
@@ -151,3 +151,59 @@ async def test_fifty_orders_across_nine_channels_reach_every_channel(world: Worl
     # Walmart's token fetches and this test's reads spend what fan-out plans with: some of its writes meet a
     # 429 and are retried after Retry-After. Zero 429s is asserted where fan-out owns the budget
     # (tests/e2e/test_fanout.py); here every channel converged above, within the lag bound.
+
+
+async def test_a_thousand_sales_in_a_second_reach_all_nine_channels_in_few_calls(world: World) -> None:
+    # 1,500 - 1,000 = 500: under Etsy's per-variant ceiling of 999, so every channel can show the master.
+    now = datetime.now(UTC)
+    seed = [
+        StockCounted(
+            event_id=f"admin:count:{sku}",
+            tenant="acme",
+            sku=sku,
+            quantity=1500,
+            occurred_at=now,
+            received_at=now,
+        )
+        for sku in SKUS
+    ]
+    burst = [
+        OrderPlaced(
+            event_id=f"burst:order:{i}:line:1",
+            tenant="acme",
+            sku="SKU-A",
+            quantity=1,
+            connection_id="burst",
+            channel="shopify",
+            order_id=str(i),
+            line_id="1",
+            occurred_at=now,
+            received_at=now,
+        )
+        for i in range(1000)
+    ]
+    producer = AsyncProducer(producer_config(world.kafka))
+    try:
+        await producer.send_batch(world.kafka.topic("inventory.events"), as_records(seed))
+        await eventually(lambda: world.master() == dict.fromkeys(SKUS, 1500), what="the seeded master")
+        await eventually(world.fanout_idle, timeout_s=120, what="the seed counts on every channel")
+        sold_at = datetime.now(UTC)  # after the count: a count as of T already includes sales at T
+        burst = [e.model_copy(update={"occurred_at": sold_at, "received_at": sold_at}) for e in burst]
+        calls = {ch: len(m.simulator.calls) for ch, m in world.markets.items()}
+        limited = {ch: m.simulator.rate_limited for ch, m in world.markets.items()}
+        started = asyncio.get_running_loop().time()
+        await producer.send_batch(world.kafka.topic("inventory.events"), as_records(burst))
+        assert asyncio.get_running_loop().time() - started < 1.0, (
+            "the burst took longer than a second to publish"
+        )
+    finally:
+        await producer.close()
+    await eventually(lambda: world.master()["SKU-A"] == 500, timeout_s=60, what="the master at 500")
+    await eventually(world.fanout_idle, timeout_s=120, what="every fan-out group to commit its offsets")
+    spent = {ch: len(m.simulator.calls) - calls[ch] for ch, m in world.markets.items()}
+    refused = {ch: m.simulator.rate_limited - limited[ch] for ch, m in world.markets.items()}
+    assert all(n <= 100 for n in spent.values()), f"outbound calls for 1,000 sales: {spent}"
+    assert refused == dict.fromkeys(world.markets, 0), f"429s during the burst: {refused}"
+    async with aiohttp.ClientSession() as session:
+        for channel, market in world.markets.items():
+            assert (await market.shows(session, ["SKU-A"])) == {"SKU-A": 500}, channel
