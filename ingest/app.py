@@ -132,6 +132,14 @@ async def webhook(request: web.Request) -> web.Response:
         response = await _quarantine(request, connection, body, str(exc), now)
         metrics.ack_seconds.labels(channel).observe(time.perf_counter() - started)
         return response
+    except Exception as exc:  # a normaliser bug must not lose a signed webhook: keep the body
+        log.exception("the %s normaliser failed on a webhook for %s; quarantined", channel, connection_id)
+        reason = (
+            f"the {channel} normaliser failed on this body ({type(exc).__name__}: {exc}); kept for inspection"
+        )
+        response = await _quarantine(request, connection, body, reason, now)
+        metrics.ack_seconds.labels(channel).observe(time.perf_counter() - started)
+        return response
     topic = settings.kafka.topic(inventory_events.TOPIC)
     records: list[tuple[str, bytes, bytes, dict[str, str]]] = [
         (

@@ -51,6 +51,7 @@ from pydantic import ValidationError
 from channels.amazon import CHANNEL, NOTIFICATION_TYPE, REPLAY_WINDOW_S
 from channels.connection import Connection
 from channels.errors import PayloadError
+from channels.payload import header, iso_time, line_event, load_object, master_sku, positive_quantity
 from schemas.inventory_events import OrderCancelled, OrderPlaced
 
 MESSAGE_TYPE_HEADER = "x-amz-sns-message-type"
@@ -131,30 +132,6 @@ def _public_keys(pem: str) -> tuple[RSAPublicKey, ...]:
     return tuple(keys)
 
 
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    """Case-insensitive header look-up (aiohttp's headers already are; plain dicts in tests are not)."""
-    value = headers.get(name)
-    if value is not None:
-        return value
-    lowered = name.lower()
-    for key, item in headers.items():
-        if key.lower() == lowered:
-            return item
-    return None
-
-
-def _parse_time(value: Any, what: str) -> datetime:
-    if not isinstance(value, str):
-        raise PayloadError(f"{what} {value!r} is not an ISO-8601 timestamp string")
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise PayloadError(f"{what} {value!r} is not an ISO-8601 timestamp") from exc
-    if parsed.tzinfo is None:
-        raise PayloadError(f"{what} {value!r} has no UTC offset")
-    return parsed
-
-
 def verify(secret: str, body: bytes, headers: Mapping[str, str], *, now: datetime | None = None) -> bool:
     """True only for an SNS message signed by a certificate in `secret` (PEM), sent within 5 minutes of `now`.
 
@@ -166,11 +143,11 @@ def verify(secret: str, body: bytes, headers: Mapping[str, str], *, now: datetim
         if not isinstance(message, dict):
             return False
         kind = message.get("Type")
-        if kind not in _SIGNED_FIELDS or _header(headers, MESSAGE_TYPE_HEADER) != kind:
+        if kind not in _SIGNED_FIELDS or header(headers, MESSAGE_TYPE_HEADER) != kind:
             return False
         # The optional headers repeat body fields; a mismatch means someone edited one of the two.
-        for header, field in ((MESSAGE_ID_HEADER, "MessageId"), (TOPIC_ARN_HEADER, "TopicArn")):
-            given = _header(headers, header)
+        for name, field in ((MESSAGE_ID_HEADER, "MessageId"), (TOPIC_ARN_HEADER, "TopicArn")):
+            given = header(headers, name)
             if given is not None and given != message.get(field):
                 return False
         algorithm = _HASHES.get(str(message.get("SignatureVersion")))
@@ -179,7 +156,7 @@ def verify(secret: str, body: bytes, headers: Mapping[str, str], *, now: datetim
         if algorithm is None or canonical is None or not isinstance(signature, str):
             return False
         raw_signature = base64.b64decode(signature, validate=True)
-        sent_at = _parse_time(message.get("Timestamp"), "Timestamp")
+        sent_at = iso_time(message.get("Timestamp"), "Timestamp")
         current = now if now is not None else datetime.now(UTC)
         if abs(current - sent_at) > timedelta(seconds=REPLAY_WINDOW_S):
             return False
@@ -206,12 +183,7 @@ def verify(secret: str, body: bytes, headers: Mapping[str, str], *, now: datetim
 
 def _order_change(connection: Connection, body: bytes) -> tuple[dict[str, Any], Any]:
     """The ``OrderChangeNotification`` inside a verified SNS body and the notification's ``EventTime``."""
-    try:
-        envelope = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise PayloadError(f"body is not JSON: {exc}") from exc
-    if not isinstance(envelope, dict):
-        raise PayloadError("body is not an SNS message: expected a JSON object")
+    envelope = load_object(body, "an SNS message")
     kind, topic = envelope.get("Type"), envelope.get("TopicArn")
     pinned_topic = connection.options.get("sns_topic_arn")
     if pinned_topic and topic != pinned_topic:
@@ -279,15 +251,13 @@ def _sku(connection: Connection, item_id: str, item: Mapping[str, Any]) -> str:
     seller_sku = item.get("SellerSKU")
     if not isinstance(seller_sku, str) or not seller_sku:
         raise PayloadError(f"order item {item_id}: SellerSKU {seller_sku!r} is missing or not a string")
-    sku = connection.sku_for_listing(seller_sku)
-    if sku is None and seller_sku in connection.listings:
-        sku = seller_sku
-    if sku is None:
-        raise PayloadError(
-            f"order item {item_id}: seller SKU {seller_sku!r} is not mapped to a master SKU of connection "
-            f"{connection.id!r}; add it as listings.<sku>.listing_id"
-        )
-    return sku
+    return master_sku(
+        connection,
+        seller_sku,
+        seller_sku,
+        what=f"order item {item_id}: seller SKU {seller_sku!r}",
+        hint="add it as listings.<sku>.listing_id",
+    )
 
 
 def normalise(
@@ -313,7 +283,7 @@ def normalise(
     cancelled = status in CANCELLED_STATUSES
     # A sale happened at purchase; a cancellation when the order changed. Fall back to the event time.
     when = changed_at if cancelled else (summary.get("PurchaseDate") or changed_at)
-    occurred_at = _parse_time(when or event_time, "order time")
+    occurred_at = iso_time(when or event_time, "order time")
     items = summary.get("OrderItems")
     if not isinstance(items, list) or not items:
         raise PayloadError(f"order {order_id}: OrderItems is missing or empty")
@@ -322,35 +292,22 @@ def normalise(
         if not isinstance(item, dict):
             raise PayloadError(f"order {order_id}: an order item is not an object")
         item_id = _item_id(item)
-        quantity = item.get("Quantity")
-        if not isinstance(quantity, int) or isinstance(quantity, bool) or quantity <= 0:
-            raise PayloadError(
-                f"order {order_id} item {item_id}: Quantity {quantity!r} is not a positive whole number"
-            )
+        quantity = positive_quantity(item.get("Quantity"), f"order {order_id} item {item_id}", "Quantity")
         sku = _sku(connection, item_id, item)
-        sale_id = f"{connection.id}:order:{order_id}:line:{item_id}"
-        common: dict[str, Any] = {
-            "tenant": connection.tenant,
-            "sku": sku,
-            "quantity": quantity,
-            "connection_id": connection.id,
-            "channel": CHANNEL,
-            "order_id": order_id,
-            "line_id": item_id,
-            "occurred_at": occurred_at,
-            "received_at": received_at,
-        }
         try:
-            if cancelled:
-                events.append(
-                    OrderCancelled(
-                        event_id=f"{connection.id}:cancel:{order_id}:line:{item_id}",
-                        sale_event_id=sale_id,
-                        **common,
-                    )
+            events.append(
+                line_event(
+                    connection,
+                    channel=CHANNEL,
+                    order_id=order_id,
+                    line_id=item_id,
+                    sku=sku,
+                    quantity=quantity,
+                    occurred_at=occurred_at,
+                    received_at=received_at,
+                    cancelled=cancelled,
                 )
-            else:
-                events.append(OrderPlaced(event_id=sale_id, **common))
+            )
         except ValidationError as exc:
             raise PayloadError(f"order {order_id} item {item_id} does not make a valid event: {exc}") from exc
     return events

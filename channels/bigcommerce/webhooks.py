@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import hmac
 import json
-import re
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import aiohttp
@@ -26,6 +25,7 @@ from pydantic import ValidationError
 from channels.bigcommerce import CANCELLED_STATUS_IDS, CHANNEL, api
 from channels.connection import Connection
 from channels.errors import ChannelError, PayloadError
+from channels.payload import epoch_seconds, line_event, load_object, master_sku, positive_quantity, token_id
 from schemas.inventory_events import OrderCancelled, OrderPlaced
 
 SECRET_HEADER = "X-Webhook-Secret"  # noqa: S105 - a header name; set it on the subscription
@@ -42,7 +42,6 @@ NO_STOCK_EFFECT = frozenset(
     }
 )
 PAGE_SIZE = 250  # v2 order products: largest page
-_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}", re.ASCII)
 
 
 def verify(secret: str, body: bytes, headers: Mapping[str, str], *, now: datetime | None = None) -> bool:
@@ -54,28 +53,7 @@ def verify(secret: str, body: bytes, headers: Mapping[str, str], *, now: datetim
 
 
 def _object(body: bytes) -> dict[str, Any]:
-    try:
-        parsed = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise PayloadError(f"body is not JSON: {exc}") from exc
-    if not isinstance(parsed, dict):
-        raise PayloadError("body is not a BigCommerce webhook: expected a JSON object")
-    return parsed
-
-
-def _id(value: Any, what: str) -> str:
-    if isinstance(value, bool) or not isinstance(value, int | str) or not _ID.fullmatch(str(value)):
-        raise PayloadError(f"{what} {value!r} is not an id (1-64 letters, digits, '.', '_' or '-')")
-    return str(value)
-
-
-def _epoch(value: Any, what: str) -> datetime:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise PayloadError(f"{what} {value!r} is not a Unix timestamp in seconds")
-    try:
-        return datetime.fromtimestamp(value, tz=UTC)
-    except (OverflowError, OSError, ValueError) as exc:
-        raise PayloadError(f"{what} {value!r} is out of range: {exc}") from exc
+    return load_object(body, "a BigCommerce webhook")
 
 
 def _effect(hook: dict[str, Any]) -> tuple[str, str | None]:
@@ -91,7 +69,7 @@ def _effect(hook: dict[str, Any]) -> tuple[str, str | None]:
         )
     if not isinstance(data, dict) or data.get("type") != "order":
         raise PayloadError(f"{scope}: 'data' is not an order reference ({{'type': 'order', 'id': ...}})")
-    order_id = _id(data.get("id"), "data.id")
+    order_id = token_id(data.get("id"), "data.id")
     if scope == CREATED:
         return order_id, "placed"
     if scope == STATUS_UPDATED:
@@ -107,15 +85,13 @@ def _effect(hook: dict[str, Any]) -> tuple[str, str | None]:
 
 def _master_sku(connection: Connection, line: dict[str, Any], line_id: str) -> str:
     variant = line.get("variant_id")
-    sku = connection.sku_for_listing(str(variant)) if variant is not None else None
-    if sku is None and isinstance(line.get("sku"), str) and line["sku"] in connection.listings:
-        sku = str(line["sku"])
-    if sku is None:
-        raise PayloadError(
-            f"line {line_id}: variant {variant!r} / sku {line.get('sku')!r} is not mapped to a master SKU of "
-            f"connection {connection.id!r}; add it to that connection's listings (listing_id = variant id)"
-        )
-    return sku
+    return master_sku(
+        connection,
+        str(variant) if variant is not None else None,
+        line.get("sku"),
+        what=f"line {line_id}: variant {variant!r} / sku {line.get('sku')!r}",
+        hint="add it to that connection's listings (listing_id = variant id)",
+    )
 
 
 def normalise(
@@ -126,7 +102,7 @@ def normalise(
     order_id, effect = _effect(hook)
     if effect is None:
         return []
-    occurred_at = _epoch(hook.get("created_at"), "created_at")
+    occurred_at = epoch_seconds(hook.get("created_at"), "created_at")
     lines = hook.get("products")
     if lines is None:
         raise PayloadError(
@@ -139,33 +115,28 @@ def normalise(
     for line in lines:
         if not isinstance(line, dict):
             raise PayloadError(f"order {order_id}: a product line is not an object")
-        line_id = _id(line.get("id"), "product line id")
+        line_id = token_id(line.get("id"), "product line id")
         if line_id in seen:
             raise PayloadError(f"order {order_id}: product line {line_id} appears twice")
         seen.add(line_id)
         if "order_id" in line and str(line["order_id"]) != order_id:
             raise PayloadError(f"line {line_id} belongs to order {line['order_id']!r}, not {order_id}")
-        quantity = line.get("quantity")
-        if isinstance(quantity, bool) or not isinstance(quantity, int) or quantity <= 0:
-            raise PayloadError(f"line {line_id}: quantity {quantity!r} is not a positive whole number")
-        common: dict[str, Any] = {
-            "tenant": connection.tenant,
-            "sku": _master_sku(connection, line, line_id),
-            "quantity": quantity,
-            "connection_id": connection.id,
-            "channel": CHANNEL,
-            "order_id": order_id,
-            "line_id": line_id,
-            "occurred_at": occurred_at,
-            "received_at": received_at,
-        }
-        sale_id = f"{connection.id}:order:{order_id}:line:{line_id}"
+        quantity = positive_quantity(line.get("quantity"), f"line {line_id}")
+        sku = _master_sku(connection, line, line_id)
         try:
-            if effect == "cancelled":
-                cancel_id = f"{connection.id}:cancel:{order_id}:line:{line_id}"
-                events.append(OrderCancelled(event_id=cancel_id, sale_event_id=sale_id, **common))
-            else:
-                events.append(OrderPlaced(event_id=sale_id, **common))
+            events.append(
+                line_event(
+                    connection,
+                    channel=CHANNEL,
+                    order_id=order_id,
+                    line_id=line_id,
+                    sku=sku,
+                    quantity=quantity,
+                    occurred_at=occurred_at,
+                    received_at=received_at,
+                    cancelled=effect == "cancelled",
+                )
+            )
         except ValidationError as exc:
             raise PayloadError(f"order {order_id} line {line_id}: {exc.errors()[0]['msg']}") from exc
     return events

@@ -34,6 +34,15 @@ from pydantic import ValidationError
 from channels.connection import Connection
 from channels.ebay import CHANNEL
 from channels.errors import PayloadError
+from channels.payload import (
+    header,
+    iso_time,
+    line_event,
+    load_json,
+    master_sku,
+    positive_quantity,
+    require_object,
+)
 from schemas.inventory_events import OrderCancelled, OrderPlaced
 
 SIGNATURE_HEADER = "X-EBAY-SIGNATURE"
@@ -83,19 +92,10 @@ def _public_key(pem: str) -> ec.EllipticCurvePublicKey | None:
     return key if isinstance(key, ec.EllipticCurvePublicKey) else None
 
 
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    """Header lookup that ignores case, whatever mapping the caller passes."""
-    value = headers.get(name)
-    if value is None:
-        wanted = name.lower()
-        value = next((v for k, v in headers.items() if isinstance(k, str) and k.lower() == wanted), None)
-    return value if isinstance(value, str) else None
-
-
 def verify(secret: str, body: bytes, headers: Mapping[str, str], *, now: datetime | None = None) -> bool:
     """True only if ``X-EBAY-SIGNATURE`` is well formed and its ECDSA/SHA-1 signature over `body` verifies
     with the PEM public key in `secret`. Never raises. `now` is unused: eBay signs no timestamp."""
-    raw = _header(headers, SIGNATURE_HEADER)
+    raw = header(headers, SIGNATURE_HEADER, strings_only=True)
     key = _public_key(secret) if isinstance(secret, str) else None
     if not raw or key is None or not isinstance(body, bytes):
         return False
@@ -117,18 +117,6 @@ def verify(secret: str, body: bytes, headers: Mapping[str, str], *, now: datetim
     return True
 
 
-def _parse_time(value: Any, what: str) -> datetime:
-    if not isinstance(value, str):
-        raise PayloadError(f"{what} {value!r} is not an ISO-8601 timestamp string")
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise PayloadError(f"{what} {value!r} is not an ISO-8601 timestamp") from exc
-    if parsed.tzinfo is None:
-        raise PayloadError(f"{what} {value!r} has no UTC offset")
-    return parsed
-
-
 def _id(value: Any, what: str) -> str:
     """An eBay id as text: a non-empty string or a whole number, short enough to sit in an event id."""
     if isinstance(value, int) and not isinstance(value, bool):
@@ -138,43 +126,26 @@ def _id(value: Any, what: str) -> str:
     raise PayloadError(f"{what} {value!r} is not an eBay id (a non-empty string or a whole number)")
 
 
-def _object(value: Any, what: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise PayloadError(f"{what} is missing or not a JSON object")
-    return value
-
-
 def _sku_for(connection: Connection, line: dict[str, Any], line_id: str) -> str:
     item = line.get("legacyItemId")
-    sku = None
-    if isinstance(item, (str, int)) and not isinstance(item, bool):
-        sku = connection.sku_for_listing(str(item))
+    listing = str(item) if isinstance(item, (str, int)) and not isinstance(item, bool) else None
     seller_sku = line.get("sku")
-    if sku is None and isinstance(seller_sku, str) and seller_sku in connection.listings:
-        sku = seller_sku
-    if sku is None:
-        raise PayloadError(
-            f"line {line_id}: listing {item!r} / sku {seller_sku!r} is not mapped to a master SKU of "
-            f"connection {connection.id!r}; add it to that connection's listings"
-        )
-    return sku
+    return master_sku(
+        connection, listing, seller_sku, what=f"line {line_id}: listing {item!r} / sku {seller_sku!r}"
+    )
 
 
 def normalise(
     connection: Connection, body: bytes, headers: Mapping[str, str], received_at: datetime
 ) -> list[OrderPlaced | OrderCancelled]:
     """One OrderPlaced per line of a verified ``ORDER_CONFIRMATION``; PayloadError if it cannot be used."""
-    try:
-        payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PayloadError(f"body is not JSON: {exc}") from exc
-    envelope = _object(payload, "the notification body")
-    topic = _object(envelope.get("metadata"), "'metadata'").get("topic")
+    envelope = require_object(load_json(body), "the notification body")
+    topic = require_object(envelope.get("metadata"), "'metadata'").get("topic")
     if topic != ORDER_TOPIC:
         raise PayloadError(f"notification topic {topic!r} is not handled (only {ORDER_TOPIC})")
-    notification = _object(envelope.get("notification"), "'notification'")
-    occurred_at = _parse_time(notification.get("eventDate"), "notification.eventDate")
-    data = _object(notification.get("data"), "'notification.data'")
+    notification = require_object(envelope.get("notification"), "'notification'")
+    occurred_at = iso_time(notification.get("eventDate"), "notification.eventDate")
+    data = require_object(notification.get("data"), "'notification.data'")
     order_id = _id(data.get("orderId"), "orderId")
     lines = data.get("lineItems")
     if not isinstance(lines, list):
@@ -186,21 +157,17 @@ def normalise(
         if not isinstance(line, dict):
             raise PayloadError(f"order {order_id}: a line item is not a JSON object")
         line_id = _id(line.get("lineItemId"), "lineItemId")
-        quantity = line.get("quantity")
-        if not isinstance(quantity, int) or isinstance(quantity, bool) or quantity <= 0:
-            raise PayloadError(f"line {line_id}: quantity {quantity!r} is not a positive whole number")
+        quantity = positive_quantity(line.get("quantity"), f"line {line_id}")
         sku = _sku_for(connection, line, line_id)
         try:
             events.append(
-                OrderPlaced(
-                    event_id=f"{connection.id}:order:{order_id}:line:{line_id}",
-                    tenant=connection.tenant,
-                    sku=sku,
-                    quantity=quantity,
-                    connection_id=connection.id,
+                line_event(
+                    connection,
                     channel=CHANNEL,
                     order_id=order_id,
                     line_id=line_id,
+                    sku=sku,
+                    quantity=quantity,
                     occurred_at=occurred_at,
                     received_at=received_at,
                 )

@@ -35,6 +35,15 @@ from channels.connection import Connection
 from channels.errors import ChannelError, PayloadError, error_for_status
 from channels.etsy import API_PATH, CHANNEL, REPLAY_WINDOW_S
 from channels.etsy.client import api_headers
+from channels.payload import (
+    header,
+    line_event,
+    load_json,
+    positive_int,
+    positive_quantity,
+    require_object,
+    unmapped,
+)
 from schemas.inventory_events import OrderCancelled, OrderPlaced
 
 ID_HEADER = "webhook-id"
@@ -66,20 +75,12 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(digest).decode()
 
 
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    """Header lookup that ignores case, whatever mapping the caller passes."""
-    value = headers.get(name)
-    if value is None:
-        wanted = name.lower()
-        value = next((v for k, v in headers.items() if isinstance(k, str) and k.lower() == wanted), None)
-    return value if isinstance(value, str) else None
-
-
 def verify(secret: str, body: bytes, headers: Mapping[str, str], *, now: datetime | None = None) -> bool:
     """True only if a ``v1`` signature matches and ``webhook-timestamp`` is within REPLAY_WINDOW_S of `now`
     (default: the current time). Never raises."""
-    msg_id, stamp = _header(headers, ID_HEADER), _header(headers, TIMESTAMP_HEADER)
-    signatures = _header(headers, SIGNATURE_HEADER)
+    msg_id = header(headers, ID_HEADER, strings_only=True)
+    stamp = header(headers, TIMESTAMP_HEADER, strings_only=True)
+    signatures = header(headers, SIGNATURE_HEADER, strings_only=True)
     if not msg_id or not msg_id.isascii() or not stamp or not signatures or not isinstance(body, bytes):
         return False
     if not _TIMESTAMP.match(stamp):
@@ -99,23 +100,13 @@ def verify(secret: str, body: bytes, headers: Mapping[str, str], *, now: datetim
     return matched
 
 
-def _object(value: Any, what: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise PayloadError(f"{what} is missing or not a JSON object")
-    return value
-
-
 def _parse(body: bytes) -> dict[str, Any]:
-    try:
-        payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PayloadError(f"body is not JSON: {exc}") from exc
-    return _object(payload, "the webhook body")
+    return require_object(load_json(body), "the webhook body")
 
 
 def _id(value: Any, what: str) -> str:
     """An Etsy numeric id as text (Etsy sends integers; digit strings are accepted)."""
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+    if positive_int(value) is not None:
         return str(value)
     if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= _MAX_ID_LENGTH:
         return value
@@ -197,10 +188,10 @@ def _sku_for(connection: Connection, transaction: dict[str, Any], line_id: str) 
         return candidates[0]
     if isinstance(etsy_sku, str) and etsy_sku in connection.listings:
         return etsy_sku
-    raise PayloadError(
-        f"transaction {line_id}: listing {listing_id!r} / sku {etsy_sku!r} is not mapped to a master SKU of "
-        f"connection {connection.id!r}; add it to that connection's listings (inventory_ref tells the "
-        "products of one listing apart)"
+    raise unmapped(
+        connection,
+        f"transaction {line_id}: listing {listing_id!r} / sku {etsy_sku!r}",
+        "add it to that connection's listings (inventory_ref tells the products of one listing apart)",
     )
 
 
@@ -215,7 +206,7 @@ def normalise(
     _check_shop(connection, payload.get("shop_id"))
     if "receipt" not in payload:
         raise PayloadError("the webhook carries no receipt: expand it first (channels.etsy.webhooks.expand)")
-    receipt = _object(payload["receipt"], "'receipt'")
+    receipt = require_object(payload["receipt"], "'receipt'")
     receipt_id = _id(receipt.get("receipt_id"), "receipt_id")
     cancel = event_type in CANCELED
     stamp = "update_timestamp" if cancel else "create_timestamp"
@@ -230,33 +221,22 @@ def normalise(
         if not isinstance(transaction, dict):
             raise PayloadError(f"receipt {receipt_id}: a transaction is not a JSON object")
         line_id = _id(transaction.get("transaction_id"), "transaction_id")
-        quantity = transaction.get("quantity")
-        if not isinstance(quantity, int) or isinstance(quantity, bool) or quantity <= 0:
-            raise PayloadError(f"transaction {line_id}: quantity {quantity!r} is not a positive whole number")
+        quantity = positive_quantity(transaction.get("quantity"), f"transaction {line_id}")
         sku = _sku_for(connection, transaction, line_id)
-        sale_id = f"{connection.id}:order:{receipt_id}:line:{line_id}"
-        common: dict[str, Any] = {
-            "tenant": connection.tenant,
-            "sku": sku,
-            "quantity": quantity,
-            "connection_id": connection.id,
-            "channel": CHANNEL,
-            "order_id": receipt_id,
-            "line_id": line_id,
-            "occurred_at": occurred_at,
-            "received_at": received_at,
-        }
         try:
-            if cancel:
-                events.append(
-                    OrderCancelled(
-                        event_id=f"{connection.id}:cancel:{receipt_id}:line:{line_id}",
-                        sale_event_id=sale_id,
-                        **common,
-                    )
+            events.append(
+                line_event(
+                    connection,
+                    channel=CHANNEL,
+                    order_id=receipt_id,
+                    line_id=line_id,
+                    sku=sku,
+                    quantity=quantity,
+                    occurred_at=occurred_at,
+                    received_at=received_at,
+                    cancelled=cancel,
                 )
-            else:
-                events.append(OrderPlaced(event_id=sale_id, **common))
+            )
         except ValidationError as exc:
             raise PayloadError(f"transaction {line_id}: cannot build an order event: {exc}") from exc
     return events

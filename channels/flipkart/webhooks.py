@@ -41,6 +41,7 @@ from pydantic import ValidationError
 from channels.connection import Connection
 from channels.errors import ChannelError, PayloadError
 from channels.flipkart import CHANNEL, api
+from channels.payload import line_event, load_object, master_sku, parse_iso, positive_quantity, token_id
 from schemas.inventory_events import OrderCancelled, OrderPlaced
 
 TIMESTAMP_HEADER = "X-Flipkart-Timestamp"  # invented, see the module docstring
@@ -69,7 +70,6 @@ NO_STOCK_EFFECT = frozenset(
         "return_cancelled",
     }
 )
-_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}", re.ASCII)
 _SECONDS = re.compile(r"[0-9]{1,12}", re.ASCII)
 
 
@@ -131,51 +131,24 @@ def verify_fklogin(
 
 
 def _object(body: bytes) -> dict[str, Any]:
-    try:
-        parsed = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise PayloadError(f"body is not JSON: {exc}") from exc
-    if not isinstance(parsed, dict):
-        raise PayloadError("body is not a Flipkart notification: expected a JSON object")
-    return parsed
-
-
-def _id(value: Any, what: str) -> str:
-    if isinstance(value, bool) or not isinstance(value, int | str) or not _ID.fullmatch(str(value)):
-        raise PayloadError(f"{what} {value!r} is not an id (1-64 letters, digits, '.', '_' or '-')")
-    return str(value)
+    return load_object(body, "a Flipkart notification")
 
 
 def _time(value: Any, what: str) -> datetime:
     if not isinstance(value, str):
         raise PayloadError(f"{what} {value!r} is not an ISO-8601 timestamp")
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise PayloadError(f"{what} {value!r} is not an ISO-8601 timestamp") from exc
-    if parsed.tzinfo is None:
-        raise PayloadError(f"{what} {value!r} has no UTC offset")
-    return parsed
-
-
-def _quantity(value: Any, line_id: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise PayloadError(f"order item {line_id}: quantity {value!r} is not a positive whole number")
-    return value
+    return parse_iso(value, what)
 
 
 def _master_sku(connection: Connection, item: dict[str, Any], line_id: str) -> str:
     seller_sku = item.get("sku")
-    sku = connection.sku_for_listing(seller_sku) if isinstance(seller_sku, str) else None
-    if sku is None and isinstance(seller_sku, str) and seller_sku in connection.listings:
-        sku = seller_sku
-    if sku is None:
-        raise PayloadError(
-            f"order item {line_id}: sku {seller_sku!r} (listing {item.get('listingId')!r}) is not mapped to "
-            f"a master SKU of connection {connection.id!r}; add it to that connection's listings "
-            "(listing_id = seller SKU id)"
-        )
-    return sku
+    return master_sku(
+        connection,
+        seller_sku if isinstance(seller_sku, str) else None,
+        seller_sku,
+        what=f"order item {line_id}: sku {seller_sku!r} (listing {item.get('listingId')!r})",
+        hint="add it to that connection's listings (listing_id = seller SKU id)",
+    )
 
 
 def _items(container: Any, what: str) -> list[dict[str, Any]]:
@@ -209,7 +182,7 @@ def normalise(
         return []
     known: dict[str, dict[str, Any]] = {}
     if event == SHIPMENT_CANCELLED:
-        shipment_id = _id(note.get("shipmentId"), "shipmentId")
+        shipment_id = token_id(note.get("shipmentId"), "shipmentId")
         shipment = note.get("shipment")
         if shipment is None:
             raise PayloadError(
@@ -219,45 +192,39 @@ def normalise(
         if isinstance(shipment, dict) and shipment.get("shipmentId") != shipment_id:
             raise PayloadError(f"attached shipment {shipment.get('shipmentId')!r} is not the notified one")
         for item in _items(shipment, "attached shipment"):
-            known[_id(item.get("orderItemId"), "shipment orderItemId")] = item
+            known[token_id(item.get("orderItemId"), "shipment orderItemId")] = item
     items = _items(note.get("attributes"), f"{event} attributes")
     events: list[OrderPlaced | OrderCancelled] = []
     seen: set[str] = set()
     for item in items:
-        line_id = _id(item.get("orderItemId"), "orderItemId")
+        line_id = token_id(item.get("orderItemId"), "orderItemId")
         if line_id in seen:
             raise PayloadError(f"order item {line_id} appears twice")
         seen.add(line_id)
         full = item if event == SHIPMENT_CREATED else known.get(line_id)
         if full is None:
             raise PayloadError(f"cancelled order item {line_id} is not in the attached shipment")
-        order_id = _id(full.get("orderId"), f"order item {line_id}: orderId")
-        common: dict[str, Any] = {
-            "tenant": connection.tenant,
-            "sku": _master_sku(connection, full, line_id),
-            "quantity": _quantity(item.get("quantity"), line_id),
-            "connection_id": connection.id,
-            "channel": CHANNEL,
-            "order_id": order_id,
-            "line_id": line_id,
-            "received_at": received_at,
-        }
-        sale_id = f"{connection.id}:order:{order_id}:line:{line_id}"
+        order_id = token_id(full.get("orderId"), f"order item {line_id}: orderId")
+        sku = _master_sku(connection, full, line_id)
+        quantity = positive_quantity(item.get("quantity"), f"order item {line_id}")
+        if event == SHIPMENT_CREATED:
+            when = _time(item.get("orderDate") or note.get("timestamp"), f"order item {line_id}: orderDate")
+        else:
+            when = _time(note.get("timestamp"), "timestamp")
         try:
-            if event == SHIPMENT_CREATED:
-                when = _time(
-                    item.get("orderDate") or note.get("timestamp"), f"order item {line_id}: orderDate"
+            events.append(
+                line_event(
+                    connection,
+                    channel=CHANNEL,
+                    order_id=order_id,
+                    line_id=line_id,
+                    sku=sku,
+                    quantity=quantity,
+                    occurred_at=when,
+                    received_at=received_at,
+                    cancelled=event != SHIPMENT_CREATED,
                 )
-                events.append(OrderPlaced(event_id=sale_id, occurred_at=when, **common))
-            else:
-                events.append(
-                    OrderCancelled(
-                        event_id=f"{connection.id}:cancel:{order_id}:line:{line_id}",
-                        sale_event_id=sale_id,
-                        occurred_at=_time(note.get("timestamp"), "timestamp"),
-                        **common,
-                    )
-                )
+            )
         except ValidationError as exc:
             raise PayloadError(f"order item {line_id}: {exc.errors()[0]['msg']}") from exc
     return events
@@ -275,7 +242,7 @@ async def expand(
         note = _object(body)
         if _event_type(note) != SHIPMENT_CANCELLED or "shipment" in note:
             return body
-        shipment_id = _id(note.get("shipmentId"), "shipmentId")
+        shipment_id = token_id(note.get("shipmentId"), "shipmentId")
     except PayloadError:
         return body
     reply = await api.call(

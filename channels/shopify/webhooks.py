@@ -10,13 +10,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from pydantic import ValidationError
+
 from channels.connection import Connection
 from channels.errors import PayloadError
+from channels.payload import line_event, load_json, positive_quantity, unmapped
 from schemas.inventory_events import OrderCancelled, OrderPlaced
 
 SIGNATURE_HEADER = "X-Shopify-Hmac-SHA256"
@@ -52,10 +54,7 @@ def normalise(
     topic = headers.get(TOPIC_HEADER, "")
     if topic != "orders/create":
         raise PayloadError(f"webhook topic {topic!r} is not handled yet (only orders/create)")
-    try:
-        order = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PayloadError(f"body is not JSON: {exc}") from exc
+    order = load_json(body)
     if not isinstance(order, dict) or "id" not in order or not isinstance(order.get("line_items"), list):
         raise PayloadError("body is not a Shopify order: it needs an 'id' and a 'line_items' list")
     occurred_at = _parse_time(order.get("created_at"), "created_at")
@@ -63,32 +62,31 @@ def normalise(
     for line in order["line_items"]:
         if not isinstance(line, dict) or "id" not in line:
             raise PayloadError("a line item has no 'id'")
-        quantity = line.get("quantity")
-        if not isinstance(quantity, int) or isinstance(quantity, bool) or quantity <= 0:
-            raise PayloadError(f"line {line['id']}: quantity {quantity!r} is not a positive whole number")
+        quantity = positive_quantity(line.get("quantity"), f"line {line['id']}")
         variant = line.get("variant_id")
         sku = connection.sku_for_listing(str(variant)) if variant is not None else None
-        if sku is None and line.get("sku") in connection.listings:
-            sku = str(line["sku"])
+        seller_sku = line.get("sku")
+        if sku is None and isinstance(seller_sku, str) and seller_sku in connection.listings:
+            sku = seller_sku
         if sku is None:
+            raise unmapped(connection, f"line {line['id']}: variant {variant!r} / sku {line.get('sku')!r}")
+        try:
+            events.append(
+                line_event(
+                    connection,
+                    channel="shopify",
+                    order_id=str(order["id"]),
+                    line_id=str(line["id"]),
+                    sku=sku,
+                    quantity=quantity,
+                    occurred_at=occurred_at,
+                    received_at=received_at,
+                )
+            )
+        except ValidationError as exc:
             raise PayloadError(
-                f"line {line['id']}: variant {variant!r} / sku {line.get('sku')!r} is not mapped to a master "
-                f"SKU of connection {connection.id!r}; add it to that connection's listings"
-            )
-        events.append(
-            OrderPlaced(
-                event_id=f"{connection.id}:order:{order['id']}:line:{line['id']}",
-                tenant=connection.tenant,
-                sku=sku,
-                quantity=quantity,
-                connection_id=connection.id,
-                channel="shopify",
-                order_id=str(order["id"]),
-                line_id=str(line["id"]),
-                occurred_at=occurred_at,
-                received_at=received_at,
-            )
-        )
+                f"line {line['id']} does not make a valid event: {exc.errors()[0]['msg']}"
+            ) from exc
     if not events:
         raise PayloadError("order has no line items")
     return events

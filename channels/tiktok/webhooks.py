@@ -19,9 +19,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import re
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import aiohttp
@@ -29,13 +28,13 @@ from pydantic import ValidationError
 
 from channels.connection import Connection
 from channels.errors import ChannelError, PayloadError
+from channels.payload import epoch_seconds, line_event, load_object, positive_quantity, token_id, unmapped
 from channels.tiktok import CHANNEL, api
 from schemas.inventory_events import OrderCancelled, OrderPlaced
 
 SIGNATURE_HEADER = "Authorization"
 ORDER_STATUS_CHANGE = 1
 CANCELLED = "CANCELLED"
-_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}", re.ASCII)
 
 
 def sign(secret: str, app_key: str, body: bytes) -> str:
@@ -72,28 +71,7 @@ def verifier(connection: Connection) -> Callable[[str, bytes, Mapping[str, str]]
 
 
 def _object(body: bytes) -> dict[str, Any]:
-    try:
-        parsed = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise PayloadError(f"body is not JSON: {exc}") from exc
-    if not isinstance(parsed, dict):
-        raise PayloadError("body is not a TikTok notification: expected a JSON object")
-    return parsed
-
-
-def _id(value: Any, what: str) -> str:
-    if isinstance(value, bool) or not isinstance(value, int | str) or not _ID.fullmatch(str(value)):
-        raise PayloadError(f"{what} {value!r} is not an id (1-64 letters, digits, '.', '_' or '-')")
-    return str(value)
-
-
-def _epoch(value: Any, what: str) -> datetime:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise PayloadError(f"{what} {value!r} is not a Unix timestamp in seconds")
-    try:
-        return datetime.fromtimestamp(value, tz=UTC)
-    except (OverflowError, OSError, ValueError) as exc:
-        raise PayloadError(f"{what} {value!r} is out of range: {exc}") from exc
+    return load_object(body, "a TikTok notification")
 
 
 def _order_id(note: dict[str, Any]) -> str:
@@ -106,7 +84,7 @@ def _order_id(note: dict[str, Any]) -> str:
     data = note.get("data")
     if not isinstance(data, dict):
         raise PayloadError("ORDER_STATUS_CHANGE has no 'data' object")
-    return _id(data.get("order_id"), "data.order_id")
+    return token_id(data.get("order_id"), "data.order_id")
 
 
 def _master_sku(connection: Connection, line: dict[str, Any], line_id: str) -> str:
@@ -118,17 +96,11 @@ def _master_sku(connection: Connection, line: dict[str, Any], line_id: str) -> s
     seller_sku = line.get("seller_sku")
     if isinstance(seller_sku, str) and seller_sku in connection.listings:
         return seller_sku
-    raise PayloadError(
-        f"line {line_id}: sku_id {sku_id!r} / seller_sku {seller_sku!r} is not mapped to a master SKU of "
-        f"connection {connection.id!r}; add it to that connection's listings (inventory_ref = sku_id)"
+    raise unmapped(
+        connection,
+        f"line {line_id}: sku_id {sku_id!r} / seller_sku {seller_sku!r}",
+        "add it to that connection's listings (inventory_ref = sku_id)",
     )
-
-
-def _quantity(line: dict[str, Any], line_id: str) -> int:
-    quantity = line.get("quantity", 1)  # 202309 order details list one line per unit, without quantity
-    if isinstance(quantity, bool) or not isinstance(quantity, int) or quantity <= 0:
-        raise PayloadError(f"line {line_id}: quantity {quantity!r} is not a positive whole number")
-    return quantity
 
 
 def normalise(
@@ -144,7 +116,7 @@ def normalise(
         )
     if not isinstance(order, dict):
         raise PayloadError("'order' is not an object")
-    if _id(order.get("id"), "order.id") != order_id:
+    if token_id(order.get("id"), "order.id") != order_id:
         raise PayloadError(f"attached order {order.get('id')!r} is not the notified order {order_id}")
     status = order.get("status")
     if not isinstance(status, str) or not status:
@@ -152,40 +124,39 @@ def normalise(
     lines = order.get("line_items")
     if not isinstance(lines, list) or not lines:
         raise PayloadError(f"order {order_id} has no line items")
-    placed_at = _epoch(order.get("create_time"), "order.create_time")
+    placed_at = epoch_seconds(order.get("create_time"), "order.create_time")
     events: list[OrderPlaced | OrderCancelled] = []
     seen: set[str] = set()
     for line in lines:
         if not isinstance(line, dict):
             raise PayloadError(f"order {order_id}: a line item is not an object")
-        line_id = _id(line.get("id"), "line item id")
+        line_id = token_id(line.get("id"), "line item id")
         if line_id in seen:
             raise PayloadError(f"order {order_id}: line item {line_id} appears twice")
         seen.add(line_id)
-        common: dict[str, Any] = {
-            "tenant": connection.tenant,
-            "sku": _master_sku(connection, line, line_id),
-            "quantity": _quantity(line, line_id),
-            "connection_id": connection.id,
-            "channel": CHANNEL,
-            "order_id": order_id,
-            "line_id": line_id,
-            "received_at": received_at,
-        }
-        sale_id = f"{connection.id}:order:{order_id}:line:{line_id}"
+        sku = _master_sku(connection, line, line_id)
+        # 202309 order details list one line per unit, without quantity
+        quantity = positive_quantity(line.get("quantity", 1), f"line {line_id}")
+        cancelled = status == CANCELLED or line.get("display_status") == CANCELLED
+        if cancelled:
+            when = order.get("cancel_time") or order.get("update_time")
+            occurred_at = epoch_seconds(when, "order.cancel_time")
+        else:
+            occurred_at = placed_at
         try:
-            if status == CANCELLED or line.get("display_status") == CANCELLED:
-                when = order.get("cancel_time") or order.get("update_time")
-                events.append(
-                    OrderCancelled(
-                        event_id=f"{connection.id}:cancel:{order_id}:line:{line_id}",
-                        sale_event_id=sale_id,
-                        occurred_at=_epoch(when, "order.cancel_time"),
-                        **common,
-                    )
+            events.append(
+                line_event(
+                    connection,
+                    channel=CHANNEL,
+                    order_id=order_id,
+                    line_id=line_id,
+                    sku=sku,
+                    quantity=quantity,
+                    occurred_at=occurred_at,
+                    received_at=received_at,
+                    cancelled=cancelled,
                 )
-            else:
-                events.append(OrderPlaced(event_id=sale_id, occurred_at=placed_at, **common))
+            )
         except ValidationError as exc:
             raise PayloadError(f"order {order_id} line {line_id}: {exc.errors()[0]['msg']}") from exc
     return events

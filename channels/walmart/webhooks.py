@@ -25,7 +25,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -35,6 +34,7 @@ from pydantic import ValidationError
 
 from channels.connection import Connection
 from channels.errors import PayloadError
+from channels.payload import header, line_event, load_json, master_sku, parse_iso, positive_int
 from schemas.inventory_events import OrderCancelled, OrderPlaced
 
 AUTH_HEADER = "Authorization"
@@ -51,18 +51,6 @@ _COUNT = re.compile(r"[0-9]{1,9}")
 def sign(secret: str, body: bytes) -> str:
     """The ``Authorization`` value Walmart sends: base64(HMAC-SHA256(client secret, body))."""
     return base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest()).decode()
-
-
-def header(headers: Mapping[str, str], name: str) -> str | None:
-    """`name` from `headers`, case-insensitively (aiohttp's headers are; plain dicts are not)."""
-    value = headers.get(name)
-    if value is not None:
-        return value
-    lowered = name.lower()
-    for key, candidate in headers.items():
-        if key.lower() == lowered:
-            return candidate
-    return None
 
 
 def verify(secret: str, body: bytes, headers: Mapping[str, str], *, now: datetime | None = None) -> bool:
@@ -90,7 +78,7 @@ def _object(value: Any, what: str) -> dict[str, Any]:
 
 
 def _text_id(value: Any, what: str) -> str:
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+    if positive_int(value) is not None:
         return str(value)
     if isinstance(value, str) and _ORDER_ID.fullmatch(value):
         return value
@@ -99,12 +87,9 @@ def _text_id(value: Any, what: str) -> str:
 
 def _count(value: Any) -> int | None:
     """A positive whole number, given as a JSON integer or a numeric string ("2")."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value if value > 0 else None
     if isinstance(value, str) and _COUNT.fullmatch(value.strip()):
-        number = int(value.strip())
-        return number if number > 0 else None
-    return None
+        return positive_int(int(value.strip()))
+    return positive_int(value)
 
 
 def _time(value: Any, what: str) -> datetime:
@@ -115,13 +100,7 @@ def _time(value: Any, what: str) -> datetime:
             raise PayloadError(f"{what} {value!r} is not a usable epoch-milliseconds time") from exc
     if not isinstance(value, str):
         raise PayloadError(f"{what} is missing or not a timestamp: {value!r}")
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise PayloadError(f"{what} {value!r} is not an ISO-8601 timestamp") from exc
-    if parsed.tzinfo is None:
-        raise PayloadError(f"{what} {value!r} has no UTC offset")
-    return parsed
+    return parse_iso(value, what)
 
 
 def _line_sku(line: Mapping[str, Any]) -> Any:
@@ -144,11 +123,7 @@ def _is_cancelled(line: Mapping[str, Any]) -> bool:
 
 
 def _load(body: bytes) -> dict[str, Any]:
-    try:
-        event = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise PayloadError(f"body is not JSON: {exc}") from exc
-    return _object(event, "the body")
+    return _object(load_json(body), "the body")
 
 
 def _route(event: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any]]:
@@ -213,37 +188,26 @@ def normalise(
                 "is not a positive whole number"
             )
         seller_sku = _line_sku(line)
-        sku = connection.sku_for_listing(seller_sku) if isinstance(seller_sku, str) else None
-        if sku is None and isinstance(seller_sku, str) and seller_sku in connection.listings:
-            sku = seller_sku
-        if sku is None:
-            raise PayloadError(
-                f"purchase order {order_id} line {line_id}: Walmart sku {seller_sku!r} is not mapped to a "
-                f"master SKU of connection {connection.id!r}; add it to that connection's listings"
-            )
-        sale_id = f"{connection.id}:order:{order_id}:line:{line_id}"
-        common: dict[str, Any] = {
-            "tenant": connection.tenant,
-            "sku": sku,
-            "quantity": quantity,
-            "connection_id": connection.id,
-            "channel": "walmart",
-            "order_id": order_id,
-            "line_id": line_id,
-            "occurred_at": occurred_at,
-            "received_at": received_at,
-        }
+        sku = master_sku(
+            connection,
+            seller_sku if isinstance(seller_sku, str) else None,
+            seller_sku,
+            what=f"purchase order {order_id} line {line_id}: Walmart sku {seller_sku!r}",
+        )
         try:
-            if restock:
-                events.append(
-                    OrderCancelled(
-                        event_id=f"{connection.id}:cancel:{order_id}:line:{line_id}",
-                        sale_event_id=sale_id,
-                        **common,
-                    )
+            events.append(
+                line_event(
+                    connection,
+                    channel="walmart",
+                    order_id=order_id,
+                    line_id=line_id,
+                    sku=sku,
+                    quantity=quantity,
+                    occurred_at=occurred_at,
+                    received_at=received_at,
+                    cancelled=restock,
                 )
-            else:
-                events.append(OrderPlaced(event_id=sale_id, **common))
+            )
         except ValidationError as exc:
             raise PayloadError(
                 f"purchase order {order_id} line {line_id} makes no valid event: {exc}"

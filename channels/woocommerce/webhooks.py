@@ -22,16 +22,24 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 import re
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
 
 from channels.connection import Connection
 from channels.errors import PayloadError
+from channels.payload import (
+    header,
+    line_event,
+    load_json,
+    master_sku,
+    parse_iso,
+    positive_int,
+    positive_quantity,
+)
 from schemas.inventory_events import OrderCancelled, OrderPlaced
 
 SIGNATURE_HEADER = "X-WC-Webhook-Signature"
@@ -54,18 +62,6 @@ def sign(secret: str, body: bytes) -> str:
     return base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest()).decode()
 
 
-def header(headers: Mapping[str, str], name: str) -> str | None:
-    """`name` from `headers`, case-insensitively (aiohttp's headers are; plain dicts are not)."""
-    value = headers.get(name)
-    if value is not None:
-        return value
-    lowered = name.lower()
-    for key, candidate in headers.items():
-        if key.lower() == lowered:
-            return candidate
-    return None
-
-
 def verify(secret: str, body: bytes, headers: Mapping[str, str], *, now: datetime | None = None) -> bool:
     """True only if ``X-WC-Webhook-Signature`` matches `body` under `secret`. Never raises.
 
@@ -81,7 +77,7 @@ def verify(secret: str, body: bytes, headers: Mapping[str, str], *, now: datetim
 
 
 def _order_id(value: Any, what: str) -> str:
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+    if positive_int(value) is not None:
         return str(value)
     if isinstance(value, str) and _ID.fullmatch(value) and int(value) > 0:
         return value
@@ -92,42 +88,26 @@ def _gmt(order: Mapping[str, Any], name: str) -> datetime:
     value = order.get(name)
     if not isinstance(value, str):
         raise PayloadError(f"order has no {name} (UTC timestamp); got {value!r}")
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise PayloadError(f"{name} {value!r} is not an ISO-8601 timestamp") from exc
     # *_gmt is UTC by definition; WooCommerce just leaves the offset out.
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
-
-
-def _positive_int(value: Any) -> int | None:
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    return None
+    return parse_iso(value, name, assume_utc=True)
 
 
 def _master_sku(connection: Connection, line: Mapping[str, Any], line_id: str) -> str:
-    variation = _positive_int(line.get("variation_id"))
-    product = _positive_int(line.get("product_id"))
+    variation = positive_int(line.get("variation_id"))
+    product = positive_int(line.get("product_id"))
     listing = variation if variation is not None else product
-    sku = connection.sku_for_listing(str(listing)) if listing is not None else None
     seller_sku = line.get("sku")
-    if sku is None and isinstance(seller_sku, str) and seller_sku in connection.listings:
-        sku = seller_sku
-    if sku is None:
-        raise PayloadError(
-            f"line {line_id}: product {line.get('product_id')!r} / variation {line.get('variation_id')!r} / "
-            f"sku {seller_sku!r} is not mapped to a master SKU of connection {connection.id!r}; "
-            "add it to that connection's listings"
-        )
-    return sku
+    return master_sku(
+        connection,
+        str(listing) if listing is not None else None,
+        seller_sku,
+        what=f"line {line_id}: product {line.get('product_id')!r} / variation {line.get('variation_id')!r} / "
+        f"sku {seller_sku!r}",
+    )
 
 
 def _load(body: bytes) -> dict[str, Any]:
-    try:
-        order = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise PayloadError(f"body is not JSON: {exc}") from exc
+    order = load_json(body)
     if not isinstance(order, dict):
         raise PayloadError(f"body is not a WooCommerce order object but {type(order).__name__}")
     return order
@@ -160,36 +140,22 @@ def normalise(
         if not isinstance(line, dict):
             raise PayloadError(f"order {order_id}: a line item is not an object")
         line_id = _order_id(line.get("id"), "line item id")
-        quantity = _positive_int(line.get("quantity"))
-        if quantity is None:
-            raise PayloadError(
-                f"order {order_id} line {line_id}: quantity {line.get('quantity')!r} "
-                "is not a positive whole number"
-            )
+        quantity = positive_quantity(line.get("quantity"), f"order {order_id} line {line_id}")
         sku = _master_sku(connection, line, line_id)
-        sale_id = f"{connection.id}:order:{order_id}:line:{line_id}"
-        common: dict[str, Any] = {
-            "tenant": connection.tenant,
-            "sku": sku,
-            "quantity": quantity,
-            "connection_id": connection.id,
-            "channel": "woocommerce",
-            "order_id": order_id,
-            "line_id": line_id,
-            "occurred_at": occurred_at,
-            "received_at": received_at,
-        }
         try:
-            if restock:
-                events.append(
-                    OrderCancelled(
-                        event_id=f"{connection.id}:cancel:{order_id}:line:{line_id}",
-                        sale_event_id=sale_id,
-                        **common,
-                    )
+            events.append(
+                line_event(
+                    connection,
+                    channel="woocommerce",
+                    order_id=order_id,
+                    line_id=line_id,
+                    sku=sku,
+                    quantity=quantity,
+                    occurred_at=occurred_at,
+                    received_at=received_at,
+                    cancelled=restock,
                 )
-            else:
-                events.append(OrderPlaced(event_id=sale_id, **common))
+            )
         except ValidationError as exc:
             raise PayloadError(f"order {order_id} line {line_id} makes no valid event: {exc}") from exc
     if not events:

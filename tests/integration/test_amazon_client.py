@@ -18,6 +18,7 @@ from channels.connection import Connection, Listing
 from channels.errors import ChannelError
 from channels.ratelimit import TokenBucket
 from channels.simulation import serve
+from tests.channel_kit import serving_sample
 
 pytestmark = pytest.mark.integration
 
@@ -41,9 +42,7 @@ async def world() -> AsyncIterator[World]:
     simulator = AmazonSimulator(access_token="")
     # A clock that never moves: the budget is exactly RATE_BURST calls, whatever the machine's speed.
     simulator.patch_budget = TokenBucket(RATE_LIMIT_PER_S, RATE_BURST, clock=lambda: 0.0)
-    async with serve(simulator.app()) as base_url, aiohttp.ClientSession() as session:
-        connection = sample_connection(base_url, skus=SKUS)
-        simulator.adopt(connection, initial=10)
+    async with serving_sample(simulator, sample_connection, SKUS, initial=10) as (connection, session):
         yield World(simulator, connection, AmazonInventoryClient(session, connection), session)
 
 

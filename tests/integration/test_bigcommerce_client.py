@@ -16,8 +16,8 @@ from channels.bigcommerce.client import BigCommerceInventoryClient
 from channels.bigcommerce.simulator import BigCommerceSimulator, sample_connection
 from channels.connection import Connection, Listing
 from channels.errors import ChannelError, PayloadError
-from channels.simulation import serve
 from schemas.inventory_events import OrderCancelled, OrderPlaced
+from tests.channel_kit import serving_sample
 
 pytestmark = pytest.mark.integration
 
@@ -42,9 +42,7 @@ class World:
 @pytest.fixture
 async def world() -> AsyncIterator[World]:
     simulator = BigCommerceSimulator()
-    async with serve(simulator.app()) as base_url, aiohttp.ClientSession() as session:
-        connection = sample_connection(base_url, skus=SKUS)
-        simulator.adopt(connection, initial=5)
+    async with serving_sample(simulator, sample_connection, SKUS, initial=5) as (connection, session):
         yield World(simulator, connection, session, BigCommerceInventoryClient(session, connection))
 
 

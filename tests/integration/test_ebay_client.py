@@ -18,7 +18,7 @@ from channels.ebay.client import EbayInventoryClient
 from channels.ebay.simulator import EbaySimulator, sample_connection
 from channels.errors import ChannelError
 from channels.ratelimit import TokenBucket
-from channels.simulation import serve
+from tests.channel_kit import serving
 
 pytestmark = pytest.mark.integration
 
@@ -39,8 +39,7 @@ async def rig() -> AsyncIterator[Rig]:
     conn = sample_connection("http://127.0.0.1:1", skus=SKUS)
     sim = EbaySimulator.for_connection(conn, {sku: 10 for sku in SKUS})
     sim.today = lambda: DAY
-    async with serve(sim.app()) as url, aiohttp.ClientSession() as session:
-        conn = conn.model_copy(update={"api_base_url": url})
+    async with serving(sim, conn) as (conn, session):
         yield Rig(sim, conn, EbayInventoryClient(session, conn), session)
 
 

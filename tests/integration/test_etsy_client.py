@@ -17,8 +17,8 @@ from channels.etsy import MAX_QUANTITY, RATE_BURST, RATE_LIMIT_PER_S, webhooks
 from channels.etsy.client import EtsyInventoryClient, api_headers
 from channels.etsy.simulator import EtsySimulator, order_webhook, sample_connection
 from channels.ratelimit import TokenBucket
-from channels.simulation import serve
 from schemas.inventory_events import OrderCancelled, OrderPlaced
+from tests.channel_kit import serving
 
 pytestmark = pytest.mark.integration
 
@@ -47,8 +47,7 @@ async def rig() -> AsyncIterator[Rig]:
         }
     )
     sim = EtsySimulator.for_connection(conn, {"SKU-1": 10, "SKU-2": 10, "TEE-S": 4, "TEE-M": 6})
-    async with serve(sim.app()) as url, aiohttp.ClientSession() as session:
-        conn = conn.model_copy(update={"api_base_url": url})
+    async with serving(sim, conn) as (conn, session):
         yield Rig(sim, conn, EtsyInventoryClient(session, conn), session)
 
 

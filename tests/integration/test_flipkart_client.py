@@ -16,8 +16,8 @@ from channels.errors import ChannelError, PayloadError
 from channels.flipkart import MAX_BATCH, RATE_BURST, webhooks
 from channels.flipkart.client import FlipkartInventoryClient
 from channels.flipkart.simulator import FlipkartSimulator, sample_connection
-from channels.simulation import serve
 from schemas.inventory_events import OrderCancelled, OrderPlaced
+from tests.channel_kit import serving_sample
 
 pytestmark = pytest.mark.integration
 
@@ -41,9 +41,7 @@ class World:
 @pytest.fixture
 async def world() -> AsyncIterator[World]:
     simulator = FlipkartSimulator()
-    async with serve(simulator.app()) as base_url, aiohttp.ClientSession() as session:
-        connection = sample_connection(base_url, skus=SKUS)
-        simulator.adopt(connection, initial=5)
+    async with serving_sample(simulator, sample_connection, SKUS, initial=5) as (connection, session):
         yield World(simulator, connection, session, FlipkartInventoryClient(session, connection))
 
 

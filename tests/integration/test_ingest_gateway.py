@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -12,10 +13,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from channels.connection import ConnectionRegistry
+from channels.inbound import ADAPTERS
 from channels.shopify.simulator import order_webhook, sample_connection
 from ingest.app import build_app
 from ingest.settings import IngestSettings
 from schemas import TOPICS, inventory_events, quarantine
+from schemas.inventory_events import OrderCancelled, OrderPlaced
 from stocksync.kafka import ensure_topics
 from stocksync.local.process import free_port
 from stocksync.settings import KafkaSettings
@@ -113,3 +116,21 @@ async def test_kafka_unreachable_answers_503_so_the_channel_retries() -> None:
         assert "retry" in (await resp.json())["error"]
     finally:
         await client.close()
+
+
+async def test_a_normaliser_that_breaks_still_loses_nothing(
+    client: Client, kafka: KafkaSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*_args: object) -> list[OrderPlaced | OrderCancelled]:
+        raise KeyError("surprise")
+
+    monkeypatch.setitem(ADAPTERS, "shopify", replace(ADAPTERS["shopify"], normalise=broken))
+    body, headers = sale_webhook()
+    resp = await client.post("/webhooks/shop-acme", data=body, headers=headers)
+    assert resp.status == 200
+    assert "normaliser failed" in (await resp.json())["reason"]
+    [record] = read_topic(kafka, quarantine.TOPIC)
+    assert (
+        base64.b64decode(quarantine.WebhookQuarantined.model_validate_json(record.value() or b"").body_b64)
+        == body
+    )

@@ -13,11 +13,11 @@ from pydantic import SecretStr
 
 from channels.connection import Connection, Listing
 from channels.errors import ChannelError, PayloadError
-from channels.simulation import serve
 from channels.tiktok import RATE_BURST, webhooks
 from channels.tiktok.client import TikTokInventoryClient
 from channels.tiktok.simulator import TikTokSimulator, sample_connection
 from schemas.inventory_events import OrderCancelled, OrderPlaced
+from tests.channel_kit import serving_sample
 
 pytestmark = pytest.mark.integration
 
@@ -44,9 +44,7 @@ class World:
 @pytest.fixture
 async def world() -> AsyncIterator[World]:
     simulator = TikTokSimulator()
-    async with serve(simulator.app()) as base_url, aiohttp.ClientSession() as session:
-        connection = sample_connection(base_url, skus=SKUS)
-        simulator.adopt(connection, initial=5)
+    async with serving_sample(simulator, sample_connection, SKUS, initial=5) as (connection, session):
         yield World(simulator, connection, session, TikTokInventoryClient(session, connection))
 
 

@@ -13,24 +13,14 @@ from pydantic import SecretStr
 from channels.connection import Connection, Listing
 from channels.errors import ChannelError
 from channels.ratelimit import TokenBucket
-from channels.simulation import serve
 from channels.walmart import FEED_THRESHOLD, FEEDS_PER_HOUR, RATE_BURST, RATE_LIMIT_PER_S, webhooks
 from channels.walmart.client import WalmartInventoryClient
 from channels.walmart.simulator import WalmartSimulator, sample_connection
+from tests.channel_kit import FrozenClock, serving
 
 pytestmark = pytest.mark.integration
 
 SKUS = ("SKU-1", "SKU-2", "SKU-3")
-
-
-class FrozenClock:
-    """A monotonic clock that only moves when told: budgets are then exact, not timing-dependent."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass
@@ -50,8 +40,7 @@ async def seller() -> AsyncIterator[Seller]:
     clock = FrozenClock()
     draft = sample_connection("http://127.0.0.1:1", skus=SKUS)
     simulator = WalmartSimulator.for_connection(draft, quantity=7, clock=clock, burst=10_000)
-    async with serve(simulator.app()) as base_url, aiohttp.ClientSession() as session:
-        connection = draft.model_copy(update={"api_base_url": base_url})
+    async with serving(simulator, draft) as (connection, session):
         yield Seller(simulator, connection, session, WalmartInventoryClient(session, connection), clock)
 
 
@@ -78,8 +67,8 @@ async def test_big_batches_use_one_inventory_feed() -> None:
     skus = tuple(f"S-{n}" for n in range(FEED_THRESHOLD))
     draft = sample_connection("http://127.0.0.1:1", skus=skus)
     simulator = WalmartSimulator.for_connection(draft, clock=FrozenClock())
-    async with serve(simulator.app()) as base_url, aiohttp.ClientSession() as session:
-        client = WalmartInventoryClient(session, draft.model_copy(update={"api_base_url": base_url}))
+    async with serving(simulator, draft) as (connection, session):
+        client = WalmartInventoryClient(session, connection)
         await client.set_many([(sku, 4) for sku in skus], reference="r")
         assert set(simulator.available.values()) == {4}
         assert {c.via for c in simulator.calls} == {"feed"}
@@ -134,8 +123,8 @@ async def test_item_by_item_batches_pace_themselves_within_the_budget() -> None:
         update={"rate_limit_per_s": 40.0, "rate_burst": 2.0}
     )
     simulator = WalmartSimulator.for_connection(draft, rate_per_s=40.0, burst=2.0)  # real clock: ~0.1 s
-    async with serve(simulator.app()) as base_url, aiohttp.ClientSession() as session:
-        client = WalmartInventoryClient(session, draft.model_copy(update={"api_base_url": base_url}))
+    async with serving(simulator, draft) as (connection, session):
+        client = WalmartInventoryClient(session, connection)
         await client.set_many([(sku, 3) for sku in skus], reference="r")
         assert simulator.rate_limited == 0
         assert set(simulator.available.values()) == {3}

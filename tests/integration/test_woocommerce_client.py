@@ -13,24 +13,14 @@ from pydantic import SecretStr
 from channels.connection import Connection, Listing
 from channels.errors import ChannelError
 from channels.ratelimit import TokenBucket
-from channels.simulation import serve
 from channels.woocommerce import MAX_BATCH, RATE_BURST, RATE_LIMIT_PER_S, webhooks
 from channels.woocommerce.client import WooCommerceInventoryClient
 from channels.woocommerce.simulator import WooCommerceSimulator, sample_connection
+from tests.channel_kit import FrozenClock, serving
 
 pytestmark = pytest.mark.integration
 
 SKUS = ("SKU-1", "SKU-2", "SKU-3", "SKU-4")
-
-
-class FrozenClock:
-    """A monotonic clock that only moves when told: the budget is then exact, not timing-dependent."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass
@@ -51,8 +41,7 @@ async def store() -> AsyncIterator[Store]:
     clock = FrozenClock()
     draft = sample_connection("http://127.0.0.1:1", skus=SKUS)
     simulator = WooCommerceSimulator.for_connection(draft, quantity=7, clock=clock, burst=1000)
-    async with serve(simulator.app()) as base_url, aiohttp.ClientSession() as session:
-        connection = draft.model_copy(update={"api_base_url": base_url})
+    async with serving(simulator, draft) as (connection, session):
         client = WooCommerceInventoryClient(session, connection)
         yield Store(simulator, connection, session, client, clock)
 
@@ -82,8 +71,7 @@ async def test_set_many_splits_at_the_batch_limit() -> None:
     draft = sample_connection("http://127.0.0.1:1", skus=skus)
     # a frozen budget of exactly three calls: two product batches and one variation batch
     simulator = WooCommerceSimulator.for_connection(draft, burst=3, clock=FrozenClock())
-    async with serve(simulator.app()) as base_url, aiohttp.ClientSession() as session:
-        connection = draft.model_copy(update={"api_base_url": base_url})
+    async with serving(simulator, draft) as (connection, session):
         client = WooCommerceInventoryClient(session, connection)
         await client.set_many([(sku, 9) for sku in skus], reference="r")
         assert set(simulator.available.values()) == {9}

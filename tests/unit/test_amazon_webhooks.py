@@ -31,6 +31,7 @@ from channels.amazon.simulator import (
 )
 from channels.errors import PayloadError
 from schemas.inventory_events import OrderCancelled, OrderPlaced
+from tests.channel_kit import json_values
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 TS = "2026-11-23T12:00:00.000Z"
@@ -405,14 +406,7 @@ def test_a_connection_without_a_pinned_topic_refuses_notifications() -> None:
 
 # --- fuzz ------------------------------------------------------------------------------------------------
 
-json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20)
-json_values = st.recursive(
-    json_scalars,
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
-    ),
-    max_leaves=20,
-)
+JSON = json_values()
 REALISTIC = notification(items=[item(1, "SKU-1", 2), item(2, "SKU-2", 1)])
 KEYS = st.sampled_from(
     [
@@ -463,7 +457,7 @@ FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCh
 
 
 @FUZZ
-@given(json_values)
+@given(JSON)
 def test_fuzz_arbitrary_bodies_and_messages(value: Any) -> None:
     _outcome(json.dumps(value).encode())
     _outcome(unsigned(value)[0])
@@ -472,7 +466,7 @@ def test_fuzz_arbitrary_bodies_and_messages(value: Any) -> None:
 
 
 @FUZZ
-@given(st.lists(st.tuples(KEYS, json_values, st.booleans()), min_size=1, max_size=4))
+@given(st.lists(st.tuples(KEYS, JSON, st.booleans()), min_size=1, max_size=4))
 def test_fuzz_mutated_realistic_notifications(mutations: list[tuple[str, Any, bool]]) -> None:
     message = copy.deepcopy(REALISTIC)
     for key, replacement, delete in mutations:
@@ -487,7 +481,7 @@ def test_fuzz_verify_never_raises(body: bytes, headers: dict[str, str]) -> None:
 
 
 @FUZZ
-@given(KEYS | st.sampled_from(["Signature", "Timestamp", "Type", "Message"]), json_values)
+@given(KEYS | st.sampled_from(["Signature", "Timestamp", "Type", "Message"]), JSON)
 def test_fuzz_verify_on_mutated_envelopes(key: str, replacement: Any) -> None:
     body, headers = signed(MESSAGE)
     envelope = json.loads(body)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,6 +14,7 @@ from channels.bigcommerce import webhooks
 from channels.bigcommerce.simulator import order_webhook, sample_connection
 from channels.errors import PayloadError
 from schemas.inventory_events import OrderCancelled, OrderPlaced
+from tests.channel_kit import json_values, mutate
 
 CONN = sample_connection("http://127.0.0.1:1", skus=("SKU-1", "SKU-2", "SKU-3", "SKU-4"))
 SECRET = CONN.webhook_secret.get_secret_value()
@@ -148,21 +148,7 @@ def test_bodies_that_are_not_json_objects_are_refused(raw: bytes) -> None:
         webhooks.normalise(CONN, raw, {}, NOW)
 
 
-JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=12),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
-    max_leaves=25,
-)
-
-
-def _paths(node: object, prefix: tuple[object, ...] = ()) -> Iterator[tuple[object, ...]]:
-    yield prefix
-    if isinstance(node, dict):
-        for key, value in node.items():
-            yield from _paths(value, (*prefix, key))
-    elif isinstance(node, list):
-        for index, value in enumerate(node):
-            yield from _paths(value, (*prefix, index))
+JSON = json_values(max_text=12, max_key=10, max_leaves=25)
 
 
 def _normalises_or_refuses(raw: bytes) -> None:
@@ -190,14 +176,7 @@ def test_mutated_real_webhooks_never_escape_as_anything_but_payload_error(
         else (webhooks.STATUS_UPDATED, {"previous_status_id": 11, "new_status_id": cancel})
     )
     doc = expanded([line(11, "SKU-1", 2), line(12, "SKU-3", 1)], scope, status=status)
-    path = data.draw(st.sampled_from([p for p in _paths(doc) if p]))
-    parent: Any = doc
-    for step in path[:-1]:
-        parent = parent[step]
-    if data.draw(st.booleans()) and isinstance(parent, dict):
-        del parent[path[-1]]
-    else:
-        parent[path[-1]] = data.draw(JSON)
+    mutate(data, doc, JSON)
     _normalises_or_refuses(json.dumps(doc).encode())
 
 

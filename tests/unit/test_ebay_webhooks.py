@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from channels.ebay import webhooks
 from channels.ebay.simulator import order_notification, sample_connection
 from channels.errors import PayloadError
+from tests.channel_kit import json_values, parent_of
 
 CONN = sample_connection("http://127.0.0.1:1", skus=("SKU-1", "SKU-2", "SKU-3"))
 OTHER = sample_connection("http://127.0.0.1:1", skus=("SKU-1",), conn_id="ebay-other")
@@ -186,13 +187,7 @@ def test_unusable_notifications_are_refused_with_a_reason(body: bytes, complaint
         webhooks.normalise(CONN, body, {}, NOW)
 
 
-JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
-    ),
-    max_leaves=20,
-)
+JSON = json_values()
 REALISTIC = json.loads(notification([line(1, "SKU-1", 2), line(2, "SKU-2", 1)])[0])
 PATHS: list[tuple[Any, ...]] = [
     ("metadata",),
@@ -214,10 +209,7 @@ PATHS: list[tuple[Any, ...]] = [
 def mutated(draw: st.DrawFn) -> bytes:
     payload = copy.deepcopy(REALISTIC)
     path = draw(st.sampled_from(PATHS))
-    target = payload
-    for key in path[:-1]:
-        target = target[key]
-    target[path[-1]] = draw(JSON)
+    parent_of(payload, path)[path[-1]] = draw(JSON)
     return json.dumps(payload).encode()
 
 

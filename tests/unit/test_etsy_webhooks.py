@@ -19,6 +19,7 @@ from channels.errors import PayloadError
 from channels.etsy import webhooks
 from channels.etsy.simulator import build_receipt, order_webhook, sample_connection
 from schemas.inventory_events import OrderCancelled
+from tests.channel_kit import json_values, parent_of
 
 CONN = sample_connection("http://127.0.0.1:1", skus=("SKU-1", "SKU-2", "SKU-3"))
 SECRET = CONN.webhook_secret.get_secret_value()
@@ -225,13 +226,7 @@ def test_ambiguous_variation_without_its_etsy_sku_is_refused() -> None:
         webhooks.normalise(VARIANTS, encode(payload), {}, NOW)
 
 
-JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
-    ),
-    max_leaves=20,
-)
+JSON = json_values()
 REALISTIC = expanded(lines=[("SKU-1", 2), ("SKU-2", 1)])
 PATHS: list[tuple[Any, ...]] = [
     ("event_type",),
@@ -255,10 +250,7 @@ def mutated(draw: st.DrawFn) -> bytes:
     if draw(st.booleans()):
         payload["event_type"] = "order.canceled"
     path = draw(st.sampled_from(PATHS))
-    target = payload
-    for key in path[:-1]:
-        target = target[key]
-    target[path[-1]] = draw(JSON)
+    parent_of(payload, path)[path[-1]] = draw(JSON)
     return encode(payload)
 
 

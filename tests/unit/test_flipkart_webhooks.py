@@ -7,7 +7,6 @@ import copy
 import hashlib
 import hmac
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -19,6 +18,7 @@ from channels.errors import PayloadError
 from channels.flipkart import webhooks
 from channels.flipkart.simulator import sample_connection
 from schemas.inventory_events import OrderCancelled, OrderPlaced
+from tests.channel_kit import json_values, mutate
 
 CONN = sample_connection("http://127.0.0.1:1", skus=("SKU-1", "SKU-2", "SKU-3"))
 SECRET = CONN.webhook_secret.get_secret_value()
@@ -231,25 +231,11 @@ def test_bodies_that_are_not_json_objects_are_refused(raw: bytes) -> None:
         webhooks.normalise(CONN, raw, {}, NOW)
 
 
-JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=12),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
-    max_leaves=25,
-)
+JSON = json_values(max_text=12, max_key=10, max_leaves=25)
 REAL = [
     created([item("11", "SKU-1", 2), item("12", "SKU-2")]),
     cancelled([{"orderItemId": "11", "quantity": 1}], [item("11", "SKU-1", 2), item("12", "SKU-2")]),
 ]
-
-
-def _paths(node: object, prefix: tuple[object, ...] = ()) -> Iterator[tuple[object, ...]]:
-    yield prefix
-    if isinstance(node, dict):
-        for key, value in node.items():
-            yield from _paths(value, (*prefix, key))
-    elif isinstance(node, list):
-        for index, value in enumerate(node):
-            yield from _paths(value, (*prefix, index))
 
 
 def _normalises_or_refuses(raw: bytes) -> None:
@@ -272,14 +258,7 @@ def test_mutated_real_notifications_never_escape_as_anything_but_payload_error(
     data: st.DataObject, real: dict[str, Any]
 ) -> None:
     doc = copy.deepcopy(real)
-    path = data.draw(st.sampled_from([p for p in _paths(doc) if p]))
-    parent: Any = doc
-    for step in path[:-1]:
-        parent = parent[step]
-    if data.draw(st.booleans()) and isinstance(parent, dict):
-        del parent[path[-1]]
-    else:
-        parent[path[-1]] = data.draw(JSON)
+    mutate(data, doc, JSON)
     _normalises_or_refuses(json.dumps(doc).encode())
 
 

@@ -80,3 +80,18 @@ def test_non_json_and_unhandled_topics_are_refused() -> None:
     naive["created_at"] = "2026-11-23T12:00:00"
     with pytest.raises(PayloadError, match="no UTC offset"):
         webhooks.normalise(CONN, json.dumps(naive).encode(), headers, NOW)
+
+
+def test_absurd_nesting_and_odd_types_are_payload_errors() -> None:
+    _body, headers = order_webhook(CONN, 9, [line(1)], NOW)
+    with pytest.raises(PayloadError, match="not JSON"):
+        webhooks.normalise(CONN, b"[" * 100_000 + b"]" * 100_000, headers, NOW)
+    odd = json.dumps(
+        {
+            "id": 9,
+            "created_at": NOW.isoformat(),
+            "line_items": [{"id": 1, "variant_id": 999999, "sku": ["SKU-1"], "quantity": 1}],
+        }
+    ).encode()
+    with pytest.raises(PayloadError, match="not mapped"):
+        webhooks.normalise(CONN, odd, headers, NOW)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,6 +16,7 @@ from channels.errors import PayloadError
 from channels.tiktok import webhooks
 from channels.tiktok.simulator import sample_connection
 from schemas.inventory_events import OrderCancelled, OrderPlaced
+from tests.channel_kit import json_values, mutate
 
 CONN = sample_connection("http://127.0.0.1:1", skus=("SKU-1", "SKU-2", "SKU-3"))
 SECRET = CONN.webhook_secret.get_secret_value()
@@ -180,21 +180,7 @@ def test_a_naive_receipt_time_is_a_payload_error_not_a_crash() -> None:
         webhooks.normalise(CONN, body(expanded([line("1")])), {}, datetime(2026, 1, 1))  # noqa: DTZ001
 
 
-JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=12),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
-    max_leaves=25,
-)
-
-
-def _paths(node: object, prefix: tuple[object, ...] = ()) -> Iterator[tuple[object, ...]]:
-    yield prefix
-    if isinstance(node, dict):
-        for key, value in node.items():
-            yield from _paths(value, (*prefix, key))
-    elif isinstance(node, list):
-        for index, value in enumerate(node):
-            yield from _paths(value, (*prefix, index))
+JSON = json_values(max_text=12, max_key=10, max_leaves=25)
 
 
 def _normalises_or_refuses(raw: bytes) -> None:
@@ -215,14 +201,7 @@ def test_arbitrary_json_never_escapes_as_anything_but_payload_error(doc: object)
 @given(st.data())
 def test_mutated_real_notifications_never_escape_as_anything_but_payload_error(data: st.DataObject) -> None:
     doc = expanded([line("1001"), line("1002", "SKU-2", quantity=3)], update_time=CREATED)
-    path = data.draw(st.sampled_from([p for p in _paths(doc) if p]))
-    parent: Any = doc
-    for step in path[:-1]:
-        parent = parent[step]
-    if data.draw(st.booleans()) and isinstance(parent, dict):
-        del parent[path[-1]]
-    else:
-        parent[path[-1]] = data.draw(JSON)
+    mutate(data, doc, JSON)
     _normalises_or_refuses(json.dumps(doc).encode())
 
 

@@ -18,6 +18,7 @@ from channels.errors import PayloadError
 from channels.walmart import webhooks
 from channels.walmart.simulator import notification, sample_connection
 from schemas.inventory_events import OrderCancelled, OrderPlaced
+from tests.channel_kit import json_values, parent_of
 
 CONN = sample_connection("https://marketplace.walmartapis.com", skus=("SKU-1", "SKU-2", "SKU-3"))
 SECRET = CONN.webhook_secret.get_secret_value()
@@ -214,13 +215,7 @@ def test_non_json_and_envelope_problems_are_refused() -> None:
 
 # -- nothing but PayloadError escapes --------------------------------------------------------------------
 
-JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
-    ),
-    max_leaves=20,
-)
+JSON = json_values(max_key=10, allow_nan=True)
 KINDS = st.sampled_from(["PO_CREATED", "PO_LINE_AUTOCANCELLED", "INTENT_TO_CANCEL", "ORDER_UPDATES", "X"])
 
 
@@ -268,10 +263,7 @@ def test_mutated_real_events_either_normalise_or_are_payload_errors(
 ) -> None:
     payload = po("5", [line(1, "SKU-1", "2", "CANCELLED"), line(2, "SKU-2", "1", "CANCELLED")])
     document = copy.deepcopy(envelope(event(kind, payload)[0]))
-    target: Any = document
-    for step in path[:-1]:
-        target = target[step]
-    target[path[-1]] = value
+    parent_of(document, path)[path[-1]] = value
     _outcome(json.dumps(document).encode())
 
 
