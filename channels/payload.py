@@ -9,6 +9,8 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import ValidationError
+
 from channels.connection import Connection
 from channels.errors import PayloadError
 from schemas.inventory_events import OrderCancelled, OrderPlaced
@@ -132,9 +134,11 @@ def line_event(
     quantity: int,
     occurred_at: datetime,
     received_at: datetime,
+    where: str,
     cancelled: bool = False,
 ) -> OrderPlaced | OrderCancelled:
-    """OrderPlaced ``<conn>:order:<o>:line:<l>``, or if `cancelled` its OrderCancelled; pydantic-validated."""
+    """OrderPlaced ``<conn>:order:<o>:line:<l>``, or if `cancelled` its OrderCancelled. A line that makes no
+    valid event is a PayloadError "<where> does not make a valid event: <first problem>"."""
     sale_id = f"{connection.id}:order:{order_id}:line:{line_id}"
     common: dict[str, Any] = {
         "tenant": connection.tenant,
@@ -147,7 +151,10 @@ def line_event(
         "occurred_at": occurred_at,
         "received_at": received_at,
     }
-    if cancelled:
-        cancel_id = f"{connection.id}:cancel:{order_id}:line:{line_id}"
-        return OrderCancelled(event_id=cancel_id, sale_event_id=sale_id, **common)
-    return OrderPlaced(event_id=sale_id, **common)
+    try:
+        if cancelled:
+            cancel_id = f"{connection.id}:cancel:{order_id}:line:{line_id}"
+            return OrderCancelled(event_id=cancel_id, sale_event_id=sale_id, **common)
+        return OrderPlaced(event_id=sale_id, **common)
+    except ValidationError as exc:
+        raise PayloadError(f"{where} does not make a valid event: {exc.errors()[0]['msg']}") from exc

@@ -46,7 +46,6 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
-from pydantic import ValidationError
 
 from channels.amazon import CHANNEL, NOTIFICATION_TYPE, REPLAY_WINDOW_S
 from channels.connection import Connection
@@ -294,20 +293,18 @@ def normalise(
         item_id = _item_id(item)
         quantity = positive_quantity(item.get("Quantity"), f"order {order_id} item {item_id}", "Quantity")
         sku = _sku(connection, item_id, item)
-        try:
-            events.append(
-                line_event(
-                    connection,
-                    channel=CHANNEL,
-                    order_id=order_id,
-                    line_id=item_id,
-                    sku=sku,
-                    quantity=quantity,
-                    occurred_at=occurred_at,
-                    received_at=received_at,
-                    cancelled=cancelled,
-                )
+        events.append(
+            line_event(
+                connection,
+                channel=CHANNEL,
+                order_id=order_id,
+                line_id=item_id,
+                sku=sku,
+                quantity=quantity,
+                occurred_at=occurred_at,
+                received_at=received_at,
+                cancelled=cancelled,
+                where=f"order {order_id} item {item_id}",
             )
-        except ValidationError as exc:
-            raise PayloadError(f"order {order_id} item {item_id} does not make a valid event: {exc}") from exc
+        )
     return events

@@ -20,7 +20,6 @@ from datetime import datetime
 from typing import Any
 
 import aiohttp
-from pydantic import ValidationError
 
 from channels.bigcommerce import CANCELLED_STATUS_IDS, CHANNEL, api
 from channels.connection import Connection
@@ -123,22 +122,20 @@ def normalise(
             raise PayloadError(f"line {line_id} belongs to order {line['order_id']!r}, not {order_id}")
         quantity = positive_quantity(line.get("quantity"), f"line {line_id}")
         sku = _master_sku(connection, line, line_id)
-        try:
-            events.append(
-                line_event(
-                    connection,
-                    channel=CHANNEL,
-                    order_id=order_id,
-                    line_id=line_id,
-                    sku=sku,
-                    quantity=quantity,
-                    occurred_at=occurred_at,
-                    received_at=received_at,
-                    cancelled=effect == "cancelled",
-                )
+        events.append(
+            line_event(
+                connection,
+                channel=CHANNEL,
+                order_id=order_id,
+                line_id=line_id,
+                sku=sku,
+                quantity=quantity,
+                occurred_at=occurred_at,
+                received_at=received_at,
+                cancelled=effect == "cancelled",
+                where=f"order {order_id} line {line_id}",
             )
-        except ValidationError as exc:
-            raise PayloadError(f"order {order_id} line {line_id}: {exc.errors()[0]['msg']}") from exc
+        )
     return events
 
 

@@ -29,7 +29,6 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from pydantic import ValidationError
 
 from channels.connection import Connection
 from channels.ebay import CHANNEL
@@ -159,19 +158,17 @@ def normalise(
         line_id = _id(line.get("lineItemId"), "lineItemId")
         quantity = positive_quantity(line.get("quantity"), f"line {line_id}")
         sku = _sku_for(connection, line, line_id)
-        try:
-            events.append(
-                line_event(
-                    connection,
-                    channel=CHANNEL,
-                    order_id=order_id,
-                    line_id=line_id,
-                    sku=sku,
-                    quantity=quantity,
-                    occurred_at=occurred_at,
-                    received_at=received_at,
-                )
+        events.append(
+            line_event(
+                connection,
+                channel=CHANNEL,
+                order_id=order_id,
+                line_id=line_id,
+                sku=sku,
+                quantity=quantity,
+                occurred_at=occurred_at,
+                received_at=received_at,
+                where=f"line {line_id}",
             )
-        except ValidationError as exc:
-            raise PayloadError(f"line {line_id}: cannot build an order event: {exc}") from exc
+        )
     return events

@@ -29,7 +29,6 @@ from typing import Any
 from urllib.parse import urlparse
 
 import aiohttp
-from pydantic import ValidationError
 
 from channels.connection import Connection
 from channels.errors import ChannelError, PayloadError, error_for_status
@@ -223,20 +222,18 @@ def normalise(
         line_id = _id(transaction.get("transaction_id"), "transaction_id")
         quantity = positive_quantity(transaction.get("quantity"), f"transaction {line_id}")
         sku = _sku_for(connection, transaction, line_id)
-        try:
-            events.append(
-                line_event(
-                    connection,
-                    channel=CHANNEL,
-                    order_id=receipt_id,
-                    line_id=line_id,
-                    sku=sku,
-                    quantity=quantity,
-                    occurred_at=occurred_at,
-                    received_at=received_at,
-                    cancelled=cancel,
-                )
+        events.append(
+            line_event(
+                connection,
+                channel=CHANNEL,
+                order_id=receipt_id,
+                line_id=line_id,
+                sku=sku,
+                quantity=quantity,
+                occurred_at=occurred_at,
+                received_at=received_at,
+                cancelled=cancel,
+                where=f"transaction {line_id}",
             )
-        except ValidationError as exc:
-            raise PayloadError(f"transaction {line_id}: cannot build an order event: {exc}") from exc
+        )
     return events

@@ -36,7 +36,6 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
-from pydantic import ValidationError
 
 from channels.connection import Connection
 from channels.errors import ChannelError, PayloadError
@@ -211,22 +210,20 @@ def normalise(
             when = _time(item.get("orderDate") or note.get("timestamp"), f"order item {line_id}: orderDate")
         else:
             when = _time(note.get("timestamp"), "timestamp")
-        try:
-            events.append(
-                line_event(
-                    connection,
-                    channel=CHANNEL,
-                    order_id=order_id,
-                    line_id=line_id,
-                    sku=sku,
-                    quantity=quantity,
-                    occurred_at=when,
-                    received_at=received_at,
-                    cancelled=event != SHIPMENT_CREATED,
-                )
+        events.append(
+            line_event(
+                connection,
+                channel=CHANNEL,
+                order_id=order_id,
+                line_id=line_id,
+                sku=sku,
+                quantity=quantity,
+                occurred_at=when,
+                received_at=received_at,
+                cancelled=event != SHIPMENT_CREATED,
+                where=f"order item {line_id}",
             )
-        except ValidationError as exc:
-            raise PayloadError(f"order item {line_id}: {exc.errors()[0]['msg']}") from exc
+        )
     return events
 
 

@@ -14,8 +14,6 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from pydantic import ValidationError
-
 from channels.connection import Connection
 from channels.errors import PayloadError
 from channels.payload import line_event, load_json, positive_quantity, unmapped
@@ -70,23 +68,19 @@ def normalise(
             sku = seller_sku
         if sku is None:
             raise unmapped(connection, f"line {line['id']}: variant {variant!r} / sku {line.get('sku')!r}")
-        try:
-            events.append(
-                line_event(
-                    connection,
-                    channel="shopify",
-                    order_id=str(order["id"]),
-                    line_id=str(line["id"]),
-                    sku=sku,
-                    quantity=quantity,
-                    occurred_at=occurred_at,
-                    received_at=received_at,
-                )
+        events.append(
+            line_event(
+                connection,
+                channel="shopify",
+                order_id=str(order["id"]),
+                line_id=str(line["id"]),
+                sku=sku,
+                quantity=quantity,
+                occurred_at=occurred_at,
+                received_at=received_at,
+                where=f"line {line['id']}",
             )
-        except ValidationError as exc:
-            raise PayloadError(
-                f"line {line['id']} does not make a valid event: {exc.errors()[0]['msg']}"
-            ) from exc
+        )
     if not events:
         raise PayloadError("order has no line items")
     return events

@@ -24,7 +24,6 @@ from datetime import datetime
 from typing import Any
 
 import aiohttp
-from pydantic import ValidationError
 
 from channels.connection import Connection
 from channels.errors import ChannelError, PayloadError
@@ -143,22 +142,20 @@ def normalise(
             occurred_at = epoch_seconds(when, "order.cancel_time")
         else:
             occurred_at = placed_at
-        try:
-            events.append(
-                line_event(
-                    connection,
-                    channel=CHANNEL,
-                    order_id=order_id,
-                    line_id=line_id,
-                    sku=sku,
-                    quantity=quantity,
-                    occurred_at=occurred_at,
-                    received_at=received_at,
-                    cancelled=cancelled,
-                )
+        events.append(
+            line_event(
+                connection,
+                channel=CHANNEL,
+                order_id=order_id,
+                line_id=line_id,
+                sku=sku,
+                quantity=quantity,
+                occurred_at=occurred_at,
+                received_at=received_at,
+                cancelled=cancelled,
+                where=f"order {order_id} line {line_id}",
             )
-        except ValidationError as exc:
-            raise PayloadError(f"order {order_id} line {line_id}: {exc.errors()[0]['msg']}") from exc
+        )
     return events
 
 

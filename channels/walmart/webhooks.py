@@ -30,8 +30,6 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import ValidationError
-
 from channels.connection import Connection
 from channels.errors import PayloadError
 from channels.payload import header, line_event, load_json, master_sku, parse_iso, positive_int
@@ -194,24 +192,20 @@ def normalise(
             seller_sku,
             what=f"purchase order {order_id} line {line_id}: Walmart sku {seller_sku!r}",
         )
-        try:
-            events.append(
-                line_event(
-                    connection,
-                    channel="walmart",
-                    order_id=order_id,
-                    line_id=line_id,
-                    sku=sku,
-                    quantity=quantity,
-                    occurred_at=occurred_at,
-                    received_at=received_at,
-                    cancelled=restock,
-                )
+        events.append(
+            line_event(
+                connection,
+                channel="walmart",
+                order_id=order_id,
+                line_id=line_id,
+                sku=sku,
+                quantity=quantity,
+                occurred_at=occurred_at,
+                received_at=received_at,
+                cancelled=restock,
+                where=f"purchase order {order_id} line {line_id}",
             )
-        except ValidationError as exc:
-            raise PayloadError(
-                f"purchase order {order_id} line {line_id} makes no valid event: {exc}"
-            ) from exc
+        )
     if not events:
         what = "cancelled lines" if restock else "order lines"
         raise PayloadError(f"purchase order {order_id} has no {what}")

@@ -27,8 +27,6 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from pydantic import ValidationError
-
 from channels.connection import Connection
 from channels.errors import PayloadError
 from channels.payload import (
@@ -142,22 +140,20 @@ def normalise(
         line_id = _order_id(line.get("id"), "line item id")
         quantity = positive_quantity(line.get("quantity"), f"order {order_id} line {line_id}")
         sku = _master_sku(connection, line, line_id)
-        try:
-            events.append(
-                line_event(
-                    connection,
-                    channel="woocommerce",
-                    order_id=order_id,
-                    line_id=line_id,
-                    sku=sku,
-                    quantity=quantity,
-                    occurred_at=occurred_at,
-                    received_at=received_at,
-                    cancelled=restock,
-                )
+        events.append(
+            line_event(
+                connection,
+                channel="woocommerce",
+                order_id=order_id,
+                line_id=line_id,
+                sku=sku,
+                quantity=quantity,
+                occurred_at=occurred_at,
+                received_at=received_at,
+                cancelled=restock,
+                where=f"order {order_id} line {line_id}",
             )
-        except ValidationError as exc:
-            raise PayloadError(f"order {order_id} line {line_id} makes no valid event: {exc}") from exc
+        )
     if not events:
         raise PayloadError(f"order {order_id} has no line items")
     return events
