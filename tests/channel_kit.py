@@ -3,6 +3,7 @@ with a connection pointed at them, and a clock that only moves when told."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
@@ -12,6 +13,7 @@ from aiohttp import web
 from hypothesis import strategies as st
 
 from channels.connection import Connection
+from channels.errors import ChannelError
 from channels.simulation import serve
 
 
@@ -99,3 +101,15 @@ async def serving_sample(
         connection = sample_connection(base_url, skus=skus)
         simulator.adopt(connection, initial=initial)
         yield connection, session
+
+
+async def assert_burst_is_throttled(client: Any, simulator: Any, requests: int) -> None:
+    """Fire `requests` reads at once: some must be refused 429, retryable with a Retry-After, and the
+    simulator must have counted exactly those."""
+    results = await asyncio.gather(
+        *(client.get_available(["SKU-1"]) for _ in range(requests)), return_exceptions=True
+    )
+    throttled = [r for r in results if isinstance(r, ChannelError)]
+    assert throttled, "every request of the burst was served"
+    assert all(e.status == 429 and e.retryable and e.retry_after_s for e in throttled)
+    assert simulator.rate_limited == len(throttled)
