@@ -8,12 +8,10 @@ fix; letters are never deleted (the topic's retention does that).
 from __future__ import annotations
 
 import asyncio
-import uuid
 from dataclasses import dataclass
 
 import aiohttp
 import psycopg
-from confluent_kafka import Consumer, TopicPartition
 from pydantic import ValidationError
 
 from channels.connection import ConnectionRegistry
@@ -22,48 +20,21 @@ from channels.outbound import client_for
 from fanout.plan import channel_quantity
 from schemas import fanout_dlq
 from schemas.fanout_dlq import UpdateDeadLettered
+from stocksync.kafka import read_to_end
 from stocksync.settings import KafkaSettings
 
 
 def read_dead_letters(kafka: KafkaSettings, *, connection: str | None = None) -> list[UpdateDeadLettered]:
     """Every dead letter in the topic (optionally of one connection), oldest first."""
-    topic = kafka.topic(fanout_dlq.TOPIC)
-    consumer = Consumer(
-        {
-            "bootstrap.servers": kafka.bootstrap_servers,
-            "group.id": f"dlq-reader-{uuid.uuid4().hex}",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-        }
-    )
-    try:
-        meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
-        if meta is None or meta.error is not None:
-            return []
-        ends = {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in meta.partitions
-        }
-        pending = {p for p, (low, high) in ends.items() if high > low}
-        consumer.assign([TopicPartition(topic, p, ends[p][0]) for p in pending])
-        letters: list[UpdateDeadLettered] = []
-        while pending:
-            msg = consumer.poll(5.0)
-            if msg is None:
-                raise RuntimeError(f"{topic} stopped answering before its end; is the cluster reachable?")
-            if msg.error():
-                continue
-            partition, offset = msg.partition() or 0, msg.offset() or 0
-            try:
-                letter = fanout_dlq.decode(msg.value() or b"")
-                if connection is None or letter.connection_id == connection:
-                    letters.append(letter)
-            except ValidationError:
-                pass  # not ours to judge here; `dlq list` shows what parses
-            if offset + 1 >= ends[partition][1]:
-                pending.discard(partition)
-        return sorted(letters, key=lambda d: d.failed_at)
-    finally:
-        consumer.close()
+    letters: list[UpdateDeadLettered] = []
+    for msg in read_to_end(kafka, fanout_dlq.TOPIC, missing_ok=True):
+        try:
+            letter = fanout_dlq.decode(msg.value() or b"")
+        except ValidationError:
+            continue  # not ours to judge here; `dlq list` shows what parses
+        if connection is None or letter.connection_id == connection:
+            letters.append(letter)
+    return sorted(letters, key=lambda d: d.failed_at)
 
 
 @dataclass(frozen=True)

@@ -33,11 +33,12 @@ from processor.store import apply_batch
 from schemas import TOPICS, inventory_events, stock_changed
 from schemas.inventory_events import AnyInventoryEvent
 from stocksync.db import migrate
-from stocksync.kafka import AsyncProducer, delete_prefixed_topics, ensure_topics, producer_config
+from stocksync.kafka import AsyncProducer, delete_prefixed_topics, ensure_topics, producer_config, read_to_end
+from stocksync.local.postgres import create_database, drop_database
 from stocksync.local.process import eventually
 from stocksync.local.stack import Stack, StackConfig
 from stocksync.local.traffic import as_records, synthetic_stream
-from stocksync.local.world import World, create_database, drop_database, local_world
+from stocksync.local.world import World, local_world
 from stocksync.multibench import run_multichannel
 from stocksync.settings import KafkaSettings
 
@@ -251,33 +252,12 @@ async def _worker_rate(world: World, kafka: KafkaSettings, url: str, batch: int,
 
 def commit_lag_ms(kafka: KafkaSettings, order_ids: set[str]) -> list[float]:
     """Gateway arrival → processor commit of each order's stock.changed (the first half of the way)."""
-    topic = kafka.topic(stock_changed.TOPIC)
-    consumer = Consumer(
-        {
-            "bootstrap.servers": kafka.bootstrap_servers,
-            "group.id": f"lag-{uuid.uuid4().hex}",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-        }
-    )
-    try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        ends = {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions
-        }
-        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
-        lags, seen, deadline = [], 0, time.monotonic() + 60
-        while seen < sum(ends.values()) and time.monotonic() < deadline:
-            for m in consumer.consume(5000, 1.0):
-                if m.error():
-                    continue
-                seen += 1
-                change = stock_changed.decode(m.value() or b"")
-                if change.cause_event_id.split(":order:")[-1].split(":line:")[0] in order_ids:
-                    lags.append((change.committed_at - change.received_at).total_seconds() * 1000)
-        return lags
-    finally:
-        consumer.close()
+    lags = []
+    for m in read_to_end(kafka, stock_changed.TOPIC, timeout_s=60):
+        change = stock_changed.decode(m.value() or b"")
+        if change.cause_event_id.split(":order:")[-1].split(":line:")[0] in order_ids:
+            lags.append((change.committed_at - change.received_at).total_seconds() * 1000)
+    return lags
 
 
 def ledger_stats(database_url: str) -> dict[str, int]:

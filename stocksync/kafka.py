@@ -10,12 +10,14 @@ import asyncio
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Awaitable, Iterable, Mapping
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_fixed
 
 from stocksync.settings import KafkaSettings
 
@@ -217,3 +219,69 @@ def delete_prefixed_topics(settings: KafkaSettings, *, timeout_s: float = 30.0) 
     mine = [t for t in admin.list_topics(timeout=timeout_s).topics if t.startswith(settings.topic_prefix)]
     delete_topics(settings, mine, timeout_s=timeout_s)
     return mine
+
+
+class TopicReadError(RuntimeError):
+    """A topic could not be read to its end; the message says which and why."""
+
+
+_SETTLING = {
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+}
+
+
+def _leadership_settling(exc: BaseException) -> bool:
+    # A new topic's leader can be named in metadata a moment before the broker itself acts as one.
+    return isinstance(exc, KafkaException) and (exc.args[0].retriable() or exc.args[0].code() in _SETTLING)
+
+
+def read_to_end(
+    settings: KafkaSettings, topic: str, *, timeout_s: float = 30.0, missing_ok: bool = False
+) -> list[Message]:
+    """Every retained record of the (unprefixed) topic, up to the end offsets seen at the call, per partition
+    in log order. Joins no group and commits nothing. A missing topic is an error unless `missing_ok`."""
+    name = settings.topic(topic)
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.bootstrap_servers,
+            "group.id": f"reader-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    try:
+        meta = consumer.list_topics(name, timeout=10).topics.get(name)
+        if meta is None or meta.error is not None:
+            if missing_ok:
+                return []
+            raise TopicReadError(f"topic {name} does not exist on {settings.bootstrap_servers}")
+        bounds: dict[int, tuple[int, int]] = {}
+        for p in meta.partitions:
+            for attempt in Retrying(
+                retry=retry_if_exception(_leadership_settling),
+                stop=stop_after_delay(10),
+                wait=wait_fixed(0.1),
+                reraise=True,
+            ):
+                with attempt:
+                    bounds[p] = consumer.get_watermark_offsets(TopicPartition(name, p), timeout=10)
+        pending = {p for p, (low, high) in bounds.items() if high > low}
+        consumer.assign([TopicPartition(name, p, bounds[p][0]) for p in pending])
+        records: list[Message] = []
+        deadline = time.monotonic() + timeout_s
+        while pending:
+            if time.monotonic() > deadline:
+                raise TopicReadError(f"could not read {name} to its end within {timeout_s:.0f} s")
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            partition, offset = msg.partition() or 0, msg.offset() or 0
+            if partition in pending and offset < bounds[partition][1]:
+                records.append(msg)
+            if offset + 1 >= bounds[partition][1]:
+                pending.discard(partition)
+        return records
+    finally:
+        consumer.close()

@@ -27,11 +27,10 @@ from stocksync.db import migrate
 from stocksync.kafka import AsyncProducer, delete_prefixed_topics, ensure_topics, producer_config
 from stocksync.local.kafka import KafkaEndpoint
 from stocksync.local.marketplaces import marketplaces
-from stocksync.local.postgres import PostgresEndpoint
+from stocksync.local.postgres import PostgresEndpoint, create_database, drop_database
 from stocksync.local.process import eventually, make_run_dir, wait_until
 from stocksync.local.stack import Stack, StackConfig
 from stocksync.local.traffic import as_records
-from stocksync.local.world import create_database, drop_database
 from stocksync.metrics import histogram_quantile
 from stocksync.settings import KafkaSettings
 

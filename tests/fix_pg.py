@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterator
 
-import psycopg
 import pytest
-from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
 from stocksync.db import migrate
 from stocksync.local import PostgresEndpoint, local_postgres
+from stocksync.local.postgres import create_database, drop_database
 from tests.fix_kafka import announced
 
 
@@ -26,16 +23,13 @@ def new_database(pg_server: PostgresEndpoint) -> Iterator[Callable[[], str]]:
     made: list[str] = []
 
     def make() -> str:
-        name = f"t_{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(pg_server.url, autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        name, url = create_database(pg_server.url, "t")
         made.append(name)
-        return make_conninfo(pg_server.url, dbname=name)
+        return url
 
     yield make
-    with psycopg.connect(pg_server.url, autocommit=True) as conn:
-        for name in made:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    for name in made:
+        drop_database(pg_server.url, name)
 
 
 @pytest.fixture

@@ -18,12 +18,15 @@ import shutil
 import signal
 import stat
 import subprocess
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from stocksync.local.process import (
     RUN_ROOT,
@@ -196,6 +199,20 @@ class EmbeddedPostgres:
         if self.run_dir is not None:
             shutil.rmtree(self.run_dir, ignore_errors=True)
             self.run_dir = None
+
+
+def create_database(server_url: str, label: str) -> tuple[str, str]:
+    """A new, empty database on the server: (its name, its URL)."""
+    name = f"stocksync_{label}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return name, make_conninfo(server_url, dbname=name)
+
+
+def drop_database(server_url: str, name: str) -> None:
+    """Drop the database, ending any connections to it."""
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 @contextlib.contextmanager

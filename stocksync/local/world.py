@@ -16,8 +16,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
-from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
 from channels.connection import Connection, to_toml
 from channels.shopify.simulator import ShopifySimulator, sample_connection
@@ -28,7 +26,7 @@ from schemas.inventory_events import OrderPlaced, StockCounted
 from stocksync.db import migrate
 from stocksync.kafka import AsyncProducer, delete_prefixed_topics, ensure_topics, producer_config
 from stocksync.local.kafka import KafkaEndpoint, local_kafka
-from stocksync.local.postgres import PostgresEndpoint, local_postgres
+from stocksync.local.postgres import PostgresEndpoint, create_database, drop_database, local_postgres
 from stocksync.local.process import make_run_dir, wait_until
 from stocksync.local.stack import Stack, StackConfig
 from stocksync.settings import KafkaSettings
@@ -84,18 +82,6 @@ class World:
                 "SELECT sku, available, version FROM inventory WHERE tenant = %s", (self.connection.tenant,)
             ).fetchall()
         return {r[0]: (r[1], r[2]) for r in rows}
-
-
-def create_database(server_url: str, label: str) -> tuple[str, str]:
-    name = f"stocksync_{label}_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    return name, make_conninfo(server_url, dbname=name)
-
-
-def drop_database(server_url: str, name: str) -> None:
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 @asynccontextmanager
