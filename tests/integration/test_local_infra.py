@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import psycopg
@@ -9,7 +10,7 @@ import pytest
 
 from stocksync.db import MigrationError, migrate, shipped_migrations
 from stocksync.kafka import AsyncProducer, ensure_topics, producer_config
-from stocksync.local import KafkaEndpoint
+from stocksync.local import KafkaEndpoint, postgres
 from stocksync.local.kafka import ensure_broker_jars
 from stocksync.settings import KafkaSettings
 from tests.helpers import read_topic
@@ -56,3 +57,18 @@ def test_the_database_itself_refuses_a_negative_count(database_url: str) -> None
         conn.commit()
         with pytest.raises(psycopg.errors.CheckViolation, match="inventory_never_negative"):
             conn.execute("UPDATE inventory SET available = available - 2")
+
+
+def test_postgres_runs_from_the_shared_copy_when_its_user_cannot_reach_the_wheel(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under root the server runs as `nobody`: a wheel in a 0700 directory is copied with its libraries."""
+    if os.geteuid() != 0 or os.environ.get("DATABASE_URL"):
+        pytest.skip("the copy is only made when running as root without DATABASE_URL")
+    monkeypatch.setattr(postgres, "_others_can_reach", lambda _path: False)
+    server = postgres.EmbeddedPostgres()
+    try:
+        url = server.start()
+        assert postgres.server_version(url).startswith("18")
+    finally:
+        server.stop()
