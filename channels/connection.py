@@ -1,13 +1,16 @@
 """A seller's connection to one channel account: secrets, API endpoint, SKU mapping, sync options.
 
-Connections are loaded from a TOML file (``[[connection]]`` tables). A webhook for a connection may only
-produce events for that connection's tenant: that is how tenants stay isolated.
+Connections are loaded from a TOML file (``[[connection]]`` tables) and/or the ``connections`` table
+(stocksync.connections). A webhook for a connection may only produce events for that connection's tenant, and
+an admin token only acts for its own tenant: that is how tenants stay isolated. ``[[tenant]]`` tables give
+each tenant's admin API token as a SHA-256 hex digest (``stocksync tenants add`` makes one).
 """
 
 from __future__ import annotations
 
+import hashlib
 import tomllib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Annotated
 
@@ -59,15 +62,45 @@ class ConnectionsFileError(ValueError):
     """The connections file is unreadable or invalid; the message names the file and the problem."""
 
 
-class ConnectionRegistry:
-    """Look-ups over the configured connections; immutable once built."""
+class TenantToken(BaseModel):
+    """A tenant of the admin API and the SHA-256 (hex) of its bearer token; the token itself is not kept."""
 
-    def __init__(self, connections: Iterable[Connection]) -> None:
+    model_config = ConfigDict(frozen=True)
+
+    id: Tenant
+    admin_token_sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class ConnectionRegistry:
+    """Look-ups over the configured connections and admin tokens; immutable once built."""
+
+    def __init__(self, connections: Iterable[Connection], tenants: Iterable[TenantToken] = ()) -> None:
         self._by_id: dict[str, Connection] = {}
         for c in connections:
             if c.id in self._by_id:
                 raise ConnectionsFileError(f"connection id {c.id!r} is defined twice")
             self._by_id[c.id] = c
+        self._tenants = {t.id: t for t in tenants}
+        # Look-ups go by the token's digest, so the time they take says nothing about any real token.
+        self._by_digest: Mapping[str, str] = {t.admin_token_sha256: t.id for t in self._tenants.values()}
+
+    def tenant_for_token(self, token: str) -> str | None:
+        """The tenant whose admin token this is, or None."""
+        return self._by_digest.get(token_digest(token))
+
+    @property
+    def tenants(self) -> list[TenantToken]:
+        return list(self._tenants.values())
+
+    def merged(self, other: ConnectionRegistry) -> ConnectionRegistry:
+        """This registry with `other`'s connections and tenants added; `other` wins where ids collide."""
+        return ConnectionRegistry(
+            {**self._by_id, **other._by_id}.values(), {**self._tenants, **other._tenants}.values()
+        )
 
     def get(self, connection_id: str) -> Connection | None:
         return self._by_id.get(connection_id)
@@ -85,14 +118,19 @@ class ConnectionRegistry:
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConnectionsFileError(f"cannot read connections file {path}: {exc}") from exc
         try:
-            return cls(Connection.model_validate(c) for c in data.get("connection", []))
+            return cls(
+                [Connection.model_validate(c) for c in data.get("connection", [])],
+                [TenantToken.model_validate(t) for t in data.get("tenant", [])],
+            )
         except ValidationError as exc:
-            raise ConnectionsFileError(f"invalid connection in {path}:\n{exc}") from exc
+            raise ConnectionsFileError(f"invalid connection or tenant in {path}:\n{exc}") from exc
 
 
-def to_toml(connections: Iterable[Connection]) -> str:
+def to_toml(connections: Iterable[Connection], tenants: Iterable[TenantToken] = ()) -> str:
     """Render connections as a TOML connections file (secrets included: write it with care)."""
     out: list[str] = []
+    for t in tenants:
+        out += ["[[tenant]]", f"id = {_q(t.id)}", f"admin_token_sha256 = {_q(t.admin_token_sha256)}", ""]
     for c in connections:
         out.append("[[connection]]")
         for key in ("id", "tenant", "channel", "api_base_url"):

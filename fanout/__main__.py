@@ -7,10 +7,10 @@ from typing import Annotated
 
 import typer
 
-from channels.connection import ConnectionRegistry
 from fanout.settings import FanoutSettings
 from fanout.worker import run_fanout
 from stocksync import logs
+from stocksync.connections import load_for_service
 from stocksync.lifecycle import run_until_signalled
 
 
@@ -22,7 +22,11 @@ def main(
 ) -> None:
     logs.configure("fanout")
     settings = FanoutSettings() if not channel else FanoutSettings(channels=channel)
-    connections = ConnectionRegistry.from_file(settings.connections_file)
+    connections = load_for_service(
+        settings.connections_file,
+        settings.postgres.database_url if settings.connections_table else None,
+        service="fanout",
+    )
 
     async def service(stop: asyncio.Event) -> None:
         await run_fanout(settings, connections, stop)

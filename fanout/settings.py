@@ -7,14 +7,18 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from stocksync.settings import KafkaSettings
+from stocksync.settings import KafkaSettings, PostgresSettings
 
 
 class FanoutSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FANOUT_", extra="ignore")
 
     channels: list[str] = Field(["shopify"], description="Channels served by this process, one group each.")
-    connections_file: Path = Path("connections.toml")
+    connections_file: Path | None = Field(Path("connections.toml"), description="TOML file of connections.")
+    connections_table: bool = Field(
+        True,
+        description="Also read connections from the database (read at start; restart to pick up changes).",
+    )
     host: str = "127.0.0.1"
     port: int = Field(0, ge=0, le=65535, description="Port of /metrics and /healthz (0: any free port).")
     coalesce_window_s: float = Field(
@@ -32,3 +36,4 @@ class FanoutSettings(BaseSettings):
         True, description="Show zero after a refused sale until the next change."
     )
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    postgres: PostgresSettings = Field(default_factory=PostgresSettings)

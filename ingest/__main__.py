@@ -4,16 +4,20 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from channels.connection import ConnectionRegistry
 from ingest.app import build_app
 from ingest.settings import IngestSettings
 from stocksync import logs
+from stocksync.connections import load_for_service
 
 
 def main() -> None:
     logs.configure("ingest")
     settings = IngestSettings()
-    connections = ConnectionRegistry.from_file(settings.connections_file)
+    connections = load_for_service(
+        settings.connections_file,
+        settings.postgres.database_url if settings.connections_table else None,
+        service="ingest",
+    )
     web.run_app(
         build_app(settings, connections=connections),
         host=settings.host,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -18,12 +19,15 @@ from datetime import UTC, datetime
 import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
+from psycopg_pool import AsyncConnectionPool
 
 from channels.connection import Connection, ConnectionRegistry
 from channels.errors import ChannelError, PayloadError
 from channels.inbound import ADAPTERS
+from ingest import admin
 from ingest.metrics import IngestMetrics
 from ingest.settings import IngestSettings
+from ingest.state import CONNECTIONS, HTTP, METRICS, POOL, PRODUCER, SETTINGS, Directory, publish_all
 from schemas import inventory_events, quarantine
 from schemas.base import partition_key
 from stocksync.kafka import AsyncProducer, DeliveryError, producer_config
@@ -31,22 +35,9 @@ from stocksync.metrics import metrics_handler
 
 log = logging.getLogger(__name__)
 
-SETTINGS = web.AppKey("settings", IngestSettings)
-CONNECTIONS = web.AppKey("connections", ConnectionRegistry)
-PRODUCER = web.AppKey("producer", AsyncProducer)
-METRICS = web.AppKey("metrics", IngestMetrics)
-HTTP = web.AppKey("http", aiohttp.ClientSession)
-
 
 def _error(status: int, message: str, **extra: str) -> web.Response:
     return web.json_response({"error": message, **extra}, status=status)
-
-
-async def _publish_all(
-    producer: AsyncProducer, records: list[tuple[str, bytes, bytes, dict[str, str]]], timeout_s: float
-) -> None:
-    sends = [producer.send(topic, value, key=key, headers=headers) for topic, key, value, headers in records]
-    await asyncio.wait_for(asyncio.gather(*sends), timeout_s)
 
 
 async def _quarantine(
@@ -63,7 +54,7 @@ async def _quarantine(
     )
     topic = settings.kafka.topic(quarantine.TOPIC)
     try:
-        await _publish_all(
+        await publish_all(
             request.app[PRODUCER],
             [
                 (
@@ -89,7 +80,7 @@ async def webhook(request: web.Request) -> web.Response:
     now = datetime.now(UTC)
     settings, metrics = request.app[SETTINGS], request.app[METRICS]
     connection_id = request.match_info["connection_id"]
-    connection = request.app[CONNECTIONS].get(connection_id)
+    connection = request.app[CONNECTIONS].current.get(connection_id)
     if connection is None or not connection.enabled:
         metrics.requests.labels("unknown", "unknown_connection").inc()
         return _error(
@@ -151,7 +142,7 @@ async def webhook(request: web.Request) -> web.Response:
         for e in events
     ]
     try:
-        await _publish_all(request.app[PRODUCER], records, settings.ack_timeout_s)
+        await publish_all(request.app[PRODUCER], records, settings.ack_timeout_s)
     except (TimeoutError, DeliveryError) as exc:
         metrics.requests.labels(channel, "unavailable").inc()
         log.warning("webhook for %s not stored in Kafka: %r", connection_id, exc)
@@ -181,7 +172,7 @@ def build_app(
     app = web.Application(client_max_size=settings.max_body_bytes)
     registry = registry or CollectorRegistry()
     app[SETTINGS] = settings
-    app[CONNECTIONS] = connections
+    app[CONNECTIONS] = directory = Directory(connections)
     app[METRICS] = IngestMetrics(registry)
 
     async def kafka_producer(app: web.Application) -> AsyncIterator[None]:
@@ -189,7 +180,11 @@ def build_app(
             app[PRODUCER] = producer
             yield
             return
-        own = AsyncProducer(producer_config(settings.kafka))
+        # A record not acknowledged within the ack timeout was answered 503: let librdkafka give it up then
+        # too, rather than deliver it later beside the channel's retry.
+        own = AsyncProducer(
+            producer_config(settings.kafka, **{"message.timeout.ms": int(settings.ack_timeout_s * 1000)})
+        )
         app[PRODUCER] = own
         try:
             yield
@@ -204,9 +199,37 @@ def build_app(
             app[HTTP] = s
             yield
 
+    async def database(app: web.Application) -> AsyncIterator[None]:
+        # Only the admin API reads the database, so the gateway starts (and takes webhooks) without it: the
+        # pool connects in the background and a read that finds no connection in time is answered 503.
+        pool = AsyncConnectionPool(
+            settings.postgres.database_url, min_size=1, max_size=4, open=False, name="ingest-admin"
+        )
+        await pool.open(wait=False)
+        app[POOL] = pool
+        yield
+        await pool.close()
+
+    async def refresh_connections(app: web.Application) -> AsyncIterator[None]:
+        task = None
+        if settings.connections_table:
+            task = asyncio.create_task(
+                directory.refresh_forever(
+                    settings.connections_file, settings.postgres.database_url, settings.connections_refresh_s
+                )
+            )
+        yield
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
     app.cleanup_ctx.append(kafka_producer)
     app.cleanup_ctx.append(http_session)
+    app.cleanup_ctx.append(database)
+    app.cleanup_ctx.append(refresh_connections)
     app.router.add_post("/webhooks/{connection_id}", webhook)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_handler(registry))
+    admin.add_routes(app)
     return app

@@ -36,3 +36,9 @@ class IngestMetrics:
             ["channel"],
             registry=registry,
         )
+        self.admin = Counter(
+            "admin_requests_total",
+            "Admin API requests by action (count, receipt, read) and outcome.",
+            ["action", "outcome"],
+            registry=registry,
+        )

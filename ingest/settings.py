@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from stocksync.settings import KafkaSettings
+from stocksync.settings import KafkaSettings, PostgresSettings
 
 
 class IngestSettings(BaseSettings):
@@ -15,7 +15,14 @@ class IngestSettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
-    connections_file: Path = Field(Path("connections.toml"), description="TOML file of channel connections.")
+    connections_file: Path | None = Field(
+        Path("connections.toml"), description="TOML file of channel connections and admin tenants."
+    )
+    connections_table: bool = Field(
+        True, description="Also read connections and admin tenants from the database's tables."
+    )
+    connections_refresh_s: float = Field(30.0, gt=0, description="How often the tables are read again.")
     ack_timeout_s: float = Field(2.0, gt=0, description="Longest wait for Kafka before answering 503.")
     max_body_bytes: int = Field(1024 * 1024, gt=0, description="Larger webhook bodies are refused with 413.")
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    postgres: PostgresSettings = Field(default_factory=PostgresSettings)

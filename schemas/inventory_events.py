@@ -65,7 +65,25 @@ class StockCounted(Event):
     received_at: AwareDatetime
 
 
-AnyInventoryEvent = OrderPlaced | OrderCancelled | StockCounted
+class StockReceived(Event):
+    """`quantity` units were received into stock (a delivery, a return back on the shelf) at `occurred_at`.
+
+    Added on top of the master count; a receipt for a SKU the master has never seen creates it.
+    """
+
+    type: Literal["stock_received"] = "stock_received"
+    event_id: EventId
+    tenant: Tenant
+    sku: Sku
+    quantity: PositiveInt
+    connection_id: str | None = None
+    channel: Channel = "admin"
+    reference: str | None = Field(None, max_length=200, description="The seller's receipt or PO number.")
+    occurred_at: AwareDatetime
+    received_at: AwareDatetime
+
+
+AnyInventoryEvent = OrderPlaced | OrderCancelled | StockReceived | StockCounted
 InventoryEvent = Annotated[AnyInventoryEvent, Field(discriminator="type")]
 _adapter: TypeAdapter[InventoryEvent] = TypeAdapter(InventoryEvent)
 

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from schemas import TOPICS
+from stocksync.cli_connections import connections_app, tenants_app
 from stocksync.db import migrate as apply_migrations
 from stocksync.kafka import ensure_topics
 from stocksync.local import LaunchError, local_kafka, local_postgres
@@ -24,6 +25,8 @@ app = typer.Typer(
     help="Event-driven multichannel inventory sync.", no_args_is_help=True, add_completion=False
 )
 console = Console()
+app.add_typer(connections_app, name="connections")
+app.add_typer(tenants_app, name="tenants")
 
 
 @app.command()

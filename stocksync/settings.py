@@ -33,7 +33,7 @@ class KafkaSettings(BaseSettings):
 class PostgresSettings(BaseSettings):
     """``DATABASE_URL`` and pool sizes."""
 
-    model_config = SettingsConfigDict(extra="ignore")
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
 
     database_url: str = Field(
         "postgresql://postgres@127.0.0.1:5432/postgres",

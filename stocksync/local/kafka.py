@@ -223,25 +223,31 @@ class JvmKafkaBroker:
         )
         if fmt.returncode != 0:
             raise LaunchError(f"Formatting Kafka storage failed:\n{fmt.stdout}{fmt.stderr}")
-        log_file = run_dir / "broker.log"
+        self.bootstrap = f"127.0.0.1:{port}"
+        self._launch(timeout_s)
+        return self.bootstrap
+
+    def _launch(self, timeout_s: float) -> None:
+        if self.run_dir is None:
+            raise LaunchError("the broker was never started: call start() first")
+        log_file = self.run_dir / "broker.log"
         self._proc = spawn(
             [
-                java,
+                _java(),
                 f"-Xmx{self.heap}",
                 "-Xms256m",
                 "-XX:+UseG1GC",
                 "-Djava.awt.headless=true",
-                f"-Dkafka.logs.dir={run_dir / 'logs'}",
-                log4j,
+                f"-Dkafka.logs.dir={self.run_dir / 'logs'}",
+                f"-Dlog4j.configuration=file:{KAFKA_DEPLOY_DIR / 'log4j.properties'}",
                 "-cp",
-                classpath,
+                f"{self.libs}/*",
                 "kafka.Kafka",
-                str(props),
+                str(self.run_dir / "server.properties"),
             ],
             log_file=log_file,
             death_signal=signal.SIGKILL,  # orphaned: nothing to shut down gracefully for
         )
-        self.bootstrap = f"127.0.0.1:{port}"
         wait_until(
             lambda: broker_answers_metadata(self.bootstrap),
             timeout_s=timeout_s,
@@ -250,7 +256,17 @@ class JvmKafkaBroker:
             log_file=log_file,
             interval_s=0.2,
         )
-        return self.bootstrap
+
+    def halt(self) -> None:
+        """Stop the broker process but keep its data and ports, for `resume` (outage tests)."""
+        if self._proc is not None:
+            stop(self._proc, sig=signal.SIGTERM, grace_s=30.0)
+            self._proc = None
+
+    def resume(self, timeout_s: float = 90.0) -> None:
+        """Start a halted broker again on the same address, with the data it had."""
+        if self._proc is None:
+            self._launch(timeout_s)
 
     @property
     def pid(self) -> int | None:

@@ -14,7 +14,7 @@ from psycopg_pool import AsyncConnectionPool
 from processor.app import prune_processed
 from processor.store import Result, apply_batch
 from schemas.base import Channel
-from schemas.inventory_events import AnyInventoryEvent, OrderPlaced, StockCounted
+from schemas.inventory_events import AnyInventoryEvent, OrderPlaced, StockCounted, StockReceived
 
 pytestmark = pytest.mark.integration
 
@@ -46,6 +46,17 @@ def count(n: int, quantity: int, *, as_of: datetime, sku: str = "SKU-1") -> Stoc
         quantity=quantity,
         occurred_at=as_of,
         received_at=as_of,
+    )
+
+
+def receipt(n: int, quantity: int, *, at: datetime, sku: str = "SKU-1") -> StockReceived:
+    return StockReceived(
+        event_id=f"admin:receipt:{n}",
+        tenant="acme",
+        sku=sku,
+        quantity=quantity,
+        occurred_at=at,
+        received_at=at,
     )
 
 
@@ -144,3 +155,15 @@ async def test_retention_prunes_old_ids_and_a_pruned_id_stays_a_duplicate(databa
     # The pruned sale is redelivered long after: the ledger still knows it, so nothing changes.
     assert (await run(database_url, sale(1, 2))).outcome == "duplicate"
     assert state(database_url) == (2, 3)
+
+
+async def test_receipts_add_create_new_skus_and_survive_an_older_count(database_url: str) -> None:
+    first = await run(database_url, receipt(1, 4, at=T0))
+    assert (first.outcome, first.after, first.version) == ("applied", 4, 1)  # a first receipt creates the SKU
+    assert (await run(database_url, receipt(2, 3, at=T0 + timedelta(minutes=1)))).after == 7
+    assert (await run(database_url, receipt(2, 3, at=T0 + timedelta(minutes=1)))).outcome == "duplicate"
+    # A count as of a time before the second receipt: that receipt is not in it and is added back on top.
+    assert (await run(database_url, count(1, 10, as_of=T0 + timedelta(seconds=30)))).after == 13
+    # A receipt older than the count is already inside it.
+    assert (await run(database_url, receipt(3, 5, at=T0 + timedelta(seconds=10)))).outcome == "stale"
+    assert state(database_url) == (13, 3)
