@@ -3,16 +3,24 @@
 It keeps a quantity per seller SKU, applies ``patchListingsItem`` at once (Amazon queues it and shows the
 quantity minutes later), answers ``getListingsItem`` with ``fulfillmentAvailability``, records every patch,
 enforces the 5 requests/s budget per operation (429 with ``Retry-After`` and ``x-amzn-RateLimit-Limit``) and
-can be told to fail the next calls. Notifications are signed with an RSA key and self-signed certificate
+can be told to fail the next calls. Every order placed stays in the order book, served by the Orders API
+(``getOrders`` ``GET /orders/v0/orders`` filtered by ``CreatedAfter`` or ``LastUpdatedAfter``, paged by
+``NextToken``; ``getOrderItems`` ``GET /orders/v0/orders/{id}/orderItems``) whether or not its notification
+was delivered, each operation with its published budget (getOrders 0.0167/s burst 20, getOrderItems 0.5/s
+burst 30). Notifications are signed with an RSA key and self-signed certificate
 made here; ``sample_connection`` stores that certificate's PEM as the connection's webhook secret, the way
 an operator stores the certificate from SNS's ``SigningCertURL``.
 
 Invented where Amazon publishes nothing: the ``issues`` codes of an INVALID patch, the ``ChangeReason``
-texts, and the ``Retry-After`` header on 429 (Amazon documents only ``x-amzn-RateLimit-Limit``).
+texts, the ``Retry-After`` header on 429 (Amazon documents only ``x-amzn-RateLimit-Limit``), the order of
+``getOrders`` results (oldest first by the filtered time here; Amazon documents none) and the content of
+``NextToken`` (opaque; here the filter and where the page ended).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
 import json
 import math
@@ -32,7 +40,16 @@ from cryptography.x509.oid import NameOID
 from pydantic import SecretStr
 
 from channels.amazon import LISTINGS_API_VERSION, NOTIFICATION_TYPE, RATE_BURST, RATE_LIMIT_PER_S, webhooks
+from channels.amazon.orders import (
+    GET_ORDER_ITEMS_BURST,
+    GET_ORDER_ITEMS_RATE,
+    GET_ORDERS_BURST,
+    GET_ORDERS_RATE,
+    MAX_RESULTS_PER_PAGE,
+)
 from channels.connection import Connection, Listing
+from channels.errors import PayloadError
+from channels.payload import iso_time
 from channels.ratelimit import TokenBucket
 
 DEFAULT_MARKETPLACE = "ATVPDKIKX0DER"
@@ -199,6 +216,41 @@ def _sns_headers(kind: str, message_id: str, topic_arn: str) -> dict[str, str]:
     }
 
 
+def _epoch_ms(moment: datetime) -> int:
+    return math.floor(moment.timestamp() * 1000)
+
+
+def _write_token(position: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(position).encode()).decode()
+
+
+def _read_token(token: str) -> dict[str, Any] | None:
+    """The position a NextToken names, or None if it is not one this simulator wrote."""
+    try:
+        position = json.loads(base64.urlsafe_b64decode(token.encode()))
+    except (binascii.Error, ValueError):
+        return None
+    valid = (
+        isinstance(position, dict)
+        and position.get("by") in ("CreatedAfter", "LastUpdatedAfter")
+        and isinstance(position.get("since"), str)
+        and _parses(position["since"])
+        and isinstance(position.get("after"), list)
+        and len(position["after"]) == 2
+        and isinstance(position["after"][0], int)
+        and isinstance(position["after"][1], str)
+        and isinstance(position.get("size"), int)
+    )
+    return position if valid else None
+
+
+def _parses(text: str) -> bool:
+    try:
+        return datetime.fromisoformat(text).tzinfo is not None
+    except ValueError:
+        return False
+
+
 def _iso(moment: datetime) -> str:
     """Amazon's timestamp style: UTC with milliseconds and a Z."""
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -227,6 +279,12 @@ class AmazonSimulator:
     failures: list[int] = field(default_factory=list)
     rate_limited: int = 0
     orders: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    # The order book getOrders serves: order id -> {status, purchased, updated, marketplace}.
+    order_book: dict[int, dict[str, Any]] = field(default_factory=dict)
+    orders_budget: TokenBucket = field(default_factory=lambda: TokenBucket(GET_ORDERS_RATE, GET_ORDERS_BURST))
+    order_items_budget: TokenBucket = field(
+        default_factory=lambda: TokenBucket(GET_ORDER_ITEMS_RATE, GET_ORDER_ITEMS_BURST)
+    )
     patch_budget: TokenBucket = field(default_factory=lambda: TokenBucket(RATE_LIMIT_PER_S, RATE_BURST))
     get_budget: TokenBucket = field(default_factory=lambda: TokenBucket(RATE_LIMIT_PER_S, RATE_BURST))
 
@@ -235,6 +293,8 @@ class AmazonSimulator:
         path = f"/listings/{LISTINGS_API_VERSION}/items/{{seller_id}}/{{sku}}"
         app.router.add_patch(path, self._patch)
         app.router.add_get(path, self._get)
+        app.router.add_get("/orders/v0/orders", self._get_orders)
+        app.router.add_get("/orders/v0/orders/{order_id}/orderItems", self._get_order_items)
         return app
 
     def adopt(self, connection: Connection, *, initial: int | None = None) -> None:
@@ -259,6 +319,18 @@ class AmazonSimulator:
 
     def _gate(self, request: web.Request, budget: TokenBucket) -> web.Response | None:
         """Auth, injected failures, the rate budget, seller and marketplace: an error answer or None."""
+        refused = self._admit(request, budget)
+        if refused is not None:
+            return refused
+        if request.match_info["seller_id"] != self.seller_id:
+            return self._error(403, "Unauthorized", "Access to requested resource is denied.")
+        marketplaces = request.query.get("marketplaceIds", "").split(",")
+        if self.marketplace_id not in marketplaces:
+            return self._error(400, "InvalidInput", f"marketplaceIds must include {self.marketplace_id}")
+        return None
+
+    def _admit(self, request: web.Request, budget: TokenBucket) -> web.Response | None:
+        """Auth, injected failures and the operation's rate budget: an error answer or None."""
         if request.headers.get("x-amz-access-token") != self.access_token:
             return self._error(403, "Unauthorized", "Access to requested resource is denied.")
         if self.failures:
@@ -274,12 +346,103 @@ class AmazonSimulator:
             )
             response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
             return response
-        if request.match_info["seller_id"] != self.seller_id:
-            return self._error(403, "Unauthorized", "Access to requested resource is denied.")
-        marketplaces = request.query.get("marketplaceIds", "").split(",")
-        if self.marketplace_id not in marketplaces:
-            return self._error(400, "InvalidInput", f"marketplaceIds must include {self.marketplace_id}")
         return None
+
+    async def _get_orders(self, request: web.Request) -> web.Response:
+        """getOrders: orders of the marketplace created (``CreatedAfter``) or last updated
+        (``LastUpdatedAfter``) at or after a time, oldest first by that time, ``MaxResultsPerPage`` a page
+        (default and most 100); ``NextToken`` continues (with ``MarketplaceIds``, other filters ignored)."""
+        refused = self._admit(request, self.orders_budget)
+        if refused is not None:
+            return refused
+        query = request.query
+        if self.marketplace_id not in query.get("MarketplaceIds", "").split(","):
+            return self._error(400, "InvalidInput", f"MarketplaceIds must include {self.marketplace_id}")
+        size_text = query.get("MaxResultsPerPage", str(MAX_RESULTS_PER_PAGE))
+        size = int(size_text) if size_text.isdigit() else 0
+        if not 1 <= size <= MAX_RESULTS_PER_PAGE:
+            return self._error(400, "InvalidInput", f"MaxResultsPerPage must be 1..{MAX_RESULTS_PER_PAGE}")
+        if "NextToken" in query:
+            position = _read_token(query["NextToken"])
+            if position is None:
+                return self._error(400, "InvalidInput", "Invalid NextToken.")
+            by, since, after = position["by"], position["since"], tuple(position["after"])
+            size = position["size"]
+        else:
+            filters = [f for f in ("CreatedAfter", "LastUpdatedAfter") if f in query]
+            if len(filters) != 1:
+                return self._error(
+                    400, "InvalidInput", "Exactly one of CreatedAfter and LastUpdatedAfter is required."
+                )
+            by, after = filters[0], None
+            try:
+                since = iso_time(query[by], by).isoformat()
+            except PayloadError:
+                return self._error(400, "InvalidInput", f"{by} is not an ISO 8601 date with a UTC offset.")
+        key = "purchased" if by == "CreatedAfter" else "updated"
+        start = datetime.fromisoformat(since)  # written above or by _write_token: known to parse
+        matching = sorted(
+            (_epoch_ms(entry[key]), amazon_order_id(order_id), order_id)
+            for order_id, entry in self.order_book.items()
+            if entry[key] >= start
+        )
+        remaining = [m for m in matching if after is None or (m[0], m[1]) > after]
+        page = remaining[:size]
+        payload: dict[str, Any] = {
+            "Orders": [self._api_order(order_id) for _, _, order_id in page],
+            "LastUpdatedBefore" if by == "LastUpdatedAfter" else "CreatedBefore": _iso(datetime.now(UTC)),
+        }
+        if len(remaining) > size:
+            payload["NextToken"] = _write_token(
+                {"by": by, "since": since, "size": size, "after": [page[-1][0], page[-1][1]]}
+            )
+        return web.json_response({"payload": payload})
+
+    def _api_order(self, order_id: int) -> dict[str, Any]:
+        entry, items = self.order_book[order_id], self.orders[order_id]
+        units = sum(int(item["Quantity"]) for item in items)
+        return {
+            "AmazonOrderId": amazon_order_id(order_id),
+            "PurchaseDate": _iso(entry["purchased"]),
+            "LastUpdateDate": _iso(entry["updated"]),
+            "OrderStatus": entry["status"],
+            "FulfillmentChannel": "MFN",
+            "SalesChannel": "Amazon.com",
+            "ShipServiceLevel": "Std US D2D Dom",
+            "NumberOfItemsShipped": 0,
+            "NumberOfItemsUnshipped": units if entry["status"] in ("Pending", "Unshipped") else 0,
+            "PaymentMethod": "Other",
+            "MarketplaceId": self.marketplace_id,
+            "OrderType": "StandardOrder",
+            "IsBusinessOrder": False,
+            "IsPrime": False,
+            "IsPremiumOrder": False,
+            "IsReplacementOrder": False,
+        }
+
+    async def _get_order_items(self, request: web.Request) -> web.Response:
+        """getOrderItems: every item of one order (all on one page here)."""
+        refused = self._admit(request, self.order_items_budget)
+        if refused is not None:
+            return refused
+        wanted = request.match_info["order_id"]
+        found = [n for n in self.order_book if amazon_order_id(n) == wanted]
+        if not found:
+            return self._error(404, "InvalidInput", f"Order {wanted} was not found.")
+        items = [
+            {
+                "ASIN": f"B0{item['OrderItemId'][-8:]}",
+                "SellerSKU": item["SellerSKU"],
+                "OrderItemId": item["OrderItemId"],
+                "Title": item["SellerSKU"],
+                "QuantityOrdered": item["Quantity"],
+                "QuantityShipped": item["QuantityShipped"],
+                "IsGift": "false",
+                "IsTransparency": False,
+            }
+            for item in self.orders[found[0]]
+        ]
+        return web.json_response({"payload": {"AmazonOrderId": wanted, "OrderItems": items}})
 
     async def _patch(self, request: web.Request) -> web.Response:
         refused = self._gate(request, self.patch_budget)
@@ -383,6 +546,7 @@ class AmazonSimulator:
                 }
             )
         self.orders[order_id] = items
+        self.order_book[order_id] = {"status": status, "purchased": created_at, "updated": created_at}
         return self._notify(connection, order_id, status, items, created_at, created_at, sent_at)
 
     def cancel_order(
@@ -403,6 +567,8 @@ class AmazonSimulator:
             if seller_sku in self.available:
                 self.available[seller_sku] += int(item["Quantity"])
         purchased = purchased_at or cancelled_at
+        if order_id in self.order_book:
+            self.order_book[order_id].update(status="Canceled", updated=cancelled_at)
         return self._notify(connection, order_id, "Canceled", items, purchased, cancelled_at, sent_at)
 
     def _notify(

@@ -265,25 +265,50 @@ def normalise(
     """Canonical events for one verified SNS body; raises PayloadError if it cannot be understood."""
     change, event_time = _order_change(connection, body)
     order_id = change.get("AmazonOrderId")
-    if not isinstance(order_id, str) or not order_id:
-        raise PayloadError(f"AmazonOrderId {order_id!r} is missing or not a string")
     summary = change.get("Summary")
     if not isinstance(summary, dict):
-        raise PayloadError(f"order {order_id}: Summary is missing or not an object")
-    status = summary.get("OrderStatus")
+        raise PayloadError(f"order {order_id!r}: Summary is missing or not an object")
+    trigger = change.get("OrderChangeTrigger")
+    changed_at = trigger.get("TimeOfOrderChange") if isinstance(trigger, dict) else None
+    return order_events(
+        connection,
+        order_id=order_id,
+        status=summary.get("OrderStatus"),
+        fulfillment_type=summary.get("FulfillmentType"),
+        purchased_at=summary.get("PurchaseDate"),
+        changed_at=changed_at or event_time,
+        items=summary.get("OrderItems"),
+        received_at=received_at,
+    )
+
+
+def order_events(
+    connection: Connection,
+    *,
+    order_id: Any,
+    status: Any,
+    fulfillment_type: Any,
+    purchased_at: Any,
+    changed_at: Any,
+    items: Any,
+    received_at: datetime,
+) -> list[OrderPlaced | OrderCancelled]:
+    """The one place an Amazon order becomes events, from an ORDER_CHANGE summary or from the Orders API
+    (``getOrders`` + ``getOrderItems``): `items` as ``[{OrderItemId, SellerSKU, Quantity}]``, times as
+    ISO-8601 strings. Pending/Unshipped give a sale per item dated `purchased_at` (else `changed_at`),
+    Canceled a cancellation per item dated `changed_at`; see the module docstring for the rest."""
+    if not isinstance(order_id, str) or not order_id:
+        raise PayloadError(f"AmazonOrderId {order_id!r} is missing or not a string")
     if not isinstance(status, str) or status not in (
         PLACED_STATUSES | CANCELLED_STATUSES | NO_STOCK_CHANGE_STATUSES
     ):
         raise PayloadError(f"order {order_id}: OrderStatus {status!r} is not a known Amazon order status")
-    if status in NO_STOCK_CHANGE_STATUSES or summary.get("FulfillmentType") == "AFN":
+    if status in NO_STOCK_CHANGE_STATUSES or fulfillment_type == "AFN":
         return []
-    trigger = change.get("OrderChangeTrigger")
-    changed_at = trigger.get("TimeOfOrderChange") if isinstance(trigger, dict) else None
     cancelled = status in CANCELLED_STATUSES
-    # A sale happened at purchase; a cancellation when the order changed. Fall back to the event time.
-    when = changed_at if cancelled else (summary.get("PurchaseDate") or changed_at)
-    occurred_at = iso_time(when or event_time, "order time")
-    items = summary.get("OrderItems")
+    # A sale happened at purchase; a cancellation when the order changed.
+    when = changed_at if cancelled else (purchased_at or changed_at)
+    occurred_at = iso_time(when, "order time")
     if not isinstance(items, list) or not items:
         raise PayloadError(f"order {order_id}: OrderItems is missing or empty")
     events: list[OrderPlaced | OrderCancelled] = []

@@ -4,6 +4,9 @@ It checks ``X-Auth-Token`` and the store hash, keeps per-variant ``inventory_lev
 location, answers more than MAX_BATCH variants with 413 and partly failed batches with 207, enforces a token
 bucket (429 with ``Retry-After`` and BigCommerce's ``X-Rate-Limit-*`` headers), records every variant write,
 and can be told to fail. Webhooks carry the subscription's custom secret header, as BigCommerce sends them.
+Every order is kept and listed by v2 ``GET /orders`` (``min_date_modified``/``max_date_modified`` in RFC 2822
+or ISO 8601, inclusive; ``sort`` ``id``/``date_created``/``date_modified`` with ``:asc``/``:desc``; ``page``,
+``limit`` up to 250; 204 for an empty page), whether or not its webhook was delivered.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ import math
 import secrets
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
+from email.utils import format_datetime, parsedate_to_datetime
 from typing import Any
 
 from aiohttp import web
@@ -49,6 +53,8 @@ class BigCommerceSimulator:
     product_of: dict[str, str] = field(default_factory=dict)  # variant id -> product id
     variant_skus: dict[str, str] = field(default_factory=dict)  # variant id -> its SKU code
     orders: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # order id -> product lines
+    order_book: dict[str, dict[str, Any]] = field(default_factory=dict)  # order id -> v2 order (no lines)
+    order_list_calls: int = 0  # order-list pages answered
     calls: list[VariantWrite] = field(default_factory=list)
     writes: int = 0  # batch requests that reached the handler
     failures: list[int] = field(default_factory=list)
@@ -69,6 +75,7 @@ class BigCommerceSimulator:
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/stores/{store_hash}/v2/orders/{order_id}/products", self._order_products)
+        app.router.add_get("/stores/{store_hash}/v2/orders", self._list_orders)
         app.router.add_put("/stores/{store_hash}/v3/catalog/variants", self._update_variants)
         app.router.add_get("/stores/{store_hash}/v3/catalog/products/{product_id}/variants", self._variants)
         return app
@@ -125,6 +132,37 @@ class BigCommerceSimulator:
         page, limit = int(request.query.get("page", "1")), int(request.query.get("limit", "50"))
         lines = self.orders[order_id][(page - 1) * limit : page * limit]
         return web.json_response(lines) if lines else web.Response(status=204)
+
+    async def _list_orders(self, request: web.Request) -> web.Response:
+        """v2 ``GET /orders``: filtered on date_modified (inclusive), sorted, page/limit; 204 if empty."""
+        if refused := self._guard(request):
+            return refused
+        query = request.query
+        page_text, limit_text = query.get("page", "1"), query.get("limit", "50")
+        if not (page_text.isdigit() and limit_text.isdigit()) or int(page_text) < 1:
+            return _v2_error(400, "The field 'page' or 'limit' is invalid.")
+        page, limit = int(page_text), int(limit_text)
+        if not 1 <= limit <= 250:
+            return _v2_error(400, "The field 'limit' must be from 1 to 250.")
+        field_name, _, direction = query.get("sort", "id:asc").partition(":")
+        if field_name not in ("id", "date_created", "date_modified") or direction not in ("", "asc", "desc"):
+            return _v2_error(400, f"The field 'sort' {query.get('sort')!r} is invalid.")
+        bounds: dict[str, datetime] = {}
+        for param in ("min_date_modified", "max_date_modified"):
+            if param in query:
+                if (bound := _v2_time(query[param])) is None:
+                    return _v2_error(400, f"The field '{param}' is not a valid RFC 2822 or ISO 8601 date.")
+                bounds[param] = bound
+        lowest = bounds.get("min_date_modified", datetime.min.replace(tzinfo=UTC))
+        highest = bounds.get("max_date_modified", datetime.max.replace(tzinfo=UTC))
+        rows = [o for o in self.order_book.values() if lowest <= _modified(o) <= highest]
+        if field_name == "id":
+            rows.sort(key=lambda o: int(o["id"]), reverse=direction == "desc")
+        else:
+            rows.sort(key=lambda o: (_modified(o, field_name), o["id"]), reverse=direction == "desc")
+        chunk = rows[(page - 1) * limit : page * limit]
+        self.order_list_calls += 1
+        return web.json_response(chunk) if chunk else web.Response(status=204)
 
     async def _update_variants(self, request: web.Request) -> web.Response:
         if refused := self._guard(request):
@@ -229,6 +267,20 @@ class BigCommerceSimulator:
                 }
             )
         self.orders[str(order_id)] = products
+        stamp = format_datetime(created_at.astimezone(UTC))
+        resource = f"/orders/{order_id}/products"
+        self.order_book[str(order_id)] = {
+            "id": order_id,
+            "status_id": 11,
+            "status": "Awaiting Fulfillment",
+            "date_created": stamp,
+            "date_modified": stamp,
+            "items_total": sum(qty for _, qty in lines),
+            "products": {
+                "url": f"{connection.api_base_url}/stores/{self.store_hash}/v2{resource}",
+                "resource": resource,
+            },
+        }
         return order_webhook(connection, webhooks.CREATED, order_id, created_at)
 
     def cancel_order(
@@ -239,6 +291,9 @@ class BigCommerceSimulator:
             variant = str(line["variant_id"])
             if variant in self.available:
                 self.available[variant] += int(line["quantity"])
+        self.order_book[str(order_id)].update(
+            status_id=5, status="Cancelled", date_modified=format_datetime(cancelled_at.astimezone(UTC))
+        )
         return order_webhook(
             connection,
             webhooks.STATUS_UPDATED,
@@ -246,6 +301,26 @@ class BigCommerceSimulator:
             cancelled_at,
             status={"previous_status_id": 11, "new_status_id": 5},
         )
+
+
+def _v2_error(status: int, message: str) -> web.Response:
+    return web.json_response([{"status": status, "message": message}], status=status)
+
+
+def _modified(order: dict[str, Any], name: str = "date_modified") -> datetime:
+    return _v2_time(order[name]) or datetime.min.replace(tzinfo=UTC)
+
+
+def _v2_time(text: str) -> datetime | None:
+    """A v2 date (RFC 2822 as BigCommerce writes them, or ISO 8601) as an aware time; None if neither."""
+    try:
+        parsed = parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError:
+            return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 def order_webhook(

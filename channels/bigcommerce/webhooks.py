@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -107,6 +107,27 @@ def normalise(
         raise PayloadError(
             f"thin webhook for order {order_id}: run channels.bigcommerce.webhooks.expand first"
         )
+    return line_events(
+        connection,
+        order_id,
+        lines,
+        cancelled=effect == "cancelled",
+        occurred_at=occurred_at,
+        received_at=received_at,
+    )
+
+
+def line_events(
+    connection: Connection,
+    order_id: str,
+    lines: Any,
+    *,
+    cancelled: bool,
+    occurred_at: datetime,
+    received_at: datetime,
+) -> list[OrderPlaced | OrderCancelled]:
+    """One OrderPlaced (or, if `cancelled`, OrderCancelled) per v2 order product line of order `order_id`:
+    the webhooks and the order-list backfill both come through here, so their event ids are the same."""
     if not isinstance(lines, list) or not lines:
         raise PayloadError(f"order {order_id} has no product lines")
     events: list[OrderPlaced | OrderCancelled] = []
@@ -132,7 +153,7 @@ def normalise(
                 quantity=quantity,
                 occurred_at=occurred_at,
                 received_at=received_at,
-                cancelled=effect == "cancelled",
+                cancelled=cancelled,
                 where=f"order {order_id} line {line_id}",
             )
         )
@@ -154,9 +175,24 @@ async def expand(
         return body
     if effect is None or "products" in hook:
         return body
+    lines = await fetch_products(session, connection, order_id)
+    return json.dumps({**hook, "products": lines}).encode()
+
+
+async def fetch_products(
+    session: aiohttp.ClientSession,
+    connection: Connection,
+    order_id: str,
+    *,
+    before_call: Callable[[], Awaitable[object]] | None = None,
+) -> list[Any]:
+    """Every v2 product line of order `order_id`, PAGE_SIZE a call; `before_call` is awaited before each
+    call (the backfill charges its budget there). Raises ChannelError if BigCommerce fails."""
     lines: list[Any] = []
     page = 1
     while True:
+        if before_call is not None:
+            await before_call()
         _, reply = await api.call(
             session,
             connection,
@@ -177,4 +213,4 @@ async def expand(
         if len(reply) < PAGE_SIZE:
             break
         page += 1
-    return json.dumps({**hook, "products": lines}).encode()
+    return lines

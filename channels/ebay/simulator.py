@@ -7,13 +7,17 @@ the 251st like eBay does, enforces a token-bucket budget (HTTP 429 + Retry-After
 be told to fail the next calls. The module plays eBay's key service: ``sample_connection`` issues an EC P-256
 key pair per connection (its public PEM becomes ``webhook_secret``) and ``place_order`` signs with the private
 half. The revision-limit error's id and wording are invented (eBay does not publish them); the calendar day is
-UTC here (eBay's API day starts at midnight Pacific).
+UTC here (eBay's API day starts at midnight Pacific). Every order is kept and listed by the Fulfillment API's
+getOrders (``GET /sell/fulfillment/v1/order``: ``filter=lastmodifieddate:[from..to]`` or ``creationdate:``,
+inclusive, either end optional; ``limit`` 1-200, default 50; ``offset``; newest created first, as eBay sorts;
+``total``/``next``), whether or not its notification was delivered.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import secrets
 import time
 import uuid
@@ -36,8 +40,10 @@ from channels.ebay import (
     RATE_LIMIT_PER_S,
     webhooks,
 )
+from channels.ebay.orders import FULFILLMENT_API_PATH
 from channels.ratelimit import TokenBucket
 
+_FILTER = re.compile(r"^(lastmodifieddate|creationdate):\[(.*?)\.\.(.*?)\]$")
 # kid -> private key, and public PEM -> kid: the keys this process's simulated eBay signs with.
 _PRIVATE_KEYS: dict[str, ec.EllipticCurvePrivateKey] = {}
 _KID_BY_PEM: dict[str, str] = {}
@@ -106,6 +112,8 @@ class EbaySimulator:
     revision_limit: int = MAX_REVISIONS_PER_DAY
     today: Callable[[], date] = _utc_today
     bucket: TokenBucket = field(default_factory=lambda: TokenBucket(RATE_LIMIT_PER_S, RATE_BURST))
+    orders: dict[str, dict[str, Any]] = field(default_factory=dict)  # orderId -> Fulfillment API Order
+    order_list_calls: int = 0  # getOrders pages answered 200
 
     @classmethod
     def for_connection(
@@ -128,6 +136,7 @@ class EbaySimulator:
         app.router.add_post(f"{INVENTORY_API_PATH}/bulk_update_price_quantity", self._bulk_update)
         app.router.add_get(f"{INVENTORY_API_PATH}/inventory_item/{{sku}}", self._get_inventory_item)
         app.router.add_get(f"{NOTIFICATION_API_PATH}/public_key/{{kid}}", self._get_public_key)
+        app.router.add_get(f"{FULFILLMENT_API_PATH}/order", self._get_orders)
         return app
 
     def fail_next(self, status: int, times: int = 1) -> None:
@@ -270,10 +279,47 @@ class EbaySimulator:
         pem = "".join(webhooks.public_key_pem(key).splitlines())
         return web.json_response({"algorithm": "ECDSA", "digest": "SHA1", "key": pem})
 
+    async def _get_orders(self, request: web.Request) -> web.Response:
+        """getOrders: one date-range filter, newest created first, offset pages with ``next``."""
+        refused = self._guard(request)
+        if refused is not None:
+            return refused
+        query = request.query
+        limit_text, offset_text = query.get("limit", "50"), query.get("offset", "0")
+        if not (limit_text.isdigit() and offset_text.isdigit()) or not 1 <= int(limit_text) <= 200:
+            return self._refuse(400, 30830, "The 'limit' must be 1 to 200 and 'offset' 0 or more.")
+        limit, offset = int(limit_text), int(offset_text)
+        rows = list(self.orders.values())
+        for term in filter(None, query.get("filter", "").split(",")):
+            match = _FILTER.match(term.strip())
+            refusal = self._refuse(400, 30800, f"Invalid filter {term!r}: use lastmodifieddate:[from..to].")
+            if match is None:
+                return refusal
+            try:
+                lowest = _range_end(match.group(2), datetime.min.replace(tzinfo=UTC))
+                highest = _range_end(match.group(3), datetime.max.replace(tzinfo=UTC))
+            except ValueError:
+                return refusal
+            name = "lastModifiedDate" if match.group(1) == "lastmodifieddate" else "creationDate"
+            rows = [o for o in rows if lowest <= datetime.fromisoformat(o[name]) <= highest]
+        rows.sort(key=lambda o: (o["creationDate"], o["orderId"]), reverse=True)
+        self.order_list_calls += 1
+        body: dict[str, Any] = {
+            "href": str(request.url),
+            "total": len(rows),
+            "limit": limit,
+            "offset": offset,
+            "orders": rows[offset : offset + limit],
+        }
+        if offset + limit < len(rows):
+            body["next"] = str(request.url.update_query(offset=str(offset + limit)))
+        return web.json_response(body)
+
     def place_order(
         self, connection: Connection, order_id: int, lines: list[tuple[str, int]], created_at: datetime
     ) -> tuple[bytes, dict[str, str]]:
-        """A buyer checks out on eBay: eBay decrements its counts and signs an ORDER_CONFIRMATION."""
+        """A buyer checks out on eBay: eBay decrements its counts, keeps the order (getOrders lists it from
+        now on) and signs an ORDER_CONFIRMATION."""
         items = []
         for n, (sku, qty) in enumerate(lines, start=1):
             listing = connection.listings[sku]
@@ -287,7 +333,33 @@ class EbaySimulator:
                     "quantity": qty,
                 }
             )
+        stamp = _ebay_stamp(created_at)
+        self.orders[order_number(order_id)] = {
+            "orderId": order_number(order_id),
+            "legacyOrderId": f"{order_id}-0",
+            "creationDate": stamp,
+            "lastModifiedDate": stamp,
+            "orderFulfillmentStatus": "NOT_STARTED",
+            "orderPaymentStatus": "PAID",
+            "cancelStatus": {"cancelState": "NONE_REQUESTED", "cancelRequests": []},
+            "lineItems": [{**item, "title": item["sku"]} for item in items],
+        }
         return order_notification(connection, order_number(order_id), items, created_at)
+
+
+def _ebay_stamp(at: datetime) -> str:
+    """eBay's timestamp format: UTC with milliseconds and ``Z``."""
+    return at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _range_end(text: str, open_end: datetime) -> datetime:
+    """One end of an eBay date-range filter (`open_end` if empty); ValueError if it is not a UTC time."""
+    if not text:
+        return open_end
+    parsed = datetime.fromisoformat(text)
+    if parsed.tzinfo is None:
+        raise ValueError(f"{text!r} has no UTC offset")
+    return parsed
 
 
 def order_number(order_id: int) -> str:

@@ -144,7 +144,18 @@ def normalise(
         raise PayloadError(f"notification topic {topic!r} is not handled (only {ORDER_TOPIC})")
     notification = require_object(envelope.get("notification"), "'notification'")
     occurred_at = iso_time(notification.get("eventDate"), "notification.eventDate")
-    data = require_object(notification.get("data"), "'notification.data'")
+    return order_events(
+        connection, notification.get("data"), occurred_at=occurred_at, received_at=received_at
+    )
+
+
+def order_events(
+    connection: Connection, order: Any, *, occurred_at: datetime, received_at: datetime
+) -> list[OrderPlaced | OrderCancelled]:
+    """One OrderPlaced per line of an order (``orderId``, ``lineItems`` with ``lineItemId``, ``legacyItemId``,
+    ``sku``, ``quantity``: a notification's ``data`` or a Fulfillment API Order): the webhooks and the
+    order-list backfill both come through here, so their event ids are the same."""
+    data = require_object(order, "'notification.data'")
     order_id = _id(data.get("orderId"), "orderId")
     lines = data.get("lineItems")
     if not isinstance(lines, list):

@@ -6,7 +6,10 @@ products into listings, and behaves like Etsy where integrations trip: a PUT rep
 inventory (omitted products disappear), refuses read-only fields and Money-object prices, caps quantities at
 999, and gives every product and offering new ids. It checks ``x-api-key`` and the bearer token, enforces a
 token-bucket budget (HTTP 429 + ``retry-after``), records every write and can be told to fail the next calls.
-Error bodies are Etsy's ``{"error": "<message>"}``; the exact messages are ours.
+Error bodies are Etsy's ``{"error": "<message>"}``; the exact messages are ours. Every receipt is kept and
+listed by getShopReceipts (``GET /shops/{shop_id}/receipts``: ``min_last_modified``/``max_last_modified``,
+``min_created``/``max_created`` in unix seconds, inclusive; ``sort_on`` created|updated|receipt_id,
+``sort_order``, ``limit`` 1-100 (default 25), ``offset``; ``{"count", "results"}``), delivered webhook or not.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ class EtsySimulator:
     failures: list[int] = field(default_factory=list)
     rate_limited: int = 0
     bucket: TokenBucket = field(default_factory=lambda: TokenBucket(RATE_LIMIT_PER_S, RATE_BURST))
+    receipt_list_calls: int = 0  # getShopReceipts pages answered 200
     product_ids: dict[str, tuple[int, int, int]] = field(default_factory=dict, init=False)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(7_000_000_001), init=False)
 
@@ -99,6 +103,7 @@ class EtsySimulator:
         app.router.add_get(inventory, self._get_inventory)
         app.router.add_put(inventory, self._put_inventory)
         app.router.add_get(f"{API_PATH}/shops/{{shop_id}}/receipts/{{receipt_id}}", self._get_receipt)
+        app.router.add_get(f"{API_PATH}/shops/{{shop_id}}/receipts", self._list_receipts)
         return app
 
     def fail_next(self, status: int, times: int = 1) -> None:
@@ -220,6 +225,48 @@ class EtsySimulator:
         if shop_id != self.shop_id or receipt is None:
             return self._refuse(404, f"Receipt {receipt_id} of shop {shop_id} does not exist.")
         return web.json_response(receipt)
+
+    async def _list_receipts(self, request: web.Request) -> web.Response:
+        """getShopReceipts: time filters on the receipt's timestamps, sorted, offset-paged."""
+        refused = self._guard(request)
+        if refused is not None:
+            return refused
+        if request.match_info["shop_id"] != self.shop_id:
+            return self._refuse(404, f"Shop {request.match_info['shop_id']} does not exist.")
+        query = request.query
+        numbers: dict[str, int] = {}
+        for name in (
+            "limit",
+            "offset",
+            "min_last_modified",
+            "max_last_modified",
+            "min_created",
+            "max_created",
+        ):
+            if name in query:
+                if not query[name].isascii() or not query[name].isdigit():
+                    return self._refuse(400, f"Invalid input parameter: {name} must be a whole number")
+                numbers[name] = int(query[name])
+        limit, offset = numbers.get("limit", 25), numbers.get("offset", 0)
+        if not 1 <= limit <= 100:
+            return self._refuse(400, "Invalid input parameter: limit must be between 1 and 100")
+        sort_on, sort_order = query.get("sort_on", "created"), query.get("sort_order", "desc")
+        stamp = {"created": "create_timestamp", "updated": "update_timestamp", "receipt_id": "receipt_id"}
+        if sort_on not in stamp or sort_order not in ("asc", "desc", "ascending", "descending"):
+            return self._refuse(400, "Invalid input parameter: sort_on or sort_order")
+        rows = list(self.receipts.values())
+        for name, key, lowest in (
+            ("min_last_modified", "update_timestamp", True),
+            ("max_last_modified", "update_timestamp", False),
+            ("min_created", "create_timestamp", True),
+            ("max_created", "create_timestamp", False),
+        ):
+            if name in numbers:
+                bound = numbers[name]
+                rows = [r for r in rows if (r[key] >= bound if lowest else r[key] <= bound)]
+        rows.sort(key=lambda r: (r[stamp[sort_on]], r["receipt_id"]), reverse=sort_order.startswith("desc"))
+        self.receipt_list_calls += 1
+        return web.json_response({"count": len(rows), "results": rows[offset : offset + limit]})
 
     def _etsy_sku(self, connection: Connection, sku: str) -> str:
         return connection.listings[sku].inventory_ref or sku

@@ -205,9 +205,18 @@ def normalise(
     _check_shop(connection, payload.get("shop_id"))
     if "receipt" not in payload:
         raise PayloadError("the webhook carries no receipt: expand it first (channels.etsy.webhooks.expand)")
-    receipt = require_object(payload["receipt"], "'receipt'")
+    return receipt_events(
+        connection, payload["receipt"], cancel=event_type in CANCELED, received_at=received_at
+    )
+
+
+def receipt_events(
+    connection: Connection, receipt: Any, *, cancel: bool, received_at: datetime
+) -> list[OrderPlaced | OrderCancelled]:
+    """One OrderPlaced (or, if `cancel`, OrderCancelled) per transaction of a ShopReceipt: the webhooks and
+    the order-list backfill both come through here, so their event ids are the same."""
+    receipt = require_object(receipt, "'receipt'")
     receipt_id = _id(receipt.get("receipt_id"), "receipt_id")
-    cancel = event_type in CANCELED
     stamp = "update_timestamp" if cancel else "create_timestamp"
     occurred_at = _epoch(receipt.get(stamp), f"receipt {receipt_id} {stamp}")
     transactions = receipt.get("transactions")

@@ -1,18 +1,26 @@
-"""A Shopify simulator: the Admin GraphQL inventory endpoint and signed ``orders/create`` webhooks.
+"""A Shopify simulator: the Admin GraphQL inventory endpoint and order list, and signed ``orders/create``
+webhooks.
 
 It keeps per-inventory-item ``available`` counts, applies ``inventorySetQuantities`` with Shopify's
 compare-and-set rule (``changeFromQuantity`` must equal the stored count unless null), records every call,
-and can be told to fail the next calls with a given HTTP status.
+and can be told to fail the next calls with a given HTTP status. Every placed order goes into an order book
+served by the GraphQL ``orders`` connection (``first`` up to 250, ``after`` cursor, ``sortKey: UPDATED_AT``,
+search ``query`` on ``updated_at``), whether or not its webhook was ever delivered. It is no GraphQL engine:
+queries are recognised by their root field, and an order node always carries every field the client reads.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
+import operator
+import re
 import secrets
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -23,6 +31,50 @@ from channels.ratelimit import TokenBucket
 from channels.shopify import RATE_BURST, RATE_LIMIT_PER_S, webhooks
 
 DEFAULT_LOCATION = "gid://shopify/Location/1"
+MAX_PAGE = 250  # Shopify's largest `first` on a connection
+_COMPARE = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
+_FILTER = re.compile(r"^updated_at:(>=|>|<=|<)'?([^'\s]+)'?$")
+
+
+@dataclass
+class BookedOrder:
+    """An order as the store holds it, whether or not its webhook was delivered."""
+
+    id: int
+    created_at: datetime
+    updated_at: datetime
+    line_items: list[dict[str, Any]]
+    cancelled_at: datetime | None = None
+
+    def node(self) -> dict[str, Any]:
+        """The order as the GraphQL Admin API returns it (``Order`` with its ``lineItems``)."""
+        return {
+            "id": f"gid://shopify/Order/{self.id}",
+            "legacyResourceId": str(self.id),
+            "name": f"#{self.id}",
+            "createdAt": _gql_time(self.created_at),
+            "updatedAt": _gql_time(self.updated_at),
+            "cancelledAt": _gql_time(self.cancelled_at) if self.cancelled_at else None,
+            "lineItems": {
+                "nodes": [
+                    {
+                        "id": f"gid://shopify/LineItem/{line['id']}",
+                        "sku": line.get("sku"),
+                        "quantity": line["quantity"],
+                        "variant": {
+                            "id": f"gid://shopify/ProductVariant/{line['variant_id']}",
+                            "legacyResourceId": str(line["variant_id"]),
+                        },
+                    }
+                    for line in self.line_items
+                ],
+                "pageInfo": {"hasNextPage": False, "endCursor": None},
+            },
+        }
+
+
+def _gql_time(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)
@@ -49,6 +101,8 @@ class ShopifySimulator:
     bucket: TokenBucket = field(default_factory=lambda: TokenBucket(RATE_LIMIT_PER_S, RATE_BURST))
     failing_until: float = 0.0
     failing_status: int = 503
+    orders: dict[int, BookedOrder] = field(default_factory=dict)
+    order_list_calls: int = 0  # order-list queries answered 200
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -86,11 +140,13 @@ class ShopifySimulator:
         except json.JSONDecodeError:
             return self._error(400, "body is not JSON")
         query = str(payload.get("query", ""))
+        if re.search(r"\borders\s*\(", query):
+            return self._orders(payload.get("variables") or {})
         if "inventoryLevel" in query and "nodes" in query:
             return self._read(payload.get("variables") or {})
         if "inventorySetQuantities" not in query:
             return self._error(
-                400, "this simulator serves inventorySetQuantities and inventory level reads only"
+                400, "this simulator serves inventorySetQuantities, inventory level reads and orders only"
             )
         spec = (payload.get("variables") or {}).get("input") or {}
         user_errors: list[dict[str, Any]] = []
@@ -159,10 +215,52 @@ class ShopifySimulator:
             nodes.append({"id": item, "inventoryLevel": {"quantities": quantities}})
         return web.json_response({"data": {"nodes": nodes}})
 
+    def _orders(self, variables: dict[str, Any]) -> web.Response:
+        """The ``orders`` connection: oldest (updatedAt, id) first, filtered on updated_at, cursor-paged."""
+        first, after, search = variables.get("first"), variables.get("after"), variables.get("query")
+        if not isinstance(first, int) or isinstance(first, bool) or not 1 <= first <= MAX_PAGE:
+            return _gql_errors(f"orders: 'first' must be a whole number from 1 to {MAX_PAGE}, got {first!r}")
+        book = sorted(self.orders.values(), key=lambda o: (o.updated_at, o.id))
+        if search:
+            match = _FILTER.match(str(search).strip())
+            try:
+                bound = datetime.fromisoformat(match.group(2)) if match else None
+            except ValueError:
+                bound = None
+            if match is None or bound is None or bound.tzinfo is None:
+                return _gql_errors(
+                    "orders: this simulator understands only the search query "
+                    f"\"updated_at:>='<ISO time with offset>'\" (or >, <=, <), got {search!r}"
+                )
+            compare = _COMPARE[match.group(1)]
+            book = [o for o in book if compare(o.updated_at, bound)]
+        if after is not None:
+            try:
+                at_text, last_id = json.loads(base64.urlsafe_b64decode(str(after).encode()))
+                last = (datetime.fromisoformat(at_text), int(last_id))
+            except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
+                return _gql_errors(f"orders: invalid cursor {after!r}; pass a pageInfo.endCursor unchanged")
+            book = [o for o in book if (o.updated_at, o.id) > last]
+        page = book[:first]
+        end = (
+            base64.urlsafe_b64encode(
+                json.dumps([page[-1].updated_at.isoformat(), page[-1].id]).encode()
+            ).decode()
+            if page
+            else None
+        )
+        self.order_list_calls += 1
+        connection = {
+            "nodes": [o.node() for o in page],
+            "pageInfo": {"hasNextPage": len(book) > first, "endCursor": end},
+        }
+        return web.json_response({"data": {"orders": connection}})
+
     def place_order(
         self, connection: Connection, order_id: int, lines: list[tuple[str, int]], created_at: datetime
     ) -> tuple[bytes, dict[str, str]]:
-        """A buyer orders on the storefront: Shopify decrements its own count and signs the webhook."""
+        """A buyer orders on the storefront: Shopify decrements its own count, books the order (the order
+        list returns it from now on) and signs the webhook (which the caller may or may not deliver)."""
         items = []
         for n, (sku, qty) in enumerate(lines, start=1):
             listing = connection.listings[sku]
@@ -177,7 +275,13 @@ class ShopifySimulator:
                     "title": sku,
                 }
             )
+        self.orders[order_id] = BookedOrder(order_id, created_at, created_at, items)
         return order_webhook(connection, order_id, items, created_at)
+
+
+def _gql_errors(message: str) -> web.Response:
+    """A GraphQL-level refusal: Shopify answers 200 with an ``errors`` list."""
+    return web.json_response({"errors": [{"message": message}]})
 
 
 def order_webhook(

@@ -2,7 +2,8 @@
 
 Signature: ``X-Shopify-Hmac-SHA256`` is base64(HMAC-SHA256(app secret, raw body)), compared in constant
 time. Event ids are ``<connection>:order:<order id>:line:<line item id>``: stable across Shopify's retries
-(up to 8 over 4 h) and equal to what the reconciler derives from the order-list API.
+(up to 8 over 4 h) and equal to what the reconciler derives from the order-list API (``order_events`` serves
+both).
 """
 
 from __future__ import annotations
@@ -52,7 +53,15 @@ def normalise(
     topic = headers.get(TOPIC_HEADER, "")
     if topic != "orders/create":
         raise PayloadError(f"webhook topic {topic!r} is not handled yet (only orders/create)")
-    order = load_json(body)
+    return order_events(connection, load_json(body), received_at)
+
+
+def order_events(
+    connection: Connection, order: Any, received_at: datetime
+) -> list[OrderPlaced | OrderCancelled]:
+    """One OrderPlaced per line of a Shopify order in the REST/webhook shape (numeric ``id``, ``created_at``,
+    ``line_items`` with ``id``, ``variant_id``, ``sku``, ``quantity``): the webhook and the order-list
+    backfill both come through here, so their event ids are the same. PayloadError if it is unusable."""
     if not isinstance(order, dict) or "id" not in order or not isinstance(order.get("line_items"), list):
         raise PayloadError("body is not a Shopify order: it needs an 'id' and a 'line_items' list")
     occurred_at = _parse_time(order.get("created_at"), "created_at")

@@ -21,6 +21,7 @@ from channels.errors import ChannelError, error_for_status
 from channels.tiktok import API_VERSION, CHANNEL
 
 ORDER_DETAIL_PATH = f"/order/{API_VERSION}/orders"
+ORDER_SEARCH_PATH = f"/order/{API_VERSION}/orders/search"
 TOKEN_HEADER = "x-tts-access-token"  # noqa: S105 - a header name, not a secret
 UNSIGNED_PARAMS = frozenset({"sign", "access_token"})
 

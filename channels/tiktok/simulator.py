@@ -3,11 +3,17 @@
 It checks what TikTok checks (access token, app key, request ``sign``), keeps per-SKU-id counts at one
 warehouse, answers business errors the TikTok way (HTTP 200, non-zero ``code``), enforces a token bucket
 (429 with Retry-After), records every inventory write, and can be told to fail.
-Orders list one line item per unit, without ``quantity``, as 202309 order details do.
+Orders list one line item per unit, without ``quantity``, as 202309 order details do. Every order placed
+stays in the order book and is served by Get Order List (``POST /order/202309/orders/search``: ``page_size``,
+``page_token``, ``sort_field``/``sort_order`` in the query, ``create_time_ge``/``update_time_ge`` in the
+body; ``data.next_page_token`` empty on the last page) whether or not its notification was delivered. The
+page token is opaque (here: where the page ended).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
 import secrets
@@ -22,6 +28,8 @@ from pydantic import SecretStr
 from channels.connection import Connection, Listing
 from channels.ratelimit import TokenBucket
 from channels.tiktok import API_VERSION, RATE_BURST, RATE_LIMIT_PER_S, api, webhooks
+
+MAX_ORDER_PAGE = 100  # Get Order List's largest page_size
 
 DEFAULT_WAREHOUSE = "7068517275539719942"
 
@@ -75,6 +83,7 @@ class TikTokSimulator:
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_get(api.ORDER_DETAIL_PATH, self._order_detail)
+        app.router.add_post(api.ORDER_SEARCH_PATH, self._order_search)
         app.router.add_get(f"/product/{API_VERSION}/products/{{product_id}}", self._get_product)
         app.router.add_post(
             f"/product/{API_VERSION}/products/{{product_id}}/inventory/update", self._update_inventory
@@ -125,6 +134,48 @@ class TikTokSimulator:
             return self._reply(36009001, "ids must list 1 to 50 order ids")
         orders = [self.orders[i] for i in ids if i in self.orders]
         return self._reply(0, "Success", {"orders": orders})
+
+    async def _order_search(self, request: web.Request) -> web.Response:
+        """Get Order List: orders whose ``create_time``/``update_time`` is at or after the body's ``*_ge``,
+        sorted by ``sort_field`` (create_time or update_time) ASC or DESC, ``page_size`` (1-100) a page."""
+        if refused := await self._guard(request):
+            return refused
+        query = request.query
+        size_text = query.get("page_size", "")
+        size = int(size_text) if size_text.isdigit() else 0
+        field_name = query.get("sort_field", "create_time")
+        descending = query.get("sort_order", "DESC") == "DESC"
+        if not 1 <= size <= MAX_ORDER_PAGE or field_name not in ("create_time", "update_time"):
+            return self._reply(36009001, "page_size must be 1-100; sort_field create_time or update_time")
+        try:
+            body = json.loads(await request.read() or b"{}")
+        except json.JSONDecodeError:
+            body = None
+        if not isinstance(body, dict):
+            return self._reply(36009001, "the body must be a JSON object")
+        bounds = {k: body.get(k) for k in ("create_time_ge", "update_time_ge") if k in body}
+        if any(isinstance(v, bool) or not isinstance(v, int) for v in bounds.values()):
+            return self._reply(36009001, "create_time_ge and update_time_ge are Unix seconds")
+        after = _read_page_token(query.get("page_token", ""))
+        if after is None and query.get("page_token"):
+            return self._reply(36009001, "page_token is invalid")
+        keyed = sorted(
+            (
+                (o[field_name], o["id"])
+                for o in self.orders.values()
+                if all(o[k.removesuffix("_ge")] >= v for k, v in bounds.items())
+            ),
+            reverse=descending,
+        )
+        if after is not None:
+            keyed = [k for k in keyed if (k < after if descending else k > after)]
+        page = keyed[:size]
+        token = _page_token(page[-1]) if len(keyed) > size else ""
+        total = sum(
+            1 for o in self.orders.values() if all(o[k.removesuffix("_ge")] >= v for k, v in bounds.items())
+        )
+        data = {"orders": [self.orders[i] for _, i in page], "next_page_token": token, "total_count": total}
+        return self._reply(0, "Success", data)
 
     async def _get_product(self, request: web.Request) -> web.Response:
         if refused := await self._guard(request):
@@ -246,6 +297,25 @@ class TikTokSimulator:
             if line["sku_id"] in self.available:
                 self.available[line["sku_id"]] += 1
         return status_notification(connection, str(order_id), webhooks.CANCELLED, cancelled_at)
+
+
+def _page_token(position: tuple[int, str]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(list(position)).encode()).decode()
+
+
+def _read_page_token(token: str) -> tuple[int, str] | None:
+    try:
+        value = json.loads(base64.urlsafe_b64decode(token.encode()))
+    except (binascii.Error, ValueError):
+        return None
+    if not (
+        isinstance(value, list)
+        and len(value) == 2
+        and isinstance(value[0], int)
+        and isinstance(value[1], str)
+    ):
+        return None
+    return value[0], value[1]
 
 
 def status_notification(

@@ -117,6 +117,18 @@ def normalise(
         raise PayloadError("'order' is not an object")
     if token_id(order.get("id"), "order.id") != order_id:
         raise PayloadError(f"attached order {order.get('id')!r} is not the notified order {order_id}")
+    return order_events(connection, order, received_at)
+
+
+def order_events(
+    connection: Connection, order: Any, received_at: datetime, *, as_placed: bool = False
+) -> list[OrderPlaced | OrderCancelled]:
+    """The one place a TikTok order (Get Order Detail / Get Order List shape) becomes events: OrderPlaced per
+    line, or OrderCancelled for lines of a CANCELLED order or with a CANCELLED ``display_status``; with
+    `as_placed` every line's OrderPlaced (the sale a cancellation undoes). PayloadError if unusable."""
+    if not isinstance(order, dict):
+        raise PayloadError("'order' is not an object")
+    order_id = token_id(order.get("id"), "order.id")
     status = order.get("status")
     if not isinstance(status, str) or not status:
         raise PayloadError(f"order {order_id}: status {status!r} is not an order status")
@@ -136,7 +148,7 @@ def normalise(
         sku = _master_sku(connection, line, line_id)
         # 202309 order details list one line per unit, without quantity
         quantity = positive_quantity(line.get("quantity", 1), f"line {line_id}")
-        cancelled = status == CANCELLED or line.get("display_status") == CANCELLED
+        cancelled = not as_placed and (status == CANCELLED or line.get("display_status") == CANCELLED)
         if cancelled:
             when = order.get("cancel_time") or order.get("update_time")
             occurred_at = epoch_seconds(when, "order.cancel_time")
@@ -157,6 +169,20 @@ def normalise(
             )
         )
     return events
+
+
+def listed_order_events(
+    connection: Connection, order: Any, received_at: datetime
+) -> list[OrderPlaced | OrderCancelled]:
+    """Events for an order of Get Order List: what its notification gives (``order_events``), each
+    cancellation preceded by the sale it undoes (same id as the earlier notification's: a duplicate if that
+    was applied; if it was lost, sale and cancellation cancel out instead of a late sale taking stock)."""
+    events = order_events(connection, order, received_at)
+    undone = {e.sale_event_id for e in events if isinstance(e, OrderCancelled)}
+    if not undone:
+        return events
+    sales = [e for e in order_events(connection, order, received_at, as_placed=True) if e.event_id in undone]
+    return [*sales, *events]
 
 
 async def expand(

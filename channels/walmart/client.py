@@ -49,9 +49,15 @@ def _errors(body: Any) -> list[str]:
 
 class WalmartInventoryClient:
     def __init__(
-        self, session: aiohttp.ClientSession, connection: Connection, *, feed_threshold: int = FEED_THRESHOLD
+        self,
+        session: aiohttp.ClientSession,
+        connection: Connection,
+        *,
+        feed_threshold: int = FEED_THRESHOLD,
+        budget: TokenBucket | None = None,
     ) -> None:
         self._session = session
+        self._budget = budget  # if given, charged before every HTTP call (token requests included)
         self._connection = connection
         self._base = connection.api_base_url.rstrip("/")
         self._feed_threshold = feed_threshold
@@ -96,6 +102,8 @@ class WalmartInventoryClient:
                 status=None,
                 retryable=False,
             )
+        if self._budget is not None:
+            await self._budget.acquire()
         async with self._session.post(
             f"{self._base}/v3/token",
             data={"grant_type": "client_credentials"},
@@ -139,6 +147,8 @@ class WalmartInventoryClient:
             if feed_file is not None:  # a FormData is consumed by one request: build it per attempt
                 data = aiohttp.FormData()
                 data.add_field("file", feed_file, filename="inventory.json", content_type="application/json")
+            if self._budget is not None:
+                await self._budget.acquire()
             async with self._session.request(
                 method,
                 f"{self._base}{path}",
@@ -162,6 +172,11 @@ class WalmartInventoryClient:
                     retryable=False,
                 ) from exc
         raise AssertionError("unreachable: the second attempt returns or raises")
+
+    async def orders_page(self, params: dict[str, str]) -> Any:
+        """One page of ``GET /v3/orders`` (the JSON answer) for `params`: the filters of the first page, or
+        the parsed ``meta.nextCursor`` of the page before; ChannelError on failure."""
+        return await self._call("GET", "/v3/orders", params=params)
 
     def seller_sku(self, sku: str) -> str:
         """The Walmart seller SKU of master `sku`; ChannelError(retryable=False) if it is not listed."""

@@ -4,8 +4,11 @@ It issues access tokens for one client id/secret (``POST /v3/token``) and checks
 ``WM_QOS.CORRELATION_ID`` and ``WM_SVC.NAME`` on every call; keeps a quantity per seller SKU (``available``);
 enforces a token-bucket budget on inventory calls and a separate one of 10 feeds an hour, answering 429 with
 Retry-After; processes feeds at once (the real ones take up to 30 minutes) and serves their item statuses;
-records every write; can be told to fail the next calls. Orders decrement stock; an auto-cancelled line does
-not put units back (Walmart does not say it does: the engine's next push sets the count anyway).
+records every write; can be told to fail the next calls. Every order placed is kept in the order book and
+served by the Orders API (``GET /v3/orders``, filtered by ``createdStartDate`` / ``lastModifiedStartDate``,
+``limit`` per page, a ``nextCursor`` query string for the next page) whether or not its event was delivered.
+Orders decrement stock; an auto-cancelled line does not put units back (Walmart does not say it does: the
+engine's next push sets the count anyway).
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
+from urllib.parse import urlencode
 
 from aiohttp import web
 from pydantic import SecretStr
@@ -30,6 +34,7 @@ from channels.ratelimit import TokenBucket
 from channels.walmart import FEEDS_PER_HOUR, RATE_BURST, RATE_LIMIT_PER_S, TOKEN_LIFETIME_S, webhooks
 
 DEFAULT_PARTNER_ID = "10001234567"
+MAX_ORDERS_PER_PAGE = 200
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,8 @@ class WalmartSimulator:
     rate_limited: int = 0
     feeds: dict[str, dict[str, Any]] = field(default_factory=dict)
     orders: dict[str, dict[str, Any]] = field(default_factory=dict)
+    order_created: dict[str, datetime] = field(default_factory=dict)  # purchase order -> orderDate
+    order_modified: dict[str, datetime] = field(default_factory=dict)  # purchase order -> last change
     tokens: dict[str, float] = field(default_factory=dict)  # access token -> expiry on `clock`
     rate_per_s: float = RATE_LIMIT_PER_S
     burst: float = RATE_BURST
@@ -85,6 +92,7 @@ class WalmartSimulator:
         app.router.add_get("/v3/inventory", self._get)
         app.router.add_post("/v3/feeds", self._feed)
         app.router.add_get("/v3/feeds/{feed_id}", self._feed_status)
+        app.router.add_get("/v3/orders", self._list_orders)
         return app
 
     def fail_next(self, status: int, times: int = 1) -> None:
@@ -251,6 +259,92 @@ class WalmartSimulator:
             feed = {k: v for k, v in feed.items() if k != "itemDetails"}
         return web.json_response(feed)
 
+    async def _list_orders(self, request: web.Request) -> web.Response:
+        """``GET /v3/orders``: purchase orders created/modified at or after the given dates, oldest change
+        first, ``limit`` (default 100, at most 200) a page; ``meta.nextCursor`` is the query string of the
+        next page (the filters plus where the page ended), null on the last page."""
+        if (refused := self._gate(request, self.bucket)) is not None:
+            return refused
+        query = request.query
+        limit_text = query.get("limit", "100")
+        limit = int(limit_text) if limit_text.isdigit() else 0
+        if not 1 <= limit <= MAX_ORDERS_PER_PAGE:
+            return self._error(
+                400, "INVALID_REQUEST_PARAM.GMP_ORDER_API", f"limit must be 1..{MAX_ORDERS_PER_PAGE}"
+            )
+        try:
+            created_from = _query_time(query.get("createdStartDate"))
+            modified_from = _query_time(query.get("lastModifiedStartDate"))
+            after_ms = int(query["soIndex"]) if "soIndex" in query else None
+        except ValueError:
+            return self._error(
+                400,
+                "INVALID_REQUEST_PARAM.GMP_ORDER_API",
+                "dates must be yyyy-MM-dd or yyyy-MM-ddTHH:mm:ssZ; soIndex must come from nextCursor",
+            )
+        after = (after_ms, query.get("poIndex", "")) if after_ms is not None else None
+        matching = sorted(
+            (_epoch_ms(self.order_modified[po]), po)
+            for po in self.orders
+            if (created_from is None or self.order_created[po] >= created_from)
+            and (modified_from is None or self.order_modified[po] >= modified_from)
+        )
+        remaining = [key for key in matching if after is None or key > after]
+        page = remaining[:limit]
+        next_cursor = None
+        if len(remaining) > limit:
+            kept = {k: v for k, v in query.items() if k not in {"soIndex", "poIndex", "hasMoreElements"}}
+            last_ms, last_po = page[-1]
+            kept.update(
+                hasMoreElements="true", soIndex=str(last_ms), poIndex=last_po, partnerId=self.partner_id
+            )
+            next_cursor = "?" + urlencode(kept)
+        return web.json_response(
+            {
+                "list": {
+                    "meta": {"totalCount": len(matching), "limit": limit, "nextCursor": next_cursor},
+                    "elements": {"order": [self._api_order(po) for _, po in page]},
+                }
+            }
+        )
+
+    def _api_order(self, po: str) -> dict[str, Any]:
+        """A purchase order as the Orders API shows it (epoch-millisecond times, nested lines)."""
+        order = self.orders[po]
+        lines = []
+        for line in order["orderLines"]:
+            amount = line["quantity"]["measurementValue"]
+            status: dict[str, Any] = {
+                "status": "Cancelled" if line["status"] == "CANCELLED" else "Created",
+                "statusQuantity": {"unitOfMeasurement": "EACH", "amount": amount},
+            }
+            if "cancellationReason" in line:
+                status["cancellationReason"] = line["cancellationReason"]
+            lines.append(
+                {
+                    "lineNumber": line["lineNumber"],
+                    "item": {"productName": line["productName"], "sku": line["sku"]},
+                    "charges": {"charge": []},
+                    "orderLineQuantity": {"unitOfMeasurement": "EACH", "amount": amount},
+                    "statusDate": _epoch_ms(datetime.fromisoformat(line["statusDate"])),
+                    "orderLineStatuses": {"orderLineStatus": [status]},
+                    "fulfillment": {
+                        "fulfillmentOption": "S2H",
+                        "shipMethod": line["shippingMethod"].upper(),
+                        "pickUpDateTime": None,
+                    },
+                }
+            )
+        return {
+            "purchaseOrderId": po,
+            "customerOrderId": order["customerOrderId"],
+            "customerEmailId": f"{order['customerOrderId']}@relay.walmart.com",
+            "orderType": "REGULAR",
+            "orderDate": _epoch_ms(self.order_created[po]),
+            "shippingInfo": {"methodCode": "Standard"},
+            "orderLines": {"orderLine": lines},
+        }
+
     # -- the marketplace ------------------------------------------------------------------------------------
 
     def place_order(
@@ -276,6 +370,7 @@ class WalmartSimulator:
                 }
             )
         po = str(order_id)
+        self.order_created[po] = self.order_modified[po] = created_at
         self.orders[po] = {
             "partnerId": self.partner_id,
             "purchaseOrderId": po,
@@ -295,6 +390,7 @@ class WalmartSimulator:
     ) -> tuple[bytes, dict[str, str]]:
         """Walmart auto-cancels lines (all by default) and sends ``PO_LINE_AUTOCANCELLED``; counts stay."""
         order = self.orders[str(order_id)]
+        self.order_modified[str(order_id)] = max(self.order_modified[str(order_id)], cancelled_at)
         for line in order["orderLines"]:
             if line_numbers is None or int(line["lineNumber"]) in line_numbers:
                 line.update(status="CANCELLED", statusDate=_walmart_time(cancelled_at))
@@ -311,6 +407,21 @@ def _basic_credentials(value: str) -> tuple[str, str] | None:
     except (binascii.Error, UnicodeDecodeError):
         return None
     return (login, password) if sep else None
+
+
+def _epoch_ms(moment: datetime) -> int:
+    """Epoch milliseconds, truncated as Walmart's millisecond timestamps are (never later than `moment`)."""
+    return math.floor(moment.timestamp() * 1000)
+
+
+def _query_time(text: str | None) -> datetime | None:
+    """An Orders API date filter: yyyy-MM-dd (midnight UTC) or an ISO-8601 time (UTC if no offset)."""
+    if text is None:
+        return None
+    if len(text) == 10:
+        return datetime.combine(date.fromisoformat(text), datetime.min.time(), tzinfo=UTC)
+    moment = datetime.fromisoformat(text)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _walmart_time(moment: datetime) -> str:

@@ -23,6 +23,7 @@ If the connection's ``options.partner_id`` is set, ``payload.partnerId`` must ma
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import re
@@ -42,6 +43,7 @@ CANCEL_EVENTS = frozenset({"PO_LINE_AUTOCANCELLED", "FRAUD_CANCEL"})
 IGNORED_EVENTS = frozenset({"INTENT_TO_CANCEL"})
 ENVELOPE_EVENT = "ORDER_UPDATES"
 
+_CANCELLED = frozenset({"CANCELLED", "CANCELED"})
 _ORDER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 _COUNT = re.compile(r"[0-9]{1,9}")
 
@@ -115,9 +117,12 @@ def _line_quantity(line: Mapping[str, Any]) -> Any:
 
 
 def _is_cancelled(line: Mapping[str, Any]) -> bool:
+    """Whether a line of a cancellation is cancelled: by its Orders API statuses if it has them, else by
+    its ``status``; without either the event itself says the line is cancelled."""
+    if _statuses(line) is not None:
+        return _line_cancelled(line)
     status = line.get("status")
-    # Without a status the event itself says the line is cancelled.
-    return not isinstance(status, str) or status.strip().upper() in {"CANCELLED", "CANCELED"}
+    return not isinstance(status, str) or status.strip().upper() in _CANCELLED
 
 
 def _load(body: bytes) -> dict[str, Any]:
@@ -152,23 +157,121 @@ def normalise(
             f"event type {kind!r} is not handled (only PO_CREATED, PO_LINE_AUTOCANCELLED, INTENT_TO_CANCEL, "
             "ORDER_UPDATES); remove it from the Walmart subscription"
         )
+    return order_events(
+        connection,
+        order,
+        cancelled=kind in CANCEL_EVENTS,
+        event_time=event["source"].get("eventTime"),
+        received_at=received_at,
+        partner=payload.get("partnerId"),
+    )
+
+
+def listed_order_events(
+    connection: Connection, order: Any, received_at: datetime
+) -> list[OrderPlaced | OrderCancelled]:
+    """Events for one purchase order as the Orders API (``GET /v3/orders``) lists it: a sale per line, as
+    ``PO_CREATED`` makes them, then a cancellation per cancelled line, as ``PO_LINE_AUTOCANCELLED`` makes
+    them (same event ids), dated by the latest cancelled line's ``statusDate``. PayloadError if unusable."""
+    order = _object(order, "the purchase order")
+    # The Orders API answers for the connection's own seller account: its partner is the connection's.
+    partner = connection.options.get("partner_id")
+    events = order_events(
+        connection, order, cancelled=False, event_time=None, received_at=received_at, partner=partner
+    )
+    cancelled = [line for line in _lines(order, str(order.get("purchaseOrderId"))) if _line_cancelled(line)]
+    if cancelled:
+        dates = [_time(line["statusDate"], "statusDate") for line in cancelled if "statusDate" in line]
+        when = max(dates) if dates else _time(order.get("orderDate"), "orderDate")
+        events.extend(
+            order_events(
+                connection, order, cancelled=True, event_time=when, received_at=received_at, partner=partner
+            )
+        )
+    return events
+
+
+def order_time(order: Mapping[str, Any]) -> datetime | None:
+    """When a listed purchase order last changed as far as its JSON shows: the latest of ``orderDate`` and
+    its lines' ``statusDate``; None if none of them is readable."""
+    candidates: list[Any] = [order.get("orderDate")]
+    with contextlib.suppress(PayloadError):
+        candidates += [line.get("statusDate") for line in _lines(order, "") if isinstance(line, dict)]
+    stamps: list[datetime] = []
+    for value in candidates:
+        try:
+            stamps.append(_time(value, "time"))
+        except PayloadError:
+            continue
+    return max(stamps) if stamps else None
+
+
+def _lines(order: Mapping[str, Any], order_id: str) -> list[Any]:
+    lines = order.get("orderLines")
+    if isinstance(lines, dict):  # the Orders API nests them: orderLines.orderLine
+        lines = lines.get("orderLine")
+    if not isinstance(lines, list):
+        raise PayloadError(f"purchase order {order_id} has no 'orderLines' list")
+    return lines
+
+
+def _statuses(line: Mapping[str, Any]) -> list[Any] | None:
+    """A listed line's ``orderLineStatuses.orderLineStatus`` entries, None if it has none."""
+    statuses = line.get("orderLineStatuses")
+    if isinstance(statuses, dict):
+        statuses = statuses.get("orderLineStatus")
+    return statuses if isinstance(statuses, list) else None
+
+
+def _line_cancelled(line: Any) -> bool:
+    """True if a listed line (Orders API ``orderLineStatuses``, or an event's ``status``) is cancelled."""
+    if not isinstance(line, dict):
+        return False
+    statuses = _statuses(line)
+    if statuses is not None:
+        return any(
+            isinstance(s, dict) and str(s.get("status", "")).strip().upper() in _CANCELLED for s in statuses
+        )
+    status = line.get("status")
+    return isinstance(status, str) and status.strip().upper() in _CANCELLED
+
+
+def _cancelled_quantity(line: Mapping[str, Any]) -> Any:
+    """The cancelled units of a listed line (its Cancelled ``statusQuantity``), else the line's quantity."""
+    for s in _statuses(line) or []:
+        if isinstance(s, dict) and str(s.get("status", "")).strip().upper() in _CANCELLED:
+            amount = s.get("statusQuantity")
+            if isinstance(amount, dict) and "amount" in amount:
+                return amount["amount"]
+    return _line_quantity(line)
+
+
+def order_events(
+    connection: Connection,
+    order: dict[str, Any],
+    *,
+    cancelled: bool,
+    event_time: Any,
+    received_at: datetime,
+    partner: Any = None,
+) -> list[OrderPlaced | OrderCancelled]:
+    """The one place a purchase order (event payload or Orders API element) becomes events: a sale per line,
+    or with `cancelled` a cancellation per cancelled line. `event_time` dates cancellations and sales
+    without an ``orderDate``; `partner` is the envelope's ``partnerId`` when the order has none."""
     expected_partner = connection.options.get("partner_id")
-    partner = order.get("partnerId", payload.get("partnerId"))
+    partner = order.get("partnerId", partner)
     if expected_partner is not None and str(partner) != expected_partner:
         raise PayloadError(
             f"partnerId {partner!r} is not connection {connection.id!r}'s partner "
             f"{expected_partner!r}: the subscription's secret is shared with another seller account"
         )
     order_id = _text_id(order.get("purchaseOrderId"), "purchaseOrderId")
-    lines = order.get("orderLines")
-    if isinstance(lines, dict):  # the Orders API nests them: orderLines.orderLine
-        lines = lines.get("orderLine")
-    if not isinstance(lines, list):
-        raise PayloadError(f"purchase order {order_id} has no 'orderLines' list")
-    restock = kind in CANCEL_EVENTS
-    event_time = event["source"].get("eventTime")
+    lines = _lines(order, order_id)
+    restock = cancelled
     if restock:
-        occurred_at = _time(event_time, "source.eventTime")
+        occurred_at = (
+            event_time if isinstance(event_time, datetime) else _time(event_time, "source.eventTime")
+        )
     else:
         order_date = order.get("orderDate")
         occurred_at = _time(order_date if order_date is not None else event_time, "orderDate")
@@ -179,10 +282,11 @@ def normalise(
         line_id = _text_id(line.get("lineNumber"), "lineNumber")
         if restock and not _is_cancelled(line):
             continue
-        quantity = _count(_line_quantity(line))
+        raw_quantity = _cancelled_quantity(line) if restock else _line_quantity(line)
+        quantity = _count(raw_quantity)
         if quantity is None:
             raise PayloadError(
-                f"purchase order {order_id} line {line_id}: quantity {_line_quantity(line)!r} "
+                f"purchase order {order_id} line {line_id}: quantity {raw_quantity!r} "
                 "is not a positive whole number"
             )
         seller_sku = _line_sku(line)

@@ -4,7 +4,10 @@ It keeps ``stock_quantity`` per product or variation id (``available``, keys as 
 consumer key/secret, enforces a token-bucket budget (WooCommerce has none itself; this stands for the host or
 a security plugin answering 429), refuses batches over 100 items with 413 as WooCommerce does, records every
 stock write, and can be told to fail the next calls. Orders decrement stock as checkout does; cancelling or
-refunding one restores it (WooCommerce's ``wc_maybe_increase_stock_levels``).
+refunding one restores it (WooCommerce's ``wc_maybe_increase_stock_levels``). Every order is kept and served
+by ``GET /orders`` (``modified_after``/``after`` with ``dates_are_gmt``, ``orderby`` date|id|modified,
+``order``, ``status``, ``page``/``per_page`` up to 100; ``X-WP-Total``, ``X-WP-TotalPages`` and a ``Link``
+header), whether or not its webhook was delivered.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ class WooCommerceSimulator:
     failures: list[int] = field(default_factory=list)
     rate_limited: int = 0
     orders: dict[int, dict[str, Any]] = field(default_factory=dict)
+    order_list_calls: int = 0  # order-list pages answered 200
     rate_per_s: float = RATE_LIMIT_PER_S
     burst: float = RATE_BURST
     clock: Callable[[], float] = time.monotonic
@@ -86,6 +90,7 @@ class WooCommerceSimulator:
         app.router.add_post(PREFIX + r"/products/{parent:\d+}/variations/batch", self._batch)
         app.router.add_get(PREFIX + "/products", self._list)
         app.router.add_get(PREFIX + r"/products/{parent:\d+}/variations", self._list)
+        app.router.add_get(PREFIX + "/orders", self._orders)
         return app
 
     def fail_next(self, status: int, times: int = 1) -> None:
@@ -204,6 +209,47 @@ class WooCommerceSimulator:
         items = [i for i in wanted if self._known(i, parent)][:per_page]
         return web.json_response([self._representation(i) for i in items])
 
+    async def _orders(self, request: web.Request) -> web.Response:
+        """``GET /orders``: WordPress-style page pagination over the filtered, sorted order list."""
+        if (refused := self._gate(request)) is not None:
+            return refused
+        query = request.query
+        numbers = {name: query.get(name, default) for name, default in (("per_page", "10"), ("page", "1"))}
+        if not all(v.isdigit() for v in numbers.values()):
+            return self._error(400, "rest_invalid_param", "Invalid parameter(s): per_page, page")
+        per_page, page = int(numbers["per_page"]), int(numbers["page"])
+        if not 1 <= per_page <= 100 or page < 1:
+            return self._error(400, "rest_invalid_param", "Invalid parameter(s): per_page, page")
+        orderby, order = query.get("orderby", "date"), query.get("order", "desc")
+        sort_field = {"date": "date_created_gmt", "modified": "date_modified_gmt", "id": "id"}.get(orderby)
+        if sort_field is None or order not in ("asc", "desc"):
+            return self._error(400, "rest_invalid_param", "Invalid parameter(s): orderby, order")
+        rows = list(self.orders.values())
+        status = query.get("status", "any")
+        if status != "any":
+            rows = [o for o in rows if o["status"] in status.split(",")]
+        for param, fieldname in (("after", "date_created_gmt"), ("modified_after", "date_modified_gmt")):
+            if param not in query:
+                continue
+            bound = _wp_time(query[param], gmt=query.get("dates_are_gmt") == "true")
+            if bound is None:
+                return self._error(400, "rest_invalid_param", f"Invalid parameter(s): {param}")
+            # stored *_gmt values are naive UTC; WordPress keeps what is strictly after the bound
+            rows = [o for o in rows if datetime.fromisoformat(o[fieldname]).replace(tzinfo=UTC) > bound]
+        rows.sort(key=lambda o: (o[sort_field], o["id"]), reverse=order == "desc")
+        total_pages = math.ceil(len(rows) / per_page)
+        if rows and page > total_pages:
+            return self._error(
+                400,
+                "rest_post_invalid_page_number",
+                "The page number requested is larger than the number of pages available.",
+            )
+        self.order_list_calls += 1
+        headers = {"X-WP-Total": str(len(rows)), "X-WP-TotalPages": str(total_pages)}
+        if page < total_pages:
+            headers["Link"] = f'<{request.url.update_query(page=str(page + 1))}>; rel="next"'
+        return web.json_response(rows[(page - 1) * per_page : page * per_page], headers=headers)
+
     # -- the storefront -------------------------------------------------------------------------------------
 
     def place_order(
@@ -272,6 +318,15 @@ def _item_of(listing: Listing) -> tuple[str, str | None]:
         parent, _, variation = listing.inventory_ref.partition("/")
         return variation, parent
     return listing.listing_id, None
+
+
+def _wp_time(text: str, *, gmt: bool) -> datetime | None:
+    """A WordPress date parameter as UTC (no offset: UTC when `gmt`, else the site's zone, UTC here)."""
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _gmt(moment: datetime) -> str:

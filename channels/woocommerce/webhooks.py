@@ -121,7 +121,16 @@ def normalise(
             f"webhook topic {topic!r} is not handled (only {', '.join(HANDLED_TOPICS)}); "
             "remove that webhook from the store or point it elsewhere"
         )
-    order = _load(body)
+    return order_events(connection, _load(body), received_at)
+
+
+def order_events(
+    connection: Connection, order: Any, received_at: datetime
+) -> list[OrderPlaced | OrderCancelled]:
+    """The events of one REST v3 order, by its status (see the module docstring): the webhooks and the
+    order-list backfill both come through here, so their event ids are the same. PayloadError if unusable."""
+    if not isinstance(order, dict):
+        raise PayloadError(f"not a WooCommerce order object but {type(order).__name__}")
     order_id = _order_id(order.get("id"), "order id")
     status = order.get("status")
     if not isinstance(status, str) or not status:

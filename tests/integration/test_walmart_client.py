@@ -31,8 +31,10 @@ class Seller:
     client: WalmartInventoryClient
     clock: FrozenClock
 
-    def client_for(self, connection: Connection, **kwargs: int) -> WalmartInventoryClient:
-        return WalmartInventoryClient(self.session, connection, **kwargs)
+    def client_for(
+        self, connection: Connection, *, feed_threshold: int = FEED_THRESHOLD
+    ) -> WalmartInventoryClient:
+        return WalmartInventoryClient(self.session, connection, feed_threshold=feed_threshold)
 
 
 @pytest.fixture

@@ -1,0 +1,147 @@
+"""Shopify's order list for the reconciler's backfill: the GraphQL Admin ``orders`` connection.
+
+GraphQL rather than REST ``GET /orders.json``: REST Admin is legacy (new public apps must use GraphQL since
+April 2025), the inventory client already speaks GraphQL at API_VERSION through the same endpoint, token and
+cost budget, and the ``orders`` connection filters (``query: "updated_at:>='…'"``), sorts (``sortKey:
+UPDATED_AT``) and pages by cursor (``first``/``after``, ``pageInfo.endCursor``) as the backfill needs. Its
+nodes carry GraphQL ids (``gid://shopify/Order/123``); each is turned into the REST/webhook shape (numeric
+order, line item and variant ids: the last segment of each gid) and normalised by ``webhooks.order_events``,
+so every line's event id equals the ``orders/create`` webhook's. Like that webhook path, a cancelled order
+yields its OrderPlaced events only (Shopify cancellations are not handled yet).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+
+from channels.connection import Connection
+from channels.errors import ChannelError, PayloadError
+from channels.orderlist import as_json, fetch, high_water, page_size, require_aware
+from channels.orders import OrderBatch
+from channels.ratelimit import TokenBucket
+from channels.shopify import API_VERSION, webhooks
+
+MAX_PAGE = 250  # Shopify's largest `first`
+MAX_LINES = 250  # line items fetched with each order; an order with more is quarantined, not truncated
+
+ORDERS = (
+    """
+query orders($first: Int!, $after: String, $query: String) {
+  orders(first: $first, after: $after, query: $query, sortKey: UPDATED_AT) {
+    nodes {
+      id legacyResourceId createdAt updatedAt cancelledAt
+      lineItems(first: %d) {
+        nodes { id sku quantity variant { legacyResourceId } }
+        pageInfo { hasNextPage }
+      }
+    }
+    pageInfo { hasNextPage endCursor }
+  }
+}
+""".strip()
+    % MAX_LINES
+)
+
+
+def _numeric(gid: Any, what: str) -> int:
+    """The numeric id at the end of a GraphQL id (``gid://shopify/LineItem/123`` -> 123) or of a legacy id."""
+    tail = str(gid).rpartition("/")[2]
+    if not isinstance(gid, str | int) or isinstance(gid, bool) or not tail.isdigit():
+        raise PayloadError(f"{what} {gid!r} is not a Shopify id")
+    return int(tail)
+
+
+def rest_order(node: Any) -> dict[str, Any]:
+    """A GraphQL ``Order`` node in the REST/webhook shape ``webhooks.order_events`` reads; PayloadError if the
+    node lacks what that needs."""
+    if not isinstance(node, dict):
+        raise PayloadError("order node is not a JSON object")
+    order_id = _numeric(node.get("legacyResourceId") or node.get("id"), "order id")
+    items = node.get("lineItems")
+    if not isinstance(items, dict) or not isinstance(items.get("nodes"), list):
+        raise PayloadError(f"order {order_id}: lineItems.nodes is missing")
+    if (items.get("pageInfo") or {}).get("hasNextPage"):
+        raise PayloadError(f"order {order_id} has more than {MAX_LINES} line items; backfill it by hand")
+    lines = []
+    for item in items["nodes"]:
+        if not isinstance(item, dict):
+            raise PayloadError(f"order {order_id}: a line item is not a JSON object")
+        variant = item.get("variant")
+        variant_id = variant.get("legacyResourceId") if isinstance(variant, dict) else None
+        lines.append(
+            {
+                "id": _numeric(item.get("id"), f"order {order_id}: line item id"),
+                "variant_id": _numeric(variant_id, "variant id") if variant_id is not None else None,
+                "sku": item.get("sku"),
+                "quantity": item.get("quantity"),
+            }
+        )
+    return {"id": order_id, "created_at": node.get("createdAt"), "line_items": lines}
+
+
+def _updated(node: dict[str, Any]) -> datetime | None:
+    try:
+        at = datetime.fromisoformat(str(node.get("updatedAt")))
+    except ValueError:
+        return None
+    return at if at.tzinfo is not None else None
+
+
+async def list_orders(
+    session: aiohttp.ClientSession,
+    connection: Connection,
+    since: datetime,
+    *,
+    budget: TokenBucket,
+    received_at: datetime,
+) -> AsyncIterator[OrderBatch]:
+    """Pages of the orders updated at or after `since`, oldest first (see the module docstring)."""
+    first = page_size(connection, default=MAX_PAGE, maximum=MAX_PAGE)
+    bound = require_aware(since).astimezone(UTC).isoformat().replace("+00:00", "Z")
+    url = f"{connection.api_base_url.rstrip('/')}/admin/api/{API_VERSION}/graphql.json"
+    headers = {"X-Shopify-Access-Token": connection.access_token.get_secret_value()}
+    variables: dict[str, Any] = {"first": first, "after": None, "query": f"updated_at:>='{bound}'"}
+    while True:
+        answer = await fetch(
+            session,
+            connection,
+            "POST",
+            url,
+            budget=budget,
+            headers=headers,
+            json_body={"query": ORDERS, "variables": variables},
+        )
+        body = answer.body if isinstance(answer.body, dict) else {}
+        orders = (body.get("data") or {}).get("orders")
+        if body.get("errors") or not isinstance(orders, dict) or not isinstance(orders.get("nodes"), list):
+            throttled = "THROTTLED" in str(body.get("errors"))
+            raise ChannelError(
+                f"shopify order list for connection {connection.id!r} refused the query: "
+                f"{body.get('errors') or str(answer.body)[:300]}; "
+                + (
+                    "over the cost budget, retry later"
+                    if throttled
+                    else "this is a bug in the query, report it"
+                ),
+                status=200,
+                retryable=throttled,
+            )
+        batch = OrderBatch()
+        times: list[datetime] = []
+        for node in orders["nodes"]:
+            if isinstance(node, dict) and (at := _updated(node)) is not None:
+                times.append(at)
+            try:
+                batch.events.extend(webhooks.order_events(connection, rest_order(node), received_at))
+            except PayloadError as exc:
+                batch.rejected.append((as_json(node), str(exc)))
+        batch.high_water = high_water(times)
+        yield batch
+        info = orders.get("pageInfo") or {}
+        if not info.get("hasNextPage") or not info.get("endCursor"):
+            return
+        variables["after"] = info["endCursor"]
