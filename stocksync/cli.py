@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from reconciler.cli import reconcile as reconcile_command
 from schemas import TOPICS
 from stocksync.cli_connections import connections_app, tenants_app
 from stocksync.db import migrate as apply_migrations
@@ -27,6 +28,7 @@ app = typer.Typer(
 console = Console()
 app.add_typer(connections_app, name="connections")
 app.add_typer(tenants_app, name="tenants")
+app.command("reconcile")(reconcile_command)
 
 
 @app.command()

@@ -1,0 +1,32 @@
+"""``python -m reconciler``: reconcile on a schedule (RECONCILER_INTERVAL_S) until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+
+from reconciler.service import run_service
+from reconciler.settings import ReconcilerSettings
+from stocksync import logs
+from stocksync.connections import load_for_service
+from stocksync.db import migrate
+from stocksync.lifecycle import run_until_signalled
+
+
+def main() -> None:
+    logs.configure("reconciler")
+    settings = ReconcilerSettings()
+    migrate(settings.postgres.database_url)
+    connections = load_for_service(
+        settings.connections_file,
+        settings.postgres.database_url if settings.connections_table else None,
+        service="reconciler",
+    )
+
+    async def service(stop: asyncio.Event) -> None:
+        await run_service(settings, connections, stop)
+
+    run_until_signalled(service)
+
+
+if __name__ == "__main__":
+    main()
