@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 RESULTS = ("ok", "rate_limited", "server_error", "client_error", "conflict", "network")
 
@@ -59,5 +59,17 @@ class FanoutMetrics:
             "fanout_rate_limit_wait_seconds_total",
             "Time spent waiting for the connection's token bucket.",
             ["channel"],
+            registry=registry,
+        )
+        self.dlq_depth = Gauge(
+            "fanout_dlq_depth_records",
+            "Records retained in the fanout.dlq topic (high minus low watermarks), read periodically. "
+            "Replaying a letter does not remove it: the depth falls only with the topic's retention.",
+            registry=registry,
+        )
+        self.consumer_lag = Gauge(
+            "consumer_lag_records",
+            "Records of a topic not yet committed by a consumer group, read from the broker periodically.",
+            ["group", "topic"],
             registry=registry,
         )

@@ -11,6 +11,7 @@ retrying transient failures with backoff and jitter (honouring Retry-After). Wha
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -37,6 +38,7 @@ from fanout.settings import FanoutSettings
 from schemas import fanout_dlq, stock_changed, stock_rejected
 from schemas.base import partition_key
 from schemas.fanout_dlq import UpdateDeadLettered
+from stocksync import health
 from stocksync.kafka import AsyncProducer, consumer_config, producer_config
 from stocksync.metrics import metrics_handler
 
@@ -343,22 +345,59 @@ def build_fanout(
     return ChannelFanout(settings, spec, syncs, metrics)
 
 
+async def refresh_gauges(settings: FanoutSettings, metrics: FanoutMetrics, channels: list[str]) -> None:
+    """One round of the periodic checks: each channel group's lag, and the dead-letter topic's depth."""
+    kafka = settings.kafka
+    topics = [kafka.topic(t) for t in TOPICS]
+    for channel in channels:
+        group = kafka.group(f"fanout.{channel}")
+        for lag in await asyncio.to_thread(health.consumer_lag, kafka, group, topics):
+            metrics.consumer_lag.labels(lag.group, lag.topic).set(lag.records)
+    depth = await asyncio.to_thread(health.topic_depth, kafka, kafka.topic(fanout_dlq.TOPIC))
+    if depth is not None:
+        metrics.dlq_depth.set(depth)
+
+
 @asynccontextmanager
-async def serve_ops(settings: FanoutSettings, registry: CollectorRegistry) -> AsyncIterator[int]:
-    """/metrics and /healthz for the process; yields the bound port."""
-
-    async def healthz(_request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
+async def serve_ops(
+    settings: FanoutSettings,
+    registry: CollectorRegistry,
+    *,
+    workers: list[FanoutWorker] | None = None,
+    metrics: FanoutMetrics | None = None,
+    check_interval_s: float = 15.0,
+) -> AsyncIterator[int]:
+    """/metrics, /healthz and /readyz (Kafka answers, every worker holds partitions) for the process, and
+    the periodic lag and DLQ-depth checks when `metrics` is given; yields the bound port."""
+    readiness = health.Readiness({"kafka": health.kafka_check(settings.kafka)})
+    for w in workers or []:
+        readiness.checks[f"consumer:{w.fanout.channel}"] = health.assignment_check(
+            w.assigned.is_set, f"consumer group fanout.{w.fanout.channel}"
+        )
     app = web.Application()
     app.router.add_get("/metrics", metrics_handler(registry))
-    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/healthz", health.healthz)
+    app.router.add_get("/readyz", readiness.handle)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, settings.host, settings.port).start()
+    checks: asyncio.Task[None] | None = None
+    if metrics is not None:
+        channels = [w.fanout.channel for w in workers or []]
+        checks = asyncio.create_task(
+            health.every(
+                check_interval_s,
+                "the consumer-lag and DLQ-depth checks",
+                lambda: refresh_gauges(settings, metrics, channels),
+            )
+        )
     try:
         yield runner.addresses[0][1]
     finally:
+        if checks is not None:
+            checks.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await checks
         await runner.cleanup()
 
 
@@ -369,12 +408,13 @@ async def run_fanout(settings: FanoutSettings, connections: ConnectionRegistry, 
     timeout = aiohttp.ClientTimeout(total=10)
     producer = AsyncProducer(producer_config(settings.kafka))
     try:
-        async with serve_ops(settings, registry) as port, aiohttp.ClientSession(timeout=timeout) as session:
-            log.info("fan-out for %s: metrics on port %d", ", ".join(settings.channels), port)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
             workers = [
                 FanoutWorker(settings, build_fanout(settings, ch, connections, session, metrics), producer)
                 for ch in settings.channels
             ]
-            await asyncio.gather(*(w.run(stop) for w in workers))
+            async with serve_ops(settings, registry, workers=workers, metrics=metrics) as port:
+                log.info("fan-out for %s: metrics on port %d", ", ".join(settings.channels), port)
+                await asyncio.gather(*(w.run(stop) for w in workers))
     finally:
         await producer.close()

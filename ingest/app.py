@@ -30,6 +30,7 @@ from ingest.settings import IngestSettings
 from ingest.state import CONNECTIONS, HTTP, METRICS, POOL, PRODUCER, SETTINGS, Directory, publish_all
 from schemas import inventory_events, quarantine
 from schemas.base import partition_key
+from stocksync import health
 from stocksync.kafka import AsyncProducer, DeliveryError, producer_config
 from stocksync.metrics import metrics_handler
 
@@ -230,6 +231,8 @@ def build_app(
     app.cleanup_ctx.append(refresh_connections)
     app.router.add_post("/webhooks/{connection_id}", webhook)
     app.router.add_get("/healthz", healthz)
+    # /readyz: Kafka answers a metadata request (the gateway needs nothing else to accept webhooks)
+    app.router.add_get("/readyz", health.Readiness({"kafka": health.kafka_check(settings.kafka)}).handle)
     app.router.add_get("/metrics", metrics_handler(registry))
     admin.add_routes(app)
     return app

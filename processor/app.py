@@ -30,6 +30,7 @@ from processor.ops import ops_app
 from processor.settings import ProcessorSettings
 from processor.store import Result, apply_batch
 from schemas import inventory_events, stock_changed, stock_rejected
+from stocksync import logs
 from stocksync.db import open_pool
 from stocksync.kafka import AsyncProducer, DeliveryError, producer_config
 
@@ -115,6 +116,7 @@ def build_app(settings: ProcessorSettings, *, registry: CollectorRegistry | None
         broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
         web_enabled=settings.web_enabled,
         web_port=settings.web_port,
+        logging_config=logs.dict_config("processor"),
     )
     registry = registry or CollectorRegistry()
     metrics = ProcessorMetrics(registry)
@@ -167,7 +169,15 @@ def build_app(settings: ProcessorSettings, *, registry: CollectorRegistry | None
         """The ops HTTP server and the processed_events retention, on a small pool of their own."""
         small = settings.postgres.model_copy(update={"pool_min_size": 1, "pool_max_size": 2})
         async with open_pool(small, name="processor-ops") as pool:
-            runner = web.AppRunner(ops_app(registry, pool), access_log=None)
+            surface = ops_app(
+                registry,
+                pool,
+                metrics=metrics,
+                kafka=kafka,
+                group=settings.app_id,
+                assigned=lambda: bool(app.consumer.assignment()),
+            )
+            runner = web.AppRunner(surface, access_log=None)
             await runner.setup()
             await web.TCPSite(runner, settings.ops_host, settings.ops_port).start()
             log.info("processor ops server on %s", runner.addresses)

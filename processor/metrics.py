@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class ProcessorMetrics:
@@ -36,5 +36,22 @@ class ProcessorMetrics:
         self.retention_deleted = Counter(
             "processor_retention_deleted_total",
             "processed_events rows pruned by the retention task.",
+            registry=registry,
+        )
+        self.negative_records = Gauge(
+            "inventory_negative_records",
+            "Master records whose available count is below zero, checked periodically. The conditional "
+            "update and CHECK (available >= 0) make this impossible: any value above 0 is an oversell.",
+            registry=registry,
+        )
+        self.consumer_lag = Gauge(
+            "consumer_lag_records",
+            "Records of a topic not yet committed by a consumer group, read from the broker periodically.",
+            ["group", "topic"],
+            registry=registry,
+        )
+        self.checks_timestamp = Gauge(
+            "processor_checks_last_success_timestamp_seconds",
+            "When the periodic oversell and lag checks last completed (Unix time).",
             registry=registry,
         )

@@ -1,15 +1,27 @@
-"""The processor's own HTTP surface: /metrics, /healthz and /audit/{tenant}/{sku}."""
+"""The processor's own HTTP surface: /metrics, /healthz, /readyz and /audit/{tenant}/{sku}; and the periodic
+checks behind two gauges: master records below zero (oversell detection) and the group's consumer lag."""
 
 from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from psycopg_pool import AsyncConnectionPool
 
 from processor import audit
+from processor.metrics import ProcessorMetrics
+from schemas import inventory_events
+from stocksync import health
 from stocksync.metrics import metrics_handler
+from stocksync.settings import KafkaSettings
 
 POOL = web.AppKey("pool", AsyncConnectionPool)
+
+CHECK_INTERVAL_S = 15.0
 
 
 async def audit_view(request: web.Request) -> web.Response:
@@ -23,14 +35,65 @@ async def audit_view(request: web.Request) -> web.Response:
     return web.json_response({"tenant": tenant, "sku": sku, "changes": rows})
 
 
-async def healthz(_request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+async def negative_records(pool: AsyncConnectionPool) -> int:
+    """How many master records show less than zero available (should always be 0)."""
+    async with pool.connection() as conn:
+        cur = await conn.execute("SELECT count(*) FROM inventory WHERE available < 0")
+        row = await cur.fetchone()
+    return int(row[0]) if row else 0
 
 
-def ops_app(registry: CollectorRegistry, pool: AsyncConnectionPool) -> web.Application:
+async def refresh_gauges(
+    pool: AsyncConnectionPool, metrics: ProcessorMetrics, kafka: KafkaSettings, group: str
+) -> None:
+    """One round of the periodic checks: oversell detection, then the consumer lag of `group`."""
+    metrics.negative_records.set(await negative_records(pool))
+    topic = kafka.topic(inventory_events.TOPIC)
+    for lag in await asyncio.to_thread(health.consumer_lag, kafka, kafka.group(group), [topic]):
+        metrics.consumer_lag.labels(lag.group, lag.topic).set(lag.records)
+    metrics.checks_timestamp.set(time.time())
+
+
+def ops_app(
+    registry: CollectorRegistry,
+    pool: AsyncConnectionPool,
+    *,
+    metrics: ProcessorMetrics | None = None,
+    kafka: KafkaSettings | None = None,
+    group: str = "stocksync-processor",
+    assigned: Callable[[], bool] | None = None,
+    check_interval_s: float = CHECK_INTERVAL_S,
+) -> web.Application:
+    """The ops server. With `kafka`, /readyz also checks the broker and `assigned` (the Faust consumer holds
+    partitions); with `metrics` and `kafka`, the periodic checks run while the app is up."""
     app = web.Application()
     app[POOL] = pool
+    readiness = health.Readiness({"postgres": health.postgres_check(pool)})
+    if kafka is not None:
+        readiness.checks["kafka"] = health.kafka_check(kafka)
+    if assigned is not None:
+        readiness.checks["consumer"] = health.assignment_check(assigned, f"consumer group {group}")
+
+    if metrics is not None and kafka is not None:
+        checked_kafka, checked_metrics = kafka, metrics
+
+        async def periodic(_app: web.Application) -> AsyncIterator[None]:
+            task = asyncio.create_task(
+                health.every(
+                    check_interval_s,
+                    "the oversell and consumer-lag checks",
+                    lambda: refresh_gauges(pool, checked_metrics, checked_kafka, group),
+                )
+            )
+            yield
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+        app.cleanup_ctx.append(periodic)
+
     app.router.add_get("/metrics", metrics_handler(registry))
-    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/healthz", health.healthz)
+    app.router.add_get("/readyz", readiness.handle)
     app.router.add_get("/audit/{tenant}/{sku}", audit_view)
     return app
