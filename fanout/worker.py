@@ -38,7 +38,7 @@ from fanout.settings import FanoutSettings
 from schemas import fanout_dlq, stock_changed, stock_rejected
 from schemas.base import partition_key
 from schemas.fanout_dlq import UpdateDeadLettered
-from stocksync import health
+from stocksync import health, logs
 from stocksync.kafka import AsyncProducer, consumer_config, producer_config
 from stocksync.metrics import metrics_handler
 
@@ -272,15 +272,16 @@ class FanoutWorker:
             )
             self.fanout.metrics.dlq_writes.labels(self.fanout.channel).inc(len(letters))
             for d in letters:
-                log.error(
-                    "dead-lettered %s/%s=%d for %s after %d attempts: %s",
-                    d.tenant,
-                    d.sku,
-                    d.quantity,
-                    d.connection_id,
-                    d.attempts,
-                    d.last_error,
-                )
+                with logs.bound(tenant=d.tenant, sku=d.sku, connection=d.connection_id):
+                    log.error(
+                        "dead-lettered %s/%s=%d for %s after %d attempts: %s",
+                        d.tenant,
+                        d.sku,
+                        d.quantity,
+                        d.connection_id,
+                        d.attempts,
+                        d.last_error,
+                    )
 
     async def _gather(self, consumer: Consumer) -> list[Message]:
         """Wait for a first record, then keep gathering for the coalescing window (or until max_batch).

@@ -30,7 +30,7 @@ from ingest.settings import IngestSettings
 from ingest.state import CONNECTIONS, HTTP, METRICS, POOL, PRODUCER, SETTINGS, Directory, publish_all
 from schemas import inventory_events, quarantine
 from schemas.base import partition_key
-from stocksync import health
+from stocksync import health, logs
 from stocksync.kafka import AsyncProducer, DeliveryError, producer_config
 from stocksync.metrics import metrics_handler
 
@@ -77,6 +77,12 @@ async def _quarantine(
 
 
 async def webhook(request: web.Request) -> web.Response:
+    """Every log line of this request carries the connection id (JSON logs: the ``connection`` key)."""
+    with logs.bound(connection=request.match_info["connection_id"]):
+        return await _webhook(request)
+
+
+async def _webhook(request: web.Request) -> web.Response:
     started = time.perf_counter()
     now = datetime.now(UTC)
     settings, metrics = request.app[SETTINGS], request.app[METRICS]

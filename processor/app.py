@@ -79,6 +79,13 @@ async def commit_batch(
         metrics.events.labels(r.outcome).inc()
         if r.outcome == "rejected":
             metrics.oversells_prevented.inc()
+        if r.outcome in (
+            "rejected",
+            "unknown_sku",
+        ):  # a sale the master refused: worth a line an SRE can grep
+            e = r.event
+            with logs.bound(event_id=e.event_id, tenant=e.tenant, sku=e.sku, connection=e.connection_id):
+                log.info("%s %s of %s/%s refused: %s", e.type, e.event_id, e.tenant, e.sku, r.outcome)
         if r.outcome != "duplicate":
             metrics.lag_seconds.observe(max(0.0, (now - r.event.received_at).total_seconds()))
     return results

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -19,6 +21,7 @@ from ingest.app import build_app
 from ingest.settings import IngestSettings
 from schemas import TOPICS, inventory_events, quarantine
 from schemas.inventory_events import OrderCancelled, OrderPlaced
+from stocksync import logs
 from stocksync.kafka import ensure_topics
 from stocksync.local.process import free_port
 from stocksync.settings import KafkaSettings
@@ -92,7 +95,16 @@ async def test_forged_unknown_and_oversized_requests_publish_nothing(
 
 async def test_signed_but_unusable_body_is_quarantined_verbatim(client: Client, kafka: KafkaSettings) -> None:
     body, headers = sale_webhook(quantity=0)
-    resp = await client.post("/webhooks/shop-acme", data=body, headers=headers)
+    lines = io.StringIO()
+    handler = logging.StreamHandler(lines)
+    handler.setFormatter(logs.JsonFormatter("ingest"))
+    logging.getLogger("ingest.app").addHandler(handler)
+    try:
+        resp = await client.post("/webhooks/shop-acme", data=body, headers=headers)
+    finally:
+        logging.getLogger("ingest.app").removeHandler(handler)
+    [line] = [json.loads(x) for x in lines.getvalue().splitlines()]
+    assert (line["level"], line["connection"]) == ("WARNING", "shop-acme")  # the SRE's correlation key
     assert resp.status == 200
     answer = await resp.json()
     assert answer["status"] == "quarantined"
