@@ -29,8 +29,9 @@ class OrderBatch:
     # Orders the normaliser refused: (the order as the channel returned it, JSON bytes; the reason).
     # The reconciler sends them to ingest.quarantine, as the gateway does with bad webhooks.
     rejected: list[tuple[bytes, str]] = field(default_factory=list)
-    # The newest order creation/update time on this page (None if the page was empty): once the page's
-    # events are durable, the connection's checkpoint may move up to it.
+    # The newest order creation/update time on this page: once the page's events are durable, the
+    # connection's checkpoint may move up to it. None: this page must not move the checkpoint (it was empty,
+    # or, as with Flipkart's several searches, a later page may still hold older orders).
     high_water: datetime | None = None
 
 

@@ -1,4 +1,5 @@
-"""Flipkart Seller API plumbing shared by the inventory client and ``webhooks.expand``: bearer calls."""
+"""Flipkart Seller API plumbing shared by the inventory client, ``webhooks.expand`` and the order list:
+bearer calls."""
 
 from __future__ import annotations
 
@@ -13,11 +14,23 @@ from channels.errors import ChannelError, error_for_status
 from channels.flipkart import CHANNEL
 
 SHIPMENTS_PATH = "/v3/shipments"
+SHIPMENT_SEARCH_PATH = "/v3/shipments/filter"  # POST a filter; GET its nextPageUrl for the next pages
 INVENTORY_PATH = "/listings/v3/update/inventory"
+# Search Shipments' largest pageSize: unpublished; 20 is what integrators use and the simulator enforces
+SEARCH_MAX_PAGE = 20
 
 
 def listings_path(seller_skus: list[str]) -> str:
     return "/listings/v3/" + ",".join(seller_skus)
+
+
+def headers(connection: Connection) -> dict[str, str]:
+    """The headers of every Seller API call: the connection's bearer token, JSON both ways."""
+    return {
+        "Authorization": f"Bearer {connection.access_token.get_secret_value()}",
+        "Accept": "application/json",
+        "Content-Type": "application/json",
+    }
 
 
 async def call(
@@ -33,14 +46,9 @@ async def call(
 
     Raises ChannelError: error_for_status for non-2xx, non-retryable for a 2xx body that is not JSON.
     """
-    headers = {
-        "Authorization": f"Bearer {connection.access_token.get_secret_value()}",
-        "Accept": "application/json",
-        "Content-Type": "application/json",
-    }
     url = connection.api_base_url.rstrip("/") + path
     data = json.dumps(payload) if payload is not None else None
-    async with session.request(method, url, params=params, data=data, headers=headers) as resp:
+    async with session.request(method, url, params=params, data=data, headers=headers(connection)) as resp:
         status, text = resp.status, await resp.text()
         if not 200 <= status < 300:
             raise error_for_status(CHANNEL, status, text, resp.headers.get("Retry-After"))

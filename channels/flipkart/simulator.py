@@ -1,31 +1,52 @@
-"""A Flipkart simulator: Listings v3 inventory writes and reads, shipment reads, order notifications.
+"""A Flipkart simulator: Listings v3 inventory writes and reads, shipment reads and search, notifications.
 
 It serves under ``/sellers`` like ``api.flipkart.net``, checks the bearer token, keeps per-seller-SKU counts
 at one location, reports per-SKU SUCCESS/FAILURE as Listings v3 does, refuses more than MAX_BATCH SKUs a
 call, enforces a token bucket (429 with Retry-After), records every inventory write, and can be told to fail.
 Notifications are signed with the invented body signature of channels.flipkart.webhooks.
+
+Every shipment ``place_order`` creates is kept in the shipment book whether or not its notification is ever
+delivered, and Search Shipments serves it: ``POST /v3/shipments/filter`` with ``{"filter": {"type":
+preDispatch | postDispatch | cancelled, "states": [...], "cancellationType": ..., "<date field>": {"from",
+"to"}}, "pagination": {"pageSize"}, "sort": {"field", "order"}}`` answers ``{"shipments": [...], "hasMore",
+"nextPageUrl"}``, and ``GET /v3/shipments/filter?next_token=...`` (the nextPageUrl, relative to
+``/sellers``) the next page. A shipment matches when one of its items is in a requested state. Modelled where
+Flipkart publishes nothing: the page-size cap (api.SEARCH_MAX_PAGE), inclusive date bounds, keyset paging
+(stable while shipments are added) in an opaque base64url token, the default sort (orderDate asc).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
 import secrets
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
 from pydantic import SecretStr
 
 from channels.connection import Connection, Listing
-from channels.flipkart import MAX_BATCH, RATE_BURST, RATE_LIMIT_PER_S, webhooks
+from channels.flipkart import MAX_BATCH, RATE_BURST, RATE_LIMIT_PER_S, api, webhooks
 from channels.ratelimit import TokenBucket
 
 PREFIX = "/sellers"
 DEFAULT_LOCATION = "LOC8bdd7abceca4423a839d935584ee6f19"
+# Search Shipments: the states each filter type accepts (Flipkart's docs), and the cancellation types
+PRE_DISPATCH = ("APPROVED", "PACKING_IN_PROGRESS", "FORM_FAILED", "PACKED", "READY_TO_DISPATCH")
+POST_DISPATCH = ("PICKUP_COMPLETE", "SHIPPED", "DELIVERED")
+CANCELLATION_TYPES = ("sellerCancellation", "buyerCancellation", "marketplaceCancellation")
+DATE_FIELDS = ("orderDate", "modifiedDate", "cancellationDate", "dispatchByDate", "dispatchAfterDate")
+SORT_FIELDS = ("orderDate", "modifiedDate", "dispatchByDate", "dispatchAfterDate")
+
+
+class BadSearch(ValueError):
+    """A Search Shipments request Flipkart would refuse with 400."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +69,8 @@ class FlipkartSimulator:
     fsn: dict[str, str] = field(default_factory=dict)  # seller SKU id -> FSN
     shipments: dict[str, dict[str, Any]] = field(default_factory=dict)  # by shipment id
     shipment_of_order: dict[str, str] = field(default_factory=dict)
+    cancelled_by: dict[str, str] = field(default_factory=dict)  # shipment id -> cancellationType
+    searches: int = 0  # Search Shipments calls answered (first pages and next pages)
     calls: list[InventoryWrite] = field(default_factory=list)
     writes: int = 0
     failures: list[int] = field(default_factory=list)
@@ -69,6 +92,9 @@ class FlipkartSimulator:
         app.router.add_post(f"{PREFIX}/listings/v3/update/inventory", self._update_inventory)
         app.router.add_get(f"{PREFIX}/listings/v3/{{skus}}", self._listings)
         app.router.add_get(f"{PREFIX}/v3/shipments", self._shipments)
+        for path in (api.SHIPMENT_SEARCH_PATH, api.SHIPMENT_SEARCH_PATH + "/"):  # the docs show both
+            app.router.add_post(PREFIX + path, self._search)
+            app.router.add_get(PREFIX + path, self._search_next)
         return app
 
     def fail_next(self, status: int, times: int = 1) -> None:
@@ -185,6 +211,79 @@ class FlipkartSimulator:
         ids = [i for i in request.query.get("shipmentIds", "").split(",") if i]
         return web.json_response({"shipments": [self.shipments[i] for i in ids if i in self.shipments]})
 
+    async def _search(self, request: web.Request) -> web.Response:
+        if refused := self._guard(request):
+            return refused
+        self.searches += 1
+        try:
+            body = json.loads(await request.read())
+            query = _search_query(body)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return _bad("the body is not JSON")
+        except BadSearch as exc:
+            return _bad(str(exc))
+        return self._search_page(body, query, None)
+
+    async def _search_next(self, request: web.Request) -> web.Response:
+        if refused := self._guard(request):
+            return refused
+        self.searches += 1
+        decoded = _next_token(request.query.get("next_token", ""))
+        if decoded is None:
+            return _bad("next_token is missing or not one this API issued; use the nextPageUrl as given")
+        body, after = decoded
+        try:
+            query = _search_query(body)
+        except BadSearch as exc:
+            return _bad(str(exc))
+        return self._search_page(body, query, after)
+
+    def _search_page(self, body: Any, query: dict[str, Any], after: tuple[str, str] | None) -> web.Response:
+        field_name, descending = query["sort"]
+        keyed = [
+            (_sort_key(shipment, field_name), shipment_id, shipment)
+            for shipment_id, shipment in self.shipments.items()
+            if self._matches(shipment, query)
+        ]
+        keyed.sort(key=lambda row: (row[0], row[1]), reverse=descending)
+        if after is not None:
+            keyed = [
+                row for row in keyed if ((row[0], row[1]) < after if descending else (row[0], row[1]) > after)
+            ]
+        size: int = query["pageSize"]
+        page, more = keyed[:size], len(keyed) > size
+        next_url = None
+        if more:
+            last = page[-1]
+            token = json.dumps({"q": body, "after": [last[0], last[1]]}).encode()
+            next_url = f"{api.SHIPMENT_SEARCH_PATH}?next_token={base64.urlsafe_b64encode(token).decode()}"
+        return web.json_response(
+            {"hasMore": more, "nextPageUrl": next_url, "shipments": [row[2] for row in page]}
+        )
+
+    def _matches(self, shipment: dict[str, Any], query: dict[str, Any]) -> bool:
+        items = shipment["orderItems"]
+        by = self.cancelled_by.get(shipment["shipmentId"])
+        if query["type"] == "cancelled" and by != query["cancellationType"]:
+            return False
+        if not any(item["status"] in query["states"] for item in items):
+            return False
+        for name, (start, end) in query["ranges"].items():
+            value = _date_of(shipment, name)
+            if value is None:
+                return False
+            at = datetime.fromisoformat(value)
+            if (start and at < datetime.fromisoformat(start)) or (end and at > datetime.fromisoformat(end)):
+                return False
+        return True
+
+    def advance_order(self, order_id: int, status: str, at: datetime) -> None:
+        """The order's shipment moves on (PACKED, SHIPPED, DELIVERED, RETURNED...); no stock moves."""
+        shipment = self.shipments[self.shipment_of_order[f"OD{order_id}"]]
+        for item in shipment["orderItems"]:
+            item["status"] = status
+        shipment["updatedAt"] = at.isoformat()
+
     def place_order(
         self, connection: Connection, order_id: int, lines: list[tuple[str, int]], created_at: datetime
     ) -> tuple[bytes, dict[str, str]]:
@@ -215,6 +314,9 @@ class FlipkartSimulator:
         shipment_id = str(uuid.uuid4())
         shipment = {
             "shipmentId": shipment_id,
+            "dispatchAfterDate": created_at.isoformat(),
+            "dispatchByDate": (created_at + timedelta(days=2)).isoformat(),
+            "updatedAt": created_at.isoformat(),
             "locationId": self.location_id,
             "hold": False,
             "mps": False,
@@ -225,27 +327,45 @@ class FlipkartSimulator:
         self.shipments[shipment_id] = shipment
         self.shipment_of_order[order] = shipment_id
         attributes = {
-            key: value for key, value in shipment.items() if key not in ("shipmentId", "locationId")
+            key: value
+            for key, value in shipment.items()
+            if key not in ("shipmentId", "locationId", "updatedAt")
         }
         return notification(
             connection, webhooks.SHIPMENT_CREATED, shipment_id, self.location_id, attributes, created_at
         )
 
     def cancel_order(
-        self, connection: Connection, order_id: int, cancelled_at: datetime
+        self,
+        connection: Connection,
+        order_id: int,
+        cancelled_at: datetime,
+        *,
+        by: str = "buyerCancellation",
     ) -> tuple[bytes, dict[str, str]]:
-        """The buyer cancels the whole order: the units go back and a thin ``shipment_cancelled`` is sent."""
+        """The whole order is cancelled (`by` one of CANCELLATION_TYPES): the units go back and a thin
+        ``shipment_cancelled`` is sent."""
+        if by not in CANCELLATION_TYPES:
+            raise ValueError(f"cancellation type {by!r} is not one of {CANCELLATION_TYPES}")
+        reason = by.removesuffix("Cancellation") + "_cancellation"
         shipment = self.shipments[self.shipment_of_order[f"OD{order_id}"]]
+        shipment["updatedAt"] = cancelled_at.isoformat()
+        self.cancelled_by[shipment["shipmentId"]] = by
         cancelled = []
         for item in shipment["orderItems"]:
-            item["status"] = "CANCELLED"
+            item.update(
+                status=webhooks.CANCELLED,
+                cancellationDate=cancelled_at.isoformat(),
+                cancellationReason=reason,
+                cancellationSubReason="order_no_longer_required",
+            )
             if item["sku"] in self.available:
                 self.available[item["sku"]] += item["quantity"]
             cancelled.append(
                 {
                     "orderItemId": item["orderItemId"],
                     "quantity": item["quantity"],
-                    "reason": "buyer_cancellation",
+                    "reason": reason,
                     "subReason": "order_no_longer_required",
                 }
             )
@@ -258,6 +378,100 @@ class FlipkartSimulator:
             attributes,
             cancelled_at,
         )
+
+
+def _bad(description: str) -> web.Response:
+    return web.json_response(
+        {"errors": [{"severity": "ERROR", "code": "INVALID_REQUEST", "description": description}]}, status=400
+    )
+
+
+def _iso(value: Any, what: str) -> str:
+    """An ISO-8601 time with a UTC offset, normalised; BadSearch otherwise."""
+    try:
+        at = datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        at = None
+    if at is None or at.tzinfo is None:
+        raise BadSearch(f"{what} {value!r} is not an ISO-8601 date-time with an offset")
+    return at.isoformat()
+
+
+def _search_query(body: Any) -> dict[str, Any]:
+    """The canonical form of a Search Shipments request; BadSearch says what Flipkart would refuse."""
+    flt = body.get("filter") if isinstance(body, dict) else None
+    if not isinstance(flt, dict):
+        raise BadSearch("filter is mandatory")
+    kind = flt.get("type")
+    allowed = {"preDispatch": PRE_DISPATCH, "postDispatch": POST_DISPATCH, "cancelled": (webhooks.CANCELLED,)}
+    if kind not in allowed:
+        raise BadSearch(f"filter.type {kind!r} must be preDispatch, postDispatch or cancelled")
+    states = flt.get("states", list(allowed[kind]) if kind == "cancelled" else None)
+    if not isinstance(states, list) or not states or not set(states) <= set(allowed[kind]):
+        raise BadSearch(f"filter.states {states!r} must be a list of {', '.join(allowed[kind])} for {kind}")
+    cancellation = flt.get("cancellationType")
+    if kind == "cancelled" and cancellation not in CANCELLATION_TYPES:
+        raise BadSearch(
+            f"filter.cancellationType {cancellation!r} must be one of {', '.join(CANCELLATION_TYPES)}"
+        )
+    ranges: dict[str, tuple[str | None, str | None]] = {}
+    for name in DATE_FIELDS:
+        if name in flt:
+            span = flt[name]
+            if not isinstance(span, dict) or not ({"from", "to"} & span.keys()):
+                raise BadSearch(f"filter.{name} must be {{from, to}}")
+            start, end = span.get("from"), span.get("to")
+            ranges[name] = (
+                _iso(start, f"filter.{name}.from") if start is not None else None,
+                _iso(end, f"filter.{name}.to") if end is not None else None,
+            )
+    pagination = body.get("pagination") or {}
+    size = pagination.get("pageSize", api.SEARCH_MAX_PAGE) if isinstance(pagination, dict) else None
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= api.SEARCH_MAX_PAGE:
+        raise BadSearch(f"pagination.pageSize {size!r} must be from 1 to {api.SEARCH_MAX_PAGE}")
+    sort = body.get("sort") or {}
+    field_name = sort.get("field", "orderDate") if isinstance(sort, dict) else None
+    order = sort.get("order", "asc") if isinstance(sort, dict) else None
+    if field_name not in SORT_FIELDS or order not in ("asc", "desc"):
+        raise BadSearch(f"sort {sort!r}: field must be one of {', '.join(SORT_FIELDS)}, order asc or desc")
+    return {
+        "type": kind,
+        "states": states,
+        "cancellationType": cancellation,
+        "ranges": ranges,
+        "pageSize": size,
+        "sort": [field_name, order == "desc"],
+    }
+
+
+def _next_token(raw: str) -> tuple[dict[str, Any], tuple[str, str]] | None:
+    """The search request and position a nextPageUrl's next_token carries; None if it is not one we issued."""
+    try:
+        token = json.loads(base64.urlsafe_b64decode(raw.encode()))
+    except (ValueError, binascii.Error):
+        return None
+    query = token.get("q") if isinstance(token, dict) else None
+    after = token.get("after") if isinstance(token, dict) else None
+    if not isinstance(query, dict) or not isinstance(after, list) or len(after) != 2:
+        return None
+    return query, (str(after[0]), str(after[1]))
+
+
+def _date_of(shipment: dict[str, Any], name: str) -> str | None:
+    """The shipment's time for a date filter or sort: an item's orderDate / cancellationDate, or its own."""
+    if name in ("orderDate", "cancellationDate"):
+        times = [item[name] for item in shipment["orderItems"] if item.get(name)]
+        return max(times, key=datetime.fromisoformat) if times else None
+    value = shipment.get({"modifiedDate": "updatedAt"}.get(name, name))
+    return value if isinstance(value, str) else None
+
+
+def _sort_key(shipment: dict[str, Any], name: str) -> str:
+    """A sortable (UTC, fixed width) form of the shipment's `name` time; empty if it has none."""
+    value = _date_of(shipment, name)
+    if value is None:
+        return ""
+    return datetime.fromisoformat(value).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def notification(

@@ -17,9 +17,11 @@ Note that ``X_Date``/``X_Authorization`` contain underscores, which nginx drops 
 REAL (Order Management Notification reference): ``shipment_created`` lists full ``attributes.orderItems``
 -> OrderPlaced per item; ``shipment_cancelled`` lists only ``orderItemId``/``quantity`` -> ``expand``
 attaches the shipment (``GET /v3/shipments?shipmentIds=``) under ``"shipment"`` and normalise yields
-OrderCancelled per item for the cancelled quantity. Other shipment and return notifications are accepted
-with no events (their exact type names are our reading of the docs, not verified). A second partial
-cancellation of the same order item repeats the first one's id and is absorbed as a duplicate.
+OrderCancelled per item for the cancelled quantity. ``shipment_events`` turns a shipment into events for
+both the ``shipment_created`` path and the order list (channels.flipkart.orders), so their ids agree. Other
+shipment and return notifications are accepted with no events (their exact type names are our reading of the
+docs, not verified). A second partial cancellation of the same order item repeats the first one's id and
+is absorbed as a duplicate.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ FK_AUTH_HEADER = "X_Authorization"  # published
 TOLERANCE = timedelta(minutes=5)
 SHIPMENT_CREATED = "shipment_created"
 SHIPMENT_CANCELLED = "shipment_cancelled"
+CANCELLED = "CANCELLED"  # an order item's status once cancelled
 NO_STOCK_EFFECT = frozenset(
     {
         "shipment_hold",
@@ -171,6 +174,93 @@ def _event_type(note: dict[str, Any]) -> str:
     return event
 
 
+def _item_event(
+    connection: Connection,
+    item: dict[str, Any],
+    received_at: datetime,
+    *,
+    quantity: Any,
+    when: Any,
+    what_time: str,
+    cancelled: bool,
+) -> OrderPlaced | OrderCancelled:
+    """The OrderPlaced (or OrderCancelled) of one full order item, for `quantity` units at `when`."""
+    line_id = token_id(item.get("orderItemId"), "orderItemId")
+    order_id = token_id(item.get("orderId"), f"order item {line_id}: orderId")
+    sku = _master_sku(connection, item, line_id)
+    units = positive_quantity(quantity, f"order item {line_id}")
+    return line_event(
+        connection,
+        channel=CHANNEL,
+        order_id=order_id,
+        line_id=line_id,
+        sku=sku,
+        quantity=units,
+        occurred_at=_time(when, what_time),
+        received_at=received_at,
+        cancelled=cancelled,
+        where=f"order item {line_id}",
+    )
+
+
+def shipment_events(
+    connection: Connection,
+    shipment: Any,
+    received_at: datetime,
+    *,
+    placed_at: Any = None,
+    cancellations: bool = True,
+    what: str = "shipment",
+) -> list[OrderPlaced | OrderCancelled]:
+    """The one place a Flipkart shipment becomes events: the shape of Search Shipments, Get Shipments and a
+    ``shipment_created`` notification's attributes.
+
+    OrderPlaced per order item, at its ``orderDate`` (else `placed_at`); then, with `cancellations`, for each
+    item whose ``status`` is CANCELLED the OrderCancelled of its whole quantity at its ``cancellationDate``
+    (else the shipment's ``updatedAt``), with the id ``shipment_cancelled`` gives it. Every other status
+    (packed, shipped, delivered, returned, ...) leaves the sale alone, as those notifications do.
+    PayloadError if the shipment cannot be used.
+    """
+    items = _items(shipment, what)
+    events: list[OrderPlaced | OrderCancelled] = []
+    seen: set[str] = set()
+    for item in items:
+        line_id = token_id(item.get("orderItemId"), "orderItemId")
+        if line_id in seen:
+            raise PayloadError(f"order item {line_id} appears twice")
+        seen.add(line_id)
+        events.append(
+            _item_event(
+                connection,
+                item,
+                received_at,
+                quantity=item.get("quantity"),
+                when=item.get("orderDate") or placed_at,
+                what_time=f"order item {line_id}: orderDate",
+                cancelled=False,
+            )
+        )
+    if not cancellations:
+        return events
+    for item in items:
+        if item.get("status") != CANCELLED:
+            continue
+        line_id = token_id(item.get("orderItemId"), "orderItemId")
+        updated = shipment.get("updatedAt") if isinstance(shipment, dict) else None
+        events.append(
+            _item_event(
+                connection,
+                item,
+                received_at,
+                quantity=item.get("quantity"),
+                when=item.get("cancellationDate") or updated,
+                what_time=f"order item {line_id}: cancellationDate",
+                cancelled=True,
+            )
+        )
+    return events
+
+
 def normalise(
     connection: Connection, body: bytes, headers: Mapping[str, str], received_at: datetime
 ) -> list[OrderPlaced | OrderCancelled]:
@@ -179,49 +269,45 @@ def normalise(
     event = _event_type(note)
     if event in NO_STOCK_EFFECT:
         return []
+    if event == SHIPMENT_CREATED:
+        return shipment_events(
+            connection,
+            note.get("attributes"),
+            received_at,
+            placed_at=note.get("timestamp"),
+            cancellations=False,
+            what=f"{event} attributes",
+        )
+    shipment_id = token_id(note.get("shipmentId"), "shipmentId")
+    shipment = note.get("shipment")
+    if shipment is None:
+        raise PayloadError(
+            f"thin shipment_cancelled for shipment {shipment_id}: run channels.flipkart.webhooks.expand first"
+        )
+    if isinstance(shipment, dict) and shipment.get("shipmentId") != shipment_id:
+        raise PayloadError(f"attached shipment {shipment.get('shipmentId')!r} is not the notified one")
     known: dict[str, dict[str, Any]] = {}
-    if event == SHIPMENT_CANCELLED:
-        shipment_id = token_id(note.get("shipmentId"), "shipmentId")
-        shipment = note.get("shipment")
-        if shipment is None:
-            raise PayloadError(
-                f"thin shipment_cancelled for shipment {shipment_id}: "
-                "run channels.flipkart.webhooks.expand first"
-            )
-        if isinstance(shipment, dict) and shipment.get("shipmentId") != shipment_id:
-            raise PayloadError(f"attached shipment {shipment.get('shipmentId')!r} is not the notified one")
-        for item in _items(shipment, "attached shipment"):
-            known[token_id(item.get("orderItemId"), "shipment orderItemId")] = item
-    items = _items(note.get("attributes"), f"{event} attributes")
+    for item in _items(shipment, "attached shipment"):
+        known[token_id(item.get("orderItemId"), "shipment orderItemId")] = item
     events: list[OrderPlaced | OrderCancelled] = []
     seen: set[str] = set()
-    for item in items:
+    for item in _items(note.get("attributes"), f"{event} attributes"):
         line_id = token_id(item.get("orderItemId"), "orderItemId")
         if line_id in seen:
             raise PayloadError(f"order item {line_id} appears twice")
         seen.add(line_id)
-        full = item if event == SHIPMENT_CREATED else known.get(line_id)
+        full = known.get(line_id)
         if full is None:
             raise PayloadError(f"cancelled order item {line_id} is not in the attached shipment")
-        order_id = token_id(full.get("orderId"), f"order item {line_id}: orderId")
-        sku = _master_sku(connection, full, line_id)
-        quantity = positive_quantity(item.get("quantity"), f"order item {line_id}")
-        if event == SHIPMENT_CREATED:
-            when = _time(item.get("orderDate") or note.get("timestamp"), f"order item {line_id}: orderDate")
-        else:
-            when = _time(note.get("timestamp"), "timestamp")
         events.append(
-            line_event(
+            _item_event(
                 connection,
-                channel=CHANNEL,
-                order_id=order_id,
-                line_id=line_id,
-                sku=sku,
-                quantity=quantity,
-                occurred_at=when,
-                received_at=received_at,
-                cancelled=event != SHIPMENT_CREATED,
-                where=f"order item {line_id}",
+                full,
+                received_at,
+                quantity=item.get("quantity"),
+                when=note.get("timestamp"),
+                what_time="timestamp",
+                cancelled=True,
             )
         )
     return events
