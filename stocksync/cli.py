@@ -32,12 +32,34 @@ app.command("reconcile")(reconcile_command)
 
 
 @app.command()
-def demo() -> None:
-    """Orders through the real pipeline on local Kafka + PostgreSQL, with what happened at each step."""
-    from stocksync.demo import run_demo
+def demo(
+    skus: Annotated[int, typer.Option(help="SKUs on sale, each with a small stock (5 to 40).")] = 20,
+    orders: Annotated[int, typer.Option(help="Buyers' orders, spread over the nine channels.")] = 2000,
+    seconds: Annotated[float, typer.Option(help="Real seconds the sale is played in.")] = 30.0,
+    sale_minutes: Annotated[float, typer.Option(help="How long the sale lasts in simulated time.")] = 60.0,
+    poll_minutes: Annotated[float, typer.Option(help="The polling baseline's sync interval.")] = 15.0,
+    seed: Annotated[int, typer.Option(help="Seed of the order stream (the same seed, the same orders).")] = 8,
+    out: Annotated[Path, typer.Option(help="Directory for demo.json and demo.png.")] = Path("reports"),
+) -> None:
+    """A flash sale on nine marketplaces through the real pipeline (local Kafka + PostgreSQL), and the same
+    orders through a polling baseline: oversells, propagation and calls, as tables, JSON and a PNG."""
+    from stocksync.demo import DemoOptions, run_demo
 
     try:
-        ok = asyncio.run(run_demo(console))
+        options = DemoOptions(
+            skus=skus,
+            orders=orders,
+            seconds=seconds,
+            sale_minutes=sale_minutes,
+            poll_minutes=poll_minutes,
+            seed=seed,
+            out=out,
+        )
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from exc
+    try:
+        ok = asyncio.run(run_demo(console, options))
     except LaunchError as exc:
         console.print(f"[red]could not start local infrastructure:[/] {exc}")
         raise typer.Exit(2) from exc
@@ -46,13 +68,35 @@ def demo() -> None:
 
 @app.command()
 def bench(
-    orders: Annotated[int, typer.Option(help="Orders per load level.")] = 200,
+    gateway_seconds: Annotated[float, typer.Option(help="Measured seconds of gateway load.")] = 10.0,
+    concurrency: Annotated[int, typer.Option(help="Concurrent webhook senders for the gateway.")] = 64,
+    processor_events: Annotated[
+        int, typer.Option(help="Events through the processor per batch size.")
+    ] = 20_000,
+    slow_seconds: Annotated[float, typer.Option(help="Seconds at 50 orders/minute (nine channels).")] = 48.0,
+    medium_seconds: Annotated[float, typer.Option(help="Seconds at 200 orders/s.")] = 10.0,
+    fast_seconds: Annotated[float, typer.Option(help="Seconds at 2,000 orders/s.")] = 5.0,
+    profile: Annotated[bool, typer.Option(help="Sample the gateway with py-spy while it is loaded.")] = False,
     out: Annotated[str, typer.Option(help="Where to write the JSON results.")] = "reports/bench.json",
 ) -> None:
-    """Gateway throughput and ack latency, and webhook-to-channel latency; JSON and a table."""
-    from stocksync.bench import print_tables, run_bench, write_report
+    """Gateway, processor and end-to-end benchmarks in one run; JSON and tables."""
+    from stocksync.bench import BenchConfig, print_tables, run_bench, write_report
 
-    result = asyncio.run(run_bench(console, orders=orders))
+    config = BenchConfig(
+        gateway_seconds=gateway_seconds,
+        concurrency=concurrency,
+        processor_events=processor_events,
+        slow_seconds=slow_seconds,
+        medium_seconds=medium_seconds,
+        fast_seconds=fast_seconds,
+        profile=profile,
+        profile_out=Path(out).with_name("gateway-profile.txt"),
+    )
+    try:
+        result = asyncio.run(run_bench(console, config))
+    except LaunchError as exc:
+        console.print(f"[red]could not start local infrastructure:[/] {exc}")
+        raise typer.Exit(2) from exc
     write_report(result, Path(out))
     print_tables(console, result)
     console.print(f"results written to {out}")

@@ -1,9 +1,33 @@
-"""The multi-channel part of ``stocksync bench``: sync lag per channel, all nine simulators at once.
+"""The end-to-end part of ``stocksync bench``: webhook to every channel, all nine simulators at once.
 
-Two load levels over the same pipeline (gateway, processor, one fan-out process for every channel):
-50 orders a minute as signed webhooks through the gateway, and 2,000 orders a second for two seconds put on
-``inventory.events`` directly (one load generator on this machine cannot push that many webhooks). Sync lag
-is the fan-out's own histogram (gateway arrival of the cause → channel confirmed), per channel and level.
+One pipeline (gateway, processor, one fan-out process serving all nine channels) and three load levels, each
+started from fresh counts (a stock count per SKU, awaited on every channel):
+
+- **50 orders a minute**: signed webhooks placed on all nine channels in turn (``place_order``: the channel
+  takes the unit from its own count, books the order and signs its webhook; thin payloads are fetched back
+  by the gateway), one every 1.2 s for ``slow_seconds``;
+- **200/s** and **2,000/s**: signed Shopify ``orders/create`` webhooks, open loop at the rate over 64
+  keep-alive connections, for ``medium_seconds`` / ``fast_seconds``. (Only Shopify at these rates: the
+  thin-payload channels' order fetches would spend their simulators' API budgets, and Amazon's RSA signing
+  would load the generator; Shopify's own count is not decremented, so every channel waits for the fan-out.)
+
+Every 10th (slow level) or 50th order's webhook is delivered a second time after its 200, as channels retry.
+
+Measured per order, from the simulators' own call logs (``at`` is this process's monotonic clock, the same
+clock that stamps the POST): for each channel, the first successful write after the POST whose count is at
+or below the master's count right after the order (the ledger's ``after``): a count that includes the order.
+The order's end-to-end latency is the slowest channel's; the channel the buyer used is left out when it took
+the unit from its own count at checkout (slow level). Orders the processor rejected (sold out) have no
+latency. Figures:
+
+- **oversells**: units applied beyond the stock the level started with, per SKU, from the ledger (two SKUs
+  get only 25 units so that sales are refused at every level);
+- **duplicates**: units taken from the master beyond the distinct orders accepted (200) for that SKU, on the
+  SKUs that never sold out — an event applied twice would show here, redelivered webhooks included;
+  ``lost`` is the opposite (an accepted order never applied);
+- **channel repeat writes**: successful writes of the count that channel had last confirmed for the SKU;
+  **channel stale writes**: a count above the previous confirmed one while only sales happened (an older
+  count overwriting a newer one).
 """
 
 from __future__ import annotations
@@ -12,195 +36,489 @@ import asyncio
 import itertools
 import time
 import uuid
+from bisect import bisect_left
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-from prometheus_client.parser import text_string_to_metric_families
+import psycopg
 from rich.console import Console
 
-from channels.connection import to_toml
-from schemas import TOPICS, inventory_events
-from schemas.inventory_events import OrderPlaced, StockCounted
+from channels.connection import Connection, to_toml
+from schemas import TOPICS, inventory_events, stock_changed
+from schemas.inventory_events import StockCounted
+from stocksync.bench import (
+    BenchConfig,
+    RawHttp,
+    Usage,
+    ms,
+    percentile,
+    shopify_event_id,
+    shopify_order,
+)
 from stocksync.db import migrate
-from stocksync.kafka import AsyncProducer, delete_prefixed_topics, ensure_topics, producer_config
+from stocksync.kafka import AsyncProducer, delete_prefixed_topics, ensure_topics, producer_config, read_to_end
 from stocksync.local.kafka import KafkaEndpoint
-from stocksync.local.marketplaces import marketplaces
+from stocksync.local.marketplaces import Marketplace, marketplaces
 from stocksync.local.postgres import PostgresEndpoint, create_database, drop_database
 from stocksync.local.process import eventually, make_run_dir, wait_until
 from stocksync.local.stack import Stack, StackConfig
 from stocksync.local.traffic import as_records
-from stocksync.metrics import histogram_quantile
 from stocksync.settings import KafkaSettings
 
-SKUS = tuple(f"MC-{n:02d}" for n in range(10))
-START = 1_000_000
+TENANT = "bench"
+SKUS = tuple(f"MC-{n:02d}" for n in range(20))
+SCARCE = SKUS[:2]
+AMPLE_STOCK = 990  # below Etsy's per-product cap of 999, so every channel can show the master as it is
+SCARCE_STOCK = 25
+SENDERS = 64
+# call attributes naming the channel's key of a listing, in the order to try them
+KEY_FIELDS = ("inventory_item_id", "sku_id", "variant_id", "item_id", "seller_sku", "sku")
 
 
-async def _metrics(session: aiohttp.ClientSession, stack: Stack) -> str:
-    async with session.get(f"http://127.0.0.1:{stack.services['fanout'].port}/metrics") as resp:
-        return await resp.text()
+@dataclass(frozen=True)
+class Level:
+    name: str
+    per_s: float
+    seconds: float
+    nine: bool  # placed on all nine channels in turn, else Shopify webhooks
+    redeliver_every: int
 
 
-def _confirmed(exposition: str) -> dict[str, float]:
-    """Updates each channel confirmed so far (the sync-lag histogram's count)."""
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(exposition):
-        if family.name == "sync_lag_seconds":
-            for s in family.samples:
-                if s.name == "sync_lag_seconds_count":
-                    out[s.labels["channel"]] = s.value
+@dataclass
+class Order:
+    channel: str
+    sku: str
+    sent_at: float  # monotonic, the first POST
+    event_ids: list[str]
+    status: int
+    counted_at_checkout: bool  # the channel took the unit from its own count when the buyer ordered
+    redelivered: bool = False  # its webhook was delivered a second time after the first 200
+
+
+def levels(config: BenchConfig) -> list[Level]:
+    return [
+        Level("50/min", 50 / 60, config.slow_seconds, True, 10),
+        Level("200/s", 200.0, config.medium_seconds, False, 50),
+        Level("2,000/s", 2000.0, config.fast_seconds, False, 50),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reading every simulator the same way.
+
+
+def _keys(connection: Connection) -> dict[str, str]:
+    """Every id a simulator may key a listing by (its listing id, inventory ref and parts, the SKU) -> SKU."""
+    out: dict[str, str] = {}
+    for sku, listing in connection.listings.items():
+        for key in (
+            sku,
+            listing.listing_id,
+            listing.inventory_ref,
+            *(listing.inventory_ref or "").split("/"),
+        ):
+            if key:
+                out.setdefault(key, sku)
     return out
 
 
-async def _quiet(session: aiohttp.ClientSession, stack: Stack, *, settle_s: float = 2.0) -> None:
-    """Wait until no channel confirms anything new for `settle_s` (the load has fully propagated)."""
-    last, since = _confirmed(await _metrics(session, stack)), time.monotonic()
+def shown(market: Marketplace) -> dict[str, int]:
+    """What the simulator holds now for each SKU (its in-memory count; no API call, no budget spent)."""
+    available: dict[str, int] = market.simulator.available  # type: ignore[attr-defined]
+    out: dict[str, int] = {}
+    for sku, listing in market.connection.listings.items():
+        ref = listing.inventory_ref or ""
+        for key in (ref, *ref.split("/")[::-1], listing.listing_id, sku):
+            if key and key in available:
+                out[sku] = available[key]
+                break
+    return out
 
-    async def settled() -> bool:
-        nonlocal last, since
-        now = _confirmed(await _metrics(session, stack))
-        if now != last:
-            last, since = now, time.monotonic()
-        return time.monotonic() - since >= settle_s
 
-    await eventually(settled, timeout_s=180, what="fan-out to go quiet", interval_s=0.25)
+def writes(market: Marketplace, since: int) -> dict[str, list[tuple[float, int]]]:
+    """Successful quantity writes per SKU from call `since` on: [(monotonic time, count)], in call order."""
+    keys = _keys(market.connection)
+    out: dict[str, list[tuple[float, int]]] = defaultdict(list)
+    for call in market.simulator.calls[since:]:
+        quantity = getattr(call, "quantity", None)
+        failed = any(getattr(call, f, None) for f in ("error", "user_error", "issue"))
+        status = getattr(call, "status", 200)
+        if quantity is None or failed or status not in (200, "SUCCESS"):
+            continue
+        if getattr(call, "submission_status", "ACCEPTED") not in (None, "ACCEPTED"):
+            continue
+        key = next((str(getattr(call, f)) for f in KEY_FIELDS if hasattr(call, f)), "")
+        if key in keys:
+            out[keys[key]].append((float(call.at), int(quantity)))
+    return out
 
 
-def _lags(after: str, before: str, channels: list[str]) -> dict[str, dict[str, float | None]]:
-    out: dict[str, dict[str, float | None]] = {}
-    for ch in channels:
-        p50 = histogram_quantile(after, "sync_lag_seconds", 0.5, since=before, channel=ch)
-        p99 = histogram_quantile(after, "sync_lag_seconds", 0.99, since=before, channel=ch)
-        out[ch] = {
-            "p50_ms": round(p50 * 1000, 1) if p50 is not None else None,
-            "p99_ms": round(p99 * 1000, 1) if p99 is not None else None,
+def write_anomalies(per_sku: dict[str, list[tuple[float, int]]]) -> tuple[int, int]:
+    """(repeat writes, stale writes) for one channel over a sales-only stretch."""
+    repeat = stale = 0
+    for series in per_sku.values():
+        for (_, before), (_, after) in itertools.pairwise(series):
+            repeat += after == before
+            stale += after > before
+    return repeat, stale
+
+
+def first_write_within(series: list[tuple[float, int]], after_t: float, at_most: int) -> float | None:
+    """Time of the first write at or after `after_t` whose count is at most `at_most`."""
+    times = [t for t, _ in series]
+    for t, q in series[bisect_left(times, after_t) :]:
+        if q <= at_most:
+            return t
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Load.
+
+
+async def place_on_nine(
+    session: aiohttp.ClientSession, ingest_url: str, markets: dict[str, Marketplace], level: Level, base: int
+) -> list[Order]:
+    """Orders placed on each channel in turn at the level's pace; a 503 is redelivered as channels do."""
+    orders: list[Order] = []
+    cycle = itertools.cycle(markets.values())
+    total = round(level.per_s * level.seconds)
+
+    async def deliver(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, list[str]]:
+        for _ in range(20):
+            async with session.post(url, data=body, headers=headers) as resp:
+                payload = await resp.json(content_type=None) if resp.status == 200 else {}
+                if resp.status != 503:
+                    return resp.status, list(payload.get("events", []))
+            await asyncio.sleep(0.5)  # the channel's redelivery delay, shortened
+        return 503, []
+
+    async def one(n: int, market: Marketplace) -> None:
+        sku = SKUS[n % len(SKUS)]
+        body, headers = market.simulator.place_order(
+            market.connection, base + n, [(sku, 1)], datetime.now(UTC)
+        )
+        url = f"{ingest_url}/webhooks/{market.connection.id}"
+        sent_at = time.monotonic()
+        status, events = await deliver(url, body, headers)
+        order = Order(market.channel, sku, sent_at, events, status, True)
+        orders.append(order)
+        if n % level.redeliver_every == 0 and status == 200:
+            await deliver(url, body, headers)  # the channel delivers it once more
+            order.redelivered = True
+
+    tasks = []
+    start = time.monotonic()
+    for n in range(total):
+        await asyncio.sleep(max(0.0, start + n / level.per_s - time.monotonic()))  # pacing the load
+        tasks.append(asyncio.create_task(one(n, next(cycle))))
+    await asyncio.gather(*tasks)
+    return orders
+
+
+async def shopify_open_loop(port: int, connection: Connection, level: Level, base: int) -> list[Order]:
+    """Shopify webhooks scheduled at the level's rate onto 64 keep-alive senders (queued if all are busy)."""
+    queue: asyncio.Queue[int | None] = asyncio.Queue()
+    orders: list[Order] = []
+    path = f"/webhooks/{connection.id}"
+
+    async def sender() -> None:
+        client = RawHttp("127.0.0.1", port)
+        try:
+            while (n := await queue.get()) is not None:
+                sku = SKUS[n % len(SKUS)]
+                body, headers = shopify_order(connection, base + n, sku)
+                sent_at = time.monotonic()
+                status, _ = await client.post(path, body, headers)
+                order = Order(
+                    "shopify", sku, sent_at, [shopify_event_id(connection, base + n)], status, False
+                )
+                orders.append(order)
+                if n % level.redeliver_every == 0 and status == 200:
+                    await client.post(path, body, headers)  # the channel delivers it once more
+                    order.redelivered = True
+        finally:
+            await client.close()
+
+    senders = [asyncio.create_task(sender()) for _ in range(SENDERS)]
+    start = time.monotonic()
+    for n in range(round(level.per_s * level.seconds)):
+        delay = start + n / level.per_s - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)  # pacing the load
+        queue.put_nowait(n)
+    for _ in senders:
+        queue.put_nowait(None)
+    await asyncio.gather(*senders)
+    return orders
+
+
+# ---------------------------------------------------------------------------------------------------------
+# One level.
+
+
+@dataclass
+class Pipeline:
+    stack: Stack
+    kafka: KafkaSettings
+    database_url: str
+    markets: dict[str, Marketplace]
+    producer: AsyncProducer
+
+    def master(self) -> dict[str, int]:
+        with psycopg.connect(self.database_url) as conn:
+            rows = conn.execute(
+                "SELECT sku, available FROM inventory WHERE tenant = %s", (TENANT,)
+            ).fetchall()
+        return {r[0]: r[1] for r in rows}
+
+    def ledger(self, event_ids: list[str]) -> dict[str, tuple[str, str, int | None]]:
+        """event id -> (sku, outcome, count after it)."""
+        with psycopg.connect(self.database_url) as conn:
+            rows = conn.execute(
+                "SELECT event_id, sku, outcome, after FROM ledger WHERE event_id = ANY(%s)", (event_ids,)
+            ).fetchall()
+        return {r[0]: (r[1], r[2], r[3]) for r in rows}
+
+    def differing(self, expected: dict[str, int]) -> dict[str, dict[str, tuple[int | None, int]]]:
+        """Channel -> {SKU: (what it shows, what it should)} where the two differ."""
+        out = {}
+        for ch, market in self.markets.items():
+            now = shown(market)
+            diff = {s: (now.get(s), q) for s, q in expected.items() if now.get(s) != q}
+            if diff:
+                out[ch] = diff
+        return out
+
+    async def everywhere(self, expected: dict[str, int], *, timeout_s: float, what: str) -> None:
+        try:
+            await eventually(lambda: not self.differing(expected), timeout_s=timeout_s, what=what)
+        except AssertionError as exc:
+            differ = self.differing(expected)
+            recent = {ch: self.markets[ch].simulator.calls[-3:] for ch in differ}
+            raise AssertionError(
+                f"{exc}; (shows, should) where they differ: {differ}; their last calls: {recent}"
+            ) from exc
+
+    async def seed(self, level: Level) -> dict[str, int]:
+        counts = {s: SCARCE_STOCK if s in SCARCE else AMPLE_STOCK for s in SKUS}
+        now = datetime.now(UTC)
+        tag = uuid.uuid4().hex[:8]
+        await self.producer.send_batch(
+            self.kafka.topic(inventory_events.TOPIC),
+            as_records(
+                StockCounted(
+                    event_id=f"admin:count:{tag}:{sku}",
+                    tenant=TENANT,
+                    sku=sku,
+                    quantity=qty,
+                    occurred_at=now,
+                    received_at=now,
+                )
+                for sku, qty in counts.items()
+            ),
+        )
+        await eventually(lambda: self.master() == counts, timeout_s=60, what=f"the {level.name} counts")
+        await self.everywhere(counts, timeout_s=120, what=f"the {level.name} counts on all nine channels")
+        return counts
+
+
+def commit_lags(kafka: KafkaSettings, event_ids: set[str]) -> list[float]:
+    """Gateway arrival -> processor commit (s) of each order's stock.changed."""
+    lags = []
+    for m in read_to_end(kafka, stock_changed.TOPIC, timeout_s=60):
+        change = stock_changed.decode(m.value() or b"")
+        if change.cause_event_id in event_ids:
+            lags.append((change.committed_at - change.received_at).total_seconds())
+    return lags
+
+
+async def run_level(
+    console: Console, p: Pipeline, session: aiohttp.ClientSession, level: Level, base: int
+) -> dict[str, Any]:
+    stock = await p.seed(level)
+    calls = {ch: len(m.simulator.calls) for ch, m in p.markets.items()}
+    limited = {ch: m.simulator.rate_limited for ch, m in p.markets.items()}
+    via = "webhooks placed on all nine channels" if level.nine else "Shopify webhooks, 64 connections"
+    console.print(f"end to end {level.name}: {level.seconds:.0f} s of {via}")
+    if level.nine:
+        orders = await place_on_nine(session, p.stack.ingest_url, p.markets, level, base)
+    else:
+        port = p.stack.services["ingest"].port or 0
+        orders = await shopify_open_loop(port, p.markets["shopify"].connection, level, base)
+    accepted = [o for o in orders if o.status == 200]
+    event_ids = [e for o in accepted for e in o.event_ids]
+
+    def all_applied() -> bool:
+        return len(p.ledger(event_ids)) == len(set(event_ids))
+
+    await eventually(all_applied, timeout_s=180, what=f"every accepted {level.name} order in the ledger")
+    master = p.master()
+    await p.everywhere(master, timeout_s=240, what=f"every channel to show the master ({level.name})")
+    ledger = p.ledger(event_ids)
+    sent_times = [o.sent_at for o in orders]
+    span = max(sent_times) - min(sent_times) if len(orders) > 1 else 0.0
+
+    channel_writes = {ch: writes(m, calls[ch]) for ch, m in p.markets.items()}
+    per_channel: dict[str, list[float]] = {ch: [] for ch in p.markets}
+    every: list[float] = []
+    unmeasured = rejected = 0
+    for o in accepted:
+        for event_id in o.event_ids:
+            sku, outcome, after = ledger[event_id]
+            if outcome != "applied" or after is None:
+                rejected += 1
+                continue
+            slowest: float | None = 0.0
+            for ch, by_sku in channel_writes.items():
+                if o.counted_at_checkout and ch == o.channel:
+                    continue
+                t = first_write_within(by_sku.get(sku, []), o.sent_at, after)
+                if t is None:
+                    slowest = None
+                    continue
+                per_channel[ch].append(t - o.sent_at)
+                if slowest is not None:
+                    slowest = max(slowest, t - o.sent_at)
+            if slowest is None:
+                unmeasured += 1
+            else:
+                every.append(slowest)
+
+    applied_units: Counter[str] = Counter()
+    accepted_units: Counter[str] = Counter()
+    for o in accepted:
+        for event_id in o.event_ids:
+            sku, outcome, _ = ledger[event_id]
+            accepted_units[sku] += 1
+            applied_units[sku] += outcome == "applied"
+    oversells = sum(max(0, applied_units[s] - stock[s]) for s in SKUS) + sum(
+        1 for s in SKUS if master.get(s, 0) < 0
+    )
+    never_sold_out = [s for s in SKUS if master.get(s, 0) > 0]
+    duplicates = sum(max(0, (stock[s] - master[s]) - accepted_units[s]) for s in never_sold_out)
+    lost = sum(max(0, accepted_units[s] - (stock[s] - master[s])) for s in never_sold_out)
+    repeats = stale = 0
+    channels: dict[str, dict[str, Any]] = {}
+    for ch, by_sku in channel_writes.items():
+        r, s = write_anomalies(by_sku)
+        repeats, stale = repeats + r, stale + s
+        lags = per_channel[ch]
+        channels[ch] = {
+            "p50_ms": ms(lags, 50),
+            "p99_ms": ms(lags, 99),
+            "measured": len(lags),
+            "writes": sum(len(v) for v in by_sku.values()),
+            "calls": len(p.markets[ch].simulator.calls) - calls[ch],
+            "rate_limited": p.markets[ch].simulator.rate_limited - limited[ch],
+            "repeat_writes": r,
+            "stale_writes": s,
         }
-    return out
+    commits = await asyncio.to_thread(commit_lags, p.kafka, set(event_ids))
+    return {
+        "level": level.name,
+        "target_orders_per_s": round(level.per_s, 3),
+        "orders_per_s": round(len(orders) / span, 1) if span else None,
+        "seconds": level.seconds,
+        "via": via,
+        "orders": len(orders),
+        "accepted": len(accepted),
+        "non_200": len(orders) - len(accepted),
+        "redelivered": sum(o.redelivered for o in orders),
+        "applied": sum(applied_units.values()),
+        "rejected": rejected,
+        "p50_ms": ms(every, 50),
+        "p90_ms": ms(every, 90),
+        "p99_ms": ms(every, 99),
+        "max_ms": round(max(every) * 1000, 1) if every else None,
+        "measured": len(every),
+        "unmeasured": unmeasured,
+        "to_commit_p50_ms": ms(commits, 50),
+        "to_commit_p99_ms": ms(commits, 99),
+        "oversells": oversells,
+        "duplicates": duplicates,
+        "lost": lost,
+        "channel_repeat_writes": repeats,
+        "channel_stale_writes": stale,
+        "channels": channels,
+    }
 
 
-async def run_multichannel(
+@asynccontextmanager
+async def nine_marketplaces() -> AsyncIterator[tuple[dict[str, Marketplace], Path]]:
+    """The nine simulators on loopback and a connections file naming them."""
+    async with marketplaces(SKUS, tenant=TENANT) as markets:
+        run_dir = make_run_dir("bench")
+        path = run_dir / "connections.toml"
+        path.write_text(to_toml(m.connection for m in markets.values()))
+        yield markets, path
+
+
+async def e2e_part(
     console: Console,
+    config: BenchConfig,
     kafka_endpoint: KafkaEndpoint,
     pg: PostgresEndpoint,
-    *,
-    slow_orders: int = 50,
-    slow_seconds: float = 60.0,
-    fast_per_s: int = 2000,
-    fast_seconds: float = 2.0,
-) -> dict[str, Any]:
-    name, url = create_database(pg.url, "multi")
+    markets: dict[str, Marketplace],
+    connections_file: Path,
+    infra: dict[str, int],
+) -> tuple[dict[str, Any], dict[str, dict[str, dict[str, float]]]]:
+    name, url = create_database(pg.url, "benche2e")
     kafka = KafkaSettings(
         bootstrap_servers=kafka_endpoint.bootstrap_servers,
-        topic_prefix=f"multi-{uuid.uuid4().hex[:6]}.",
+        topic_prefix=f"benche2e-{uuid.uuid4().hex[:6]}.",
         partitions=4,
     )
+    usage: dict[str, dict[str, dict[str, float]]] = {}
     try:
         migrate(url)
         ensure_topics(kafka, TOPICS)
-        run_dir = make_run_dir("multibench")
-        async with marketplaces(SKUS, tenant="multi") as markets, aiohttp.ClientSession() as session:
-            connections = run_dir / "connections.toml"
-            connections.write_text(to_toml(m.connection for m in markets.values()))
-            stack = Stack(
-                StackConfig(
-                    kafka.bootstrap_servers,
-                    url,
-                    Path(connections),
-                    kafka.topic_prefix,
-                    4,
-                    channels=tuple(markets),
-                    fanout_together=True,
-                ),
-                run_dir=run_dir,
+        stack = Stack(
+            StackConfig(
+                kafka.bootstrap_servers,
+                url,
+                connections_file,
+                kafka.topic_prefix,
+                4,
+                channels=tuple(markets),
+                fanout_together=True,
             )
-            producer = AsyncProducer(producer_config(kafka))
-            try:
-                stack.start_all()
-                await asyncio.to_thread(wait_until, stack.ready, timeout_s=60, what="the gateway")
-                now = datetime.now(UTC)
-                seed = [
-                    StockCounted(
-                        event_id=f"admin:count:{s}",
-                        tenant="multi",
-                        sku=s,
-                        quantity=START,
-                        occurred_at=now,
-                        received_at=now,
-                    )
-                    for s in SKUS
-                ]
-                await producer.send_batch(kafka.topic(inventory_events.TOPIC), as_records(seed))
-
-                async def seeded() -> bool:
-                    counts = _confirmed(await _metrics(session, stack))
-                    return all(counts.get(ch, 0) >= len(SKUS) for ch in markets)
-
-                await eventually(seeded, timeout_s=120, what="the seed counts on all nine channels")
-                results: dict[str, Any] = {"channels": list(markets)}
-
-                console.print(
-                    f"multi-channel: {slow_orders} webhooks over {slow_seconds:.0f} s across 9 channels"
-                )
-                before = await _metrics(session, stack)
-                cycle = itertools.cycle(markets.values())
-                started = time.monotonic()
-                for n in range(slow_orders):
-                    market = next(cycle)
-                    body, headers = market.simulator.place_order(
-                        market.connection, 70_000 + n, [(SKUS[n % 10], 1)], datetime.now(UTC)
-                    )
-                    for _ in range(
-                        10
-                    ):  # a 503 (thin payload not fetchable yet) is redelivered, as channels do
-                        url_ = f"{stack.ingest_url}/webhooks/{market.connection.id}"
-                        async with session.post(url_, data=body, headers=headers) as resp:
-                            if resp.status != 503:
-                                break
-                        await asyncio.sleep(0.5)
-                    await asyncio.sleep(
-                        max(0.0, started + (n + 1) * slow_seconds / slow_orders - time.monotonic())
-                    )
-                await _quiet(session, stack)
-                results["orders_per_minute_50"] = _lags(await _metrics(session, stack), before, list(markets))
-
-                console.print(
-                    f"multi-channel: {fast_per_s} orders/s for {fast_seconds:.0f} s (produced directly)"
-                )
-                before = await _metrics(session, stack)
-                conn_ids = [m.connection.id for m in markets.values()]
-                for second in range(int(fast_seconds)):
-                    tick = time.monotonic()
-                    at = datetime.now(UTC)
-                    burst = [
-                        OrderPlaced(
-                            event_id=f"{conn_ids[i % 9]}:order:fast-{second}-{i}:line:1",
-                            tenant="multi",
-                            sku=SKUS[i % 10],
-                            quantity=1,
-                            connection_id=conn_ids[i % 9],
-                            channel=next(iter(markets.values())).channel,
-                            order_id=f"fast-{second}-{i}",
-                            line_id="1",
-                            occurred_at=at,
-                            received_at=at,
-                        )
-                        for i in range(fast_per_s)
-                    ]
-                    await producer.send_batch(kafka.topic(inventory_events.TOPIC), as_records(burst))
-                    await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - tick)))  # pacing the load
-                await _quiet(session, stack)
-                results["orders_per_second_2000"] = _lags(
-                    await _metrics(session, stack), before, list(markets)
-                )
-                results["rate_limited_by_simulators"] = {
-                    ch: m.simulator.rate_limited for ch, m in markets.items()
-                }
-                return results
-            finally:
-                await producer.close()
-                await asyncio.to_thread(stack.close)
+        )
+        producer = AsyncProducer(producer_config(kafka))
+        try:
+            stack.start_all()
+            await asyncio.to_thread(wait_until, stack.ready, timeout_s=60, what="the gateway")
+            pipeline = Pipeline(stack, kafka, url, markets, producer)
+            pids = {n: s.proc.pid for n, s in stack.services.items()}
+            rows = []
+            async with aiohttp.ClientSession() as session:
+                for n, level in enumerate(levels(config)):
+                    sampler = Usage({**pids, **infra})
+                    async with sampler.measure():
+                        rows.append(await run_level(console, pipeline, session, level, 1_000_000 * (n + 1)))
+                    usage[f"e2e {level.name}"] = sampler.result
+            return {
+                "e2e": rows,
+                "e2e_setup": {
+                    "skus": len(SKUS),
+                    "stock_per_sku": AMPLE_STOCK,
+                    "scarce_skus": {s: SCARCE_STOCK for s in SCARCE},
+                    "channels": list(markets),
+                    "fanout": "one process, one consumer group per channel",
+                },
+            }, usage
+        finally:
+            await producer.close()
+            await asyncio.to_thread(stack.close)
     finally:
         delete_prefixed_topics(kafka)
         drop_database(pg.url, name)
+
+
+__all__ = ["SKUS", "e2e_part", "nine_marketplaces", "percentile"]
