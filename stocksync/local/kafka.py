@@ -192,7 +192,8 @@ class JvmKafkaBroker:
         }
         return "".join(f"{k}={v}\n" for k, v in props.items())
 
-    def start(self, timeout_s: float = 90.0) -> str:
+    def start(self, timeout_s: float = 90.0, *, cluster_id: str | None = None) -> str:
+        """Format fresh KRaft storage (a random cluster id unless given), launch, wait for metadata."""
         sweep_orphaned_run_dirs()
         java = _java()
         self.run_dir = run_dir = make_run_dir("kafka")
@@ -201,7 +202,7 @@ class JvmKafkaBroker:
         props.write_text(self._properties(port, controller_port, run_dir / "data"))
         classpath = f"{self.libs}/*"
         log4j = f"-Dlog4j.configuration=file:{KAFKA_DEPLOY_DIR / 'log4j.properties'}"
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = cluster_id or base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         fmt = subprocess.run(  # noqa: S603
             [
                 java,
@@ -211,10 +212,9 @@ class JvmKafkaBroker:
                 "kafka.tools.StorageTool",
                 "format",
                 "--standalone",
-                "-t",
-                cluster_id,
-                "-c",
-                str(props),
+                # '=' form: a base64url id may start with '-', which argparse would take for an option
+                f"--cluster-id={cluster_id}",
+                f"--config={props}",
             ],
             capture_output=True,
             text=True,

@@ -11,7 +11,7 @@ import pytest
 from stocksync.db import MigrationError, migrate, shipped_migrations
 from stocksync.kafka import AsyncProducer, ensure_topics, producer_config
 from stocksync.local import KafkaEndpoint, postgres
-from stocksync.local.kafka import ensure_broker_jars
+from stocksync.local.kafka import JvmKafkaBroker, broker_answers_metadata, ensure_broker_jars
 from stocksync.settings import KafkaSettings
 from tests.helpers import read_topic
 
@@ -40,6 +40,19 @@ def test_broker_jars_are_cached_after_the_first_resolution(kafka_endpoint: Kafka
     libs, version = ensure_broker_jars()
     assert time.monotonic() - started < 1.0, "a second resolution must not run Maven again"
     assert (libs / f"kafka_2.13-{version}.jar").exists()
+
+
+def test_a_cluster_id_that_starts_with_a_dash_is_formatted(kafka_endpoint: KafkaEndpoint) -> None:
+    """One random id in 64 starts with '-': the storage tool must not read it as an option."""
+    if not kafka_endpoint.source.startswith("jvm"):
+        pytest.skip(f"Kafka came from {kafka_endpoint.source}, not from the Maven-resolved jars")
+    libs, version = ensure_broker_jars()
+    broker = JvmKafkaBroker(libs, version)
+    try:
+        bootstrap = broker.start(cluster_id="-dashFirstClusterId0A")
+        assert broker_answers_metadata(bootstrap)
+    finally:
+        broker.stop()
 
 
 def test_migrations_apply_once_and_refuse_edited_history(empty_database: str) -> None:
