@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from types import ModuleType
 from typing import Protocol
@@ -16,16 +15,17 @@ from channels.connection import Connection
 from channels.ebay.client import EbayInventoryClient
 from channels.etsy.client import EtsyInventoryClient
 from channels.flipkart.client import FlipkartInventoryClient
-from channels.ratelimit import TokenBucket
+from channels.ratelimit import TokenBucket, connection_budget
 from channels.shopify.client import ShopifyInventoryClient
 from channels.tiktok.client import TikTokInventoryClient
 from channels.walmart.client import WalmartInventoryClient
 from channels.woocommerce.client import WooCommerceInventoryClient
 
-HEADROOM = 0.9  # stay a little under the published rate: network jitter must not turn into 429s
-
 
 class InventoryClient(Protocol):
+    """A channel's inventory API for one connection. Every HTTP request it makes is charged to the budget it
+    was built with (``InventoryClientFactory``), so callers never pace it themselves."""
+
     async def set_available(
         self, sku: str, quantity: int, *, change_from: int | None, reference: str
     ) -> None:
@@ -38,23 +38,27 @@ class InventoryClient(Protocol):
         """The channel's current counts of `skus` (those it knows)."""
 
 
+class InventoryClientFactory(Protocol):
+    def __call__(
+        self, session: aiohttp.ClientSession, connection: Connection, *, budget: TokenBucket | None = None
+    ) -> InventoryClient:
+        """A client for `connection`; `budget` None: a fresh one at the connection's (or channel's) rate."""
+
+
 @dataclass(frozen=True)
 class OutboundChannel:
     name: str
-    client: Callable[[aiohttp.ClientSession, Connection], InventoryClient]
+    client: InventoryClientFactory
     rate_limit_per_s: float
     rate_burst: float
     max_batch: int
 
     def budget(self, connection: Connection) -> TokenBucket:
         """The connection's token bucket: its own limit if configured, else the channel's, with headroom."""
-        rate = (connection.rate_limit_per_s or self.rate_limit_per_s) * HEADROOM
-        return TokenBucket(rate, max(1.0, connection.rate_burst or self.rate_burst))
+        return connection_budget(connection, self.rate_limit_per_s, self.rate_burst)
 
 
-def _spec(
-    module: ModuleType, client: Callable[[aiohttp.ClientSession, Connection], InventoryClient]
-) -> OutboundChannel:
+def _spec(module: ModuleType, client: InventoryClientFactory) -> OutboundChannel:
     return OutboundChannel(
         module.CHANNEL, client, module.RATE_LIMIT_PER_S, module.RATE_BURST, module.MAX_BATCH
     )
@@ -87,5 +91,8 @@ def outbound(channel: str) -> OutboundChannel:
         ) from None
 
 
-def client_for(session: aiohttp.ClientSession, connection: Connection) -> InventoryClient:
-    return outbound(connection.channel).client(session, connection)
+def client_for(
+    session: aiohttp.ClientSession, connection: Connection, *, budget: TokenBucket | None = None
+) -> InventoryClient:
+    """The connection's client, charging `budget` (default: a fresh bucket at the connection's rate)."""
+    return outbound(connection.channel).client(session, connection, budget=budget)

@@ -1,10 +1,20 @@
-"""Token buckets: a channel simulator uses one to enforce an API budget, the fan-out one to stay within it."""
+"""Token buckets: a channel simulator enforces an API budget with one, a channel client stays within it.
+
+A connection's budget is charged once per HTTP request, by the client that makes the request: a bulk write
+that takes one call per product (TikTok) or a read and a write per listing (Etsy) pays for each.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from channels.connection import Connection
+
+HEADROOM = 0.9  # stay a little under the published rate: network jitter must not turn into 429s
 
 
 class TokenBucket:
@@ -17,6 +27,7 @@ class TokenBucket:
             raise ValueError("a token bucket needs rate_per_s > 0 and burst >= 1")
         self.rate, self.burst, self._clock = rate_per_s, burst, clock
         self._tokens, self._at = burst, clock()
+        self.waited_s = 0.0  # total time acquire() has waited so far (the fan-out's budget-wait metric)
 
     def _refill(self) -> None:
         now = self._clock()
@@ -37,4 +48,12 @@ class TokenBucket:
         while (wait := self.take(n)) > 0:
             await asyncio.sleep(wait)  # the budget's own schedule
             waited += wait
+        self.waited_s += waited
         return waited
+
+
+def connection_budget(connection: Connection, rate_per_s: float, burst: float) -> TokenBucket:
+    """The connection's own budget if it sets one, else the channel's (`rate_per_s`, `burst`), each request
+    at HEADROOM of it."""
+    rate = (connection.rate_limit_per_s or rate_per_s) * HEADROOM
+    return TokenBucket(rate, max(1.0, connection.rate_burst or burst))

@@ -112,7 +112,8 @@ class ChannelFanout:
         self.channel = spec.name
 
     async def _call(self, sync: ConnectionSync, send: Callable[[], Awaitable[None]]) -> int:
-        """Run `send` within the budget, retrying transient failures; return the attempts it took."""
+        """Run `send`, retrying transient failures; return the attempts it took. The client charges the
+        connection's budget for each HTTP request `send` makes; the time that took is counted here."""
         attempts = 0
         async for attempt in AsyncRetrying(
             retry=retry_if_exception(_retryable),
@@ -123,14 +124,15 @@ class ChannelFanout:
         ):
             with attempt:
                 attempts += 1
-                waited = await sync.bucket.acquire()
-                if waited:
-                    self.metrics.rate_limit_wait.labels(self.channel).inc(waited)
+                waited_before = sync.bucket.waited_s
                 try:
                     await send()
                 except BaseException as exc:
                     self.metrics.calls.labels(self.channel, _result(exc)).inc()
                     raise
+                finally:
+                    if waited := sync.bucket.waited_s - waited_before:
+                        self.metrics.rate_limit_wait.labels(self.channel).inc(waited)
                 self.metrics.calls.labels(self.channel, "ok").inc()
         return attempts
 
@@ -163,10 +165,17 @@ class ChannelFanout:
 
     async def _bulk(self, sync: ConnectionSync, targets: list[Target], reference: str) -> list[Failure]:
         items = [(t.sku, t.quantity) for t in targets]
+        attempts = 0
+
+        async def send() -> None:
+            nonlocal attempts
+            attempts += 1
+            await sync.client.set_many(items, reference=reference)
+
         try:
-            await self._call(sync, lambda: sync.client.set_many(items, reference=reference))
+            await self._call(sync, send)
         except (ChannelError, aiohttp.ClientError, TimeoutError) as exc:
-            return [Failure(t, 1, exc) for t in targets]
+            return [Failure(t, attempts, exc) for t in targets]
         for t in targets:
             sync.confirmed[t.sku] = (t.order, t.quantity)
         return []
@@ -334,10 +343,10 @@ def build_fanout(
     metrics: FanoutMetrics,
 ) -> ChannelFanout:
     spec = outbound(channel)
-    syncs = [
-        ConnectionSync(c, spec.client(session, c), spec.budget(c), spec.max_batch)
-        for c in connections.for_channel(channel)
-    ]
+    syncs = []
+    for c in connections.for_channel(channel):
+        budget = spec.budget(c)
+        syncs.append(ConnectionSync(c, spec.client(session, c, budget=budget), budget, spec.max_batch))
     if not syncs:
         log.warning(
             "no enabled %s connections in the connections file: this worker will only advance offsets",

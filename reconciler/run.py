@@ -149,11 +149,11 @@ class Reconciler:
             reraise=True,
         )
 
-    async def _call(self, budget: TokenBucket, call: Callable[[], Awaitable[T]]) -> T:
-        """One channel API call within the connection's budget, transient failures retried for a while."""
+    async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
+        """One client operation, transient failures retried for a while (the client charges the connection's
+        budget for every HTTP request it makes)."""
         async for attempt in self._retrying():
             with attempt:
-                await budget.acquire()
                 return await call()
         raise AssertionError("unreachable: tenacity re-raises the last failure")  # pragma: no cover
 
@@ -357,15 +357,13 @@ class Reconciler:
             self._fail(conn, rep, "backfill", learned.error)
         self.metrics.backfilled_orders.labels(conn.channel).inc(rep.orders_backfilled)
 
-    async def _read(
-        self, conn: Connection, client: InventoryClient, budget: TokenBucket, skus: list[str]
-    ) -> dict[str, int]:
-        """What the channel shows for `skus`, in batches of its max_batch, each call within the budget."""
+    async def _read(self, conn: Connection, client: InventoryClient, skus: list[str]) -> dict[str, int]:
+        """What the channel shows for `skus`, in batches of its max_batch."""
         step = max(1, outbound(conn.channel).max_batch)
         shows: dict[str, int] = {}
         for i in range(0, len(skus), step):
             part = skus[i : i + step]
-            shows.update(await self._call(budget, partial(client.get_available, part)))
+            shows.update(await self._call(partial(client.get_available, part)))
             self.progress.advance(conn.id, len(part))
         return shows
 
@@ -377,7 +375,7 @@ class Reconciler:
         self.progress.phase(conn.id, "reading the channel before the backfill", total=len(conn.listings))
         try:
             learned.shown_before = await self._read(
-                conn, outbound(conn.channel).client(session, conn), budget, list(conn.listings)
+                conn, outbound(conn.channel).client(session, conn, budget=budget), list(conn.listings)
             )
         except ChannelFailure as exc:
             log.warning("connection %s: could not read the counts before the backfill: %s", conn.id, exc)
@@ -452,12 +450,12 @@ class Reconciler:
         shown_before: dict[str, int] | None,
     ) -> None:
         spec = outbound(conn.channel)
-        client = spec.client(session, conn)
+        client = spec.client(session, conn, budget=budget)
         skus = list(conn.listings)
         rep.skus_checked = len(skus)
         try:
             self.progress.phase(conn.id, "reading the channel", total=len(skus))
-            shows = await self._read(conn, client, budget, skus)
+            shows = await self._read(conn, client, skus)
             master = await store.master_rows(db, conn.tenant, skus)
             rep.drifts = self._drifts(report, conn, skus, shows, master, net, shown_before or {})
             if not report.dry_run:
@@ -468,7 +466,7 @@ class Reconciler:
                 self.progress.phase(conn.id, "[green]compared (dry run)[/]")
                 return
             self.progress.phase(conn.id, "correcting", total=len(rep.drifts) or None)
-            await self._write(report, conn, rep, db, client, budget, spec.max_batch)
+            await self._write(report, conn, rep, db, client, spec.max_batch)
             self.metrics.corrected.labels(conn.channel).inc(rep.drifts_written)
             self.progress.phase(conn.id, "[green]done[/]")
         except Exception as exc:  # noqa: BLE001 - one connection's failure must not stop the others
@@ -528,7 +526,6 @@ class Reconciler:
         rep: ConnectionReport,
         db: AsyncConnection[Any],
         client: InventoryClient,
-        budget: TokenBucket,
         max_batch: int,
     ) -> None:
         reference = f"stocksync://{conn.tenant}/reconcile/{report.run_id}"
@@ -550,7 +547,6 @@ class Reconciler:
                 d = part[0]
                 try:
                     await self._call(
-                        budget,
                         partial(
                             client.set_available,
                             d.sku,
@@ -564,7 +560,7 @@ class Reconciler:
                     continue
             else:
                 items = [(d.sku, d.expected) for d in part]
-                await self._call(budget, partial(client.set_many, items, reference=reference))
+                await self._call(partial(client.set_many, items, reference=reference))
             for d in part:
                 d.action = CORRECTED
             self.progress.advance(conn.id, len(part))

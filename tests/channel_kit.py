@@ -104,8 +104,8 @@ async def serving_sample(
 
 
 async def assert_burst_is_throttled(client: Any, simulator: Any, requests: int) -> None:
-    """Fire `requests` reads at once: some must be refused 429, retryable with a Retry-After, and the
-    simulator must have counted exactly those."""
+    """Fire `requests` reads at once through a `client` whose budget exceeds the channel's: some must be
+    refused 429, retryable with a Retry-After, and the simulator must have counted exactly those."""
     results = await asyncio.gather(
         *(client.get_available(["SKU-1"]) for _ in range(requests)), return_exceptions=True
     )

@@ -24,9 +24,10 @@ from urllib.parse import quote
 
 import aiohttp
 
-from channels.amazon import CHANNEL, LISTINGS_API_VERSION
+from channels.amazon import CHANNEL, LISTINGS_API_VERSION, RATE_BURST, RATE_LIMIT_PER_S
 from channels.connection import Connection
 from channels.errors import ChannelError, error_for_status
+from channels.ratelimit import TokenBucket, connection_budget
 
 DEFAULT_MARKETPLACE = "ATVPDKIKX0DER"
 DEFAULT_PRODUCT_TYPE = "PRODUCT"
@@ -48,9 +49,12 @@ def _retry_after(headers: Any) -> str | None:
 
 
 class AmazonInventoryClient:
-    def __init__(self, session: aiohttp.ClientSession, connection: Connection) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, connection: Connection, *, budget: TokenBucket | None = None
+    ) -> None:
         self._session = session
         self._connection = connection
+        self._budget = budget or connection_budget(connection, RATE_LIMIT_PER_S, RATE_BURST)
         self._base = f"{connection.api_base_url.rstrip('/')}/listings/{LISTINGS_API_VERSION}/items"
         options = connection.options
         self._seller_id = options.get("seller_id", "")
@@ -103,6 +107,7 @@ class AmazonInventoryClient:
                 }
             ],
         }
+        await self._budget.acquire()
         async with self._session.patch(
             self._url(seller_sku),
             params={"marketplaceIds": self._marketplace},
@@ -162,6 +167,7 @@ class AmazonInventoryClient:
         counts: dict[str, int] = {}
         for sku in skus:
             seller_sku = self._seller_sku(sku)
+            await self._budget.acquire()
             async with self._session.get(
                 self._url(seller_sku),
                 params={"marketplaceIds": self._marketplace, "includedData": "fulfillmentAvailability"},

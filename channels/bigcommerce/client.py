@@ -12,17 +12,21 @@ from typing import Any
 
 import aiohttp
 
-from channels.bigcommerce import CHANNEL, MAX_BATCH, api
+from channels.bigcommerce import CHANNEL, MAX_BATCH, RATE_BURST, RATE_LIMIT_PER_S, api
 from channels.connection import Connection
 from channels.errors import ChannelError
+from channels.ratelimit import TokenBucket, connection_budget
 
 PAGE_SIZE = 250
 
 
 class BigCommerceInventoryClient:
-    def __init__(self, session: aiohttp.ClientSession, connection: Connection) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, connection: Connection, *, budget: TokenBucket | None = None
+    ) -> None:
         self._session = session
         self._connection = connection
+        self._budget = budget or connection_budget(connection, RATE_LIMIT_PER_S, RATE_BURST)
 
     def _listing(self, sku: str) -> tuple[str, str | None]:
         """(variant id, product id or None) of a master SKU."""
@@ -54,6 +58,7 @@ class BigCommerceInventoryClient:
                     "inventory_level": quantity,
                 }
             )
+        await self._budget.acquire()
         status, reply = await api.call(
             self._session, self._connection, "PUT", "/v3/catalog/variants", payload=body
         )
@@ -100,6 +105,7 @@ class BigCommerceInventoryClient:
         for product_id, wanted in by_product.items():
             page = total_pages = 1
             while page <= total_pages:
+                await self._budget.acquire()
                 _, reply = await api.call(
                     self._session,
                     self._connection,

@@ -16,16 +16,20 @@ from urllib.parse import quote
 import aiohttp
 
 from channels.connection import Connection
-from channels.ebay import CHANNEL, INVENTORY_API_PATH, MAX_BATCH
+from channels.ebay import CHANNEL, INVENTORY_API_PATH, MAX_BATCH, RATE_BURST, RATE_LIMIT_PER_S
 from channels.errors import ChannelError, error_for_status
+from channels.ratelimit import TokenBucket, connection_budget
 
 
 class EbayInventoryClient:
     """Writes and reads available counts of one eBay seller account (``connection``)."""
 
-    def __init__(self, session: aiohttp.ClientSession, connection: Connection) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, connection: Connection, *, budget: TokenBucket | None = None
+    ) -> None:
         self._session = session
         self._connection = connection
+        self._budget = budget or connection_budget(connection, RATE_LIMIT_PER_S, RATE_BURST)
         self._base = f"{connection.api_base_url.rstrip('/')}{INVENTORY_API_PATH}"
 
     def _headers(self) -> dict[str, str]:
@@ -82,6 +86,7 @@ class EbayInventoryClient:
                 for sku, quantity, offer_id in chunk
             ]
         }
+        await self._budget.acquire()
         async with self._session.post(
             f"{self._base}/bulk_update_price_quantity", json=body, headers=self._headers()
         ) as resp:
@@ -109,6 +114,7 @@ class EbayInventoryClient:
         counts: dict[str, int] = {}
         for sku in dict.fromkeys(skus):
             url = f"{self._base}/inventory_item/{quote(sku, safe='')}"
+            await self._budget.acquire()
             async with self._session.get(url, headers=self._headers()) as resp:
                 text = await resp.text()
                 status, retry_after = resp.status, resp.headers.get("Retry-After")

@@ -19,7 +19,8 @@ import aiohttp
 
 from channels.connection import Connection
 from channels.errors import ChannelError, error_for_status
-from channels.etsy import API_PATH, CHANNEL, MAX_QUANTITY
+from channels.etsy import API_PATH, CHANNEL, MAX_QUANTITY, RATE_BURST, RATE_LIMIT_PER_S
+from channels.ratelimit import TokenBucket, connection_budget
 
 _PROPERTY_VALUE_FIELDS = ("property_id", "property_name", "scale_id", "value_ids", "values")
 
@@ -45,9 +46,12 @@ def api_headers(connection: Connection) -> dict[str, str]:
 class EtsyInventoryClient:
     """Writes and reads available counts of one Etsy shop (``connection``)."""
 
-    def __init__(self, session: aiohttp.ClientSession, connection: Connection) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, connection: Connection, *, budget: TokenBucket | None = None
+    ) -> None:
         self._session = session
         self._connection = connection
+        self._budget = budget or connection_budget(connection, RATE_LIMIT_PER_S, RATE_BURST)
         self._base = f"{connection.api_base_url.rstrip('/')}{API_PATH}"
 
     def _locate(self, sku: str) -> tuple[str, str]:
@@ -109,12 +113,14 @@ class EtsyInventoryClient:
 
     async def _get_inventory(self, listing_id: str) -> dict[str, Any]:
         url = f"{self._base}/listings/{listing_id}/inventory"
+        await self._budget.acquire()
         async with self._session.get(url, headers=api_headers(self._connection)) as resp:
             text, status, retry_after = await resp.text(), resp.status, resp.headers.get("retry-after")
         return _json_object(text, status, retry_after, f"inventory of listing {listing_id}")
 
     async def _put_inventory(self, listing_id: str, body: dict[str, Any]) -> None:
         url = f"{self._base}/listings/{listing_id}/inventory"
+        await self._budget.acquire()
         async with self._session.put(url, json=body, headers=api_headers(self._connection)) as resp:
             text, status, retry_after = await resp.text(), resp.status, resp.headers.get("retry-after")
         _json_object(text, status, retry_after, f"inventory update of listing {listing_id}")

@@ -14,13 +14,17 @@ import aiohttp
 
 from channels.connection import Connection
 from channels.errors import ChannelError
-from channels.flipkart import CHANNEL, MAX_BATCH, api
+from channels.flipkart import CHANNEL, MAX_BATCH, RATE_BURST, RATE_LIMIT_PER_S, api
+from channels.ratelimit import TokenBucket, connection_budget
 
 
 class FlipkartInventoryClient:
-    def __init__(self, session: aiohttp.ClientSession, connection: Connection) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, connection: Connection, *, budget: TokenBucket | None = None
+    ) -> None:
         self._session = session
         self._connection = connection
+        self._budget = budget or connection_budget(connection, RATE_LIMIT_PER_S, RATE_BURST)
 
     def _config_error(self, what: str) -> ChannelError:
         return ChannelError(
@@ -59,6 +63,7 @@ class FlipkartInventoryClient:
             seller_sku, fsn = self._listing(sku)
             master[seller_sku] = sku
             body[seller_sku] = {"product_id": fsn, "locations": [{"id": location, "inventory": quantity}]}
+        await self._budget.acquire()
         reply = await api.call(self._session, self._connection, "POST", api.INVENTORY_PATH, payload=body)
         results = reply if isinstance(reply, dict) else {}
         problems: list[str] = []
@@ -102,6 +107,7 @@ class FlipkartInventoryClient:
         out: dict[str, int] = {}
         for i in range(0, len(wanted), MAX_BATCH):
             chunk = [quote(s, safe="") for s in wanted[i : i + MAX_BATCH]]
+            await self._budget.acquire()
             reply = await api.call(self._session, self._connection, "GET", api.listings_path(chunk))
             available = reply.get("available") if isinstance(reply, dict) else None
             for seller_sku, detail in (available or {}).items() if isinstance(available, dict) else []:

@@ -13,7 +13,8 @@ import aiohttp
 
 from channels.connection import Connection
 from channels.errors import ChannelError, CompareMismatch, error_for_status
-from channels.shopify import API_VERSION, CHANNEL, MAX_BATCH
+from channels.ratelimit import TokenBucket, connection_budget
+from channels.shopify import API_VERSION, CHANNEL, MAX_BATCH, RATE_BURST, RATE_LIMIT_PER_S
 
 SET_QUANTITIES = """
 mutation inventorySetQuantities($input: InventorySetQuantitiesInput!) {
@@ -37,9 +38,12 @@ query inventoryLevels($ids: [ID!]!, $locationId: ID!) {
 
 
 class ShopifyInventoryClient:
-    def __init__(self, session: aiohttp.ClientSession, connection: Connection) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, connection: Connection, *, budget: TokenBucket | None = None
+    ) -> None:
         self._session = session
         self._connection = connection
+        self._budget = budget or connection_budget(connection, RATE_LIMIT_PER_S, RATE_BURST)
         self._url = f"{connection.api_base_url.rstrip('/')}/admin/api/{API_VERSION}/graphql.json"
         self._location = connection.options.get("location_id", "gid://shopify/Location/1")
 
@@ -56,6 +60,7 @@ class ShopifyInventoryClient:
 
     async def _graphql(self, query: str, variables: dict[str, Any]) -> dict[str, Any]:
         headers = {"X-Shopify-Access-Token": self._connection.access_token.get_secret_value()}
+        await self._budget.acquire()
         async with self._session.post(
             self._url, json={"query": query, "variables": variables}, headers=headers
         ) as resp:

@@ -13,7 +13,8 @@ import aiohttp
 
 from channels.connection import Connection
 from channels.errors import ChannelError
-from channels.tiktok import CHANNEL, MAX_BATCH, api
+from channels.ratelimit import TokenBucket, connection_budget
+from channels.tiktok import CHANNEL, MAX_BATCH, RATE_BURST, RATE_LIMIT_PER_S, api
 
 MAX_QUANTITY = 99_999
 
@@ -29,9 +30,12 @@ def _count(value: Any, product_id: str) -> int:
 
 
 class TikTokInventoryClient:
-    def __init__(self, session: aiohttp.ClientSession, connection: Connection) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, connection: Connection, *, budget: TokenBucket | None = None
+    ) -> None:
         self._session = session
         self._connection = connection
+        self._budget = budget or connection_budget(connection, RATE_LIMIT_PER_S, RATE_BURST)
         # Optional: a SKU stocked in one default warehouse may omit it; multi-warehouse shops must set it.
         self._warehouse = connection.options.get("warehouse_id")
 
@@ -60,6 +64,7 @@ class TikTokInventoryClient:
     async def _update(self, product_id: str, items: list[tuple[str, str, int]]) -> list[str]:
         """One Update Inventory call; returns the per-SKU errors TikTok reported (empty if none)."""
         payload = {"skus": [{"id": sku_id, "inventory": [self._stock(qty)]} for _, sku_id, qty in items]}
+        await self._budget.acquire()
         data = await api.call(
             self._session, self._connection, "POST", api.inventory_update_path(product_id), payload=payload
         )
@@ -104,6 +109,7 @@ class TikTokInventoryClient:
             by_product.setdefault(product_id, {})[sku_id] = sku
         out: dict[str, int] = {}
         for product_id, wanted in by_product.items():
+            await self._budget.acquire()
             data = await api.call(self._session, self._connection, "GET", api.product_path(product_id))
             for entry in data.get("skus") or []:
                 if not isinstance(entry, dict) or str(entry.get("id")) not in wanted:

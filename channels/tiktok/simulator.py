@@ -2,7 +2,8 @@
 
 It checks what TikTok checks (access token, app key, request ``sign``), keeps per-SKU-id counts at one
 warehouse, answers business errors the TikTok way (HTTP 200, non-zero ``code``), enforces a token bucket
-(429 with Retry-After), records every inventory write, and can be told to fail.
+per API (429 with Retry-After; TikTok throttles per app, shop and API, so order reads do not spend the
+inventory writes' budget), records every inventory write, and can be told to fail.
 Orders list one line item per unit, without ``quantity``, as 202309 order details do. Every order placed
 stays in the order book and is served by Get Order List (``POST /order/202309/orders/search``: ``page_size``,
 ``page_token``, ``sort_field``/``sort_order`` in the query, ``create_time_ge``/``update_time_ge`` in the
@@ -61,7 +62,7 @@ class TikTokSimulator:
     writes: int = 0  # Update Inventory requests that reached the handler
     failures: list[int] = field(default_factory=list)
     rate_limited: int = 0
-    bucket: TokenBucket = field(default_factory=lambda: TokenBucket(RATE_LIMIT_PER_S, RATE_BURST))
+    buckets: dict[str, TokenBucket] = field(default_factory=dict)  # per API, made on first use
     failing_until: float = 0.0
     failing_status: int = 503
 
@@ -103,7 +104,13 @@ class TikTokSimulator:
         body = {"code": code, "message": message, "request_id": secrets.token_hex(8), "data": data}
         return web.json_response(body, status=status, headers=headers)
 
-    async def _guard(self, request: web.Request) -> web.Response | None:
+    def bucket(self, api_name: str) -> TokenBucket:
+        """The budget of one API of this shop (Get Order Detail, Update Inventory, ...)."""
+        if api_name not in self.buckets:
+            self.buckets[api_name] = TokenBucket(RATE_LIMIT_PER_S, RATE_BURST)
+        return self.buckets[api_name]
+
+    async def _guard(self, request: web.Request, api_name: str) -> web.Response | None:
         """The checks every endpoint makes, in TikTok's order; None when the request may proceed."""
         if request.headers.get(api.TOKEN_HEADER) != self.access_token:
             return self._reply(105002, "Access token is invalid", status=401)
@@ -112,7 +119,7 @@ class TikTokSimulator:
         expected = api.sign_request(self.app_secret, request.path, params, body)
         if params.get("app_key") != self.app_key or params.get("sign") != expected:
             return self._reply(106001, "signature is invalid", status=401)
-        wait = self.bucket.take()
+        wait = self.bucket(api_name).take()
         if wait > 0:
             self.rate_limited += 1
             return web.json_response(
@@ -127,7 +134,7 @@ class TikTokSimulator:
         return None
 
     async def _order_detail(self, request: web.Request) -> web.Response:
-        if refused := await self._guard(request):
+        if refused := await self._guard(request, "order_detail"):
             return refused
         ids = [i for i in request.query.get("ids", "").split(",") if i]
         if not ids or len(ids) > 50:
@@ -138,7 +145,7 @@ class TikTokSimulator:
     async def _order_search(self, request: web.Request) -> web.Response:
         """Get Order List: orders whose ``create_time``/``update_time`` is at or after the body's ``*_ge``,
         sorted by ``sort_field`` (create_time or update_time) ASC or DESC, ``page_size`` (1-100) a page."""
-        if refused := await self._guard(request):
+        if refused := await self._guard(request, "order_search"):
             return refused
         query = request.query
         size_text = query.get("page_size", "")
@@ -178,7 +185,7 @@ class TikTokSimulator:
         return self._reply(0, "Success", data)
 
     async def _get_product(self, request: web.Request) -> web.Response:
-        if refused := await self._guard(request):
+        if refused := await self._guard(request, "get_product"):
             return refused
         product_id = request.match_info["product_id"]
         if product_id not in self.products:
@@ -194,7 +201,7 @@ class TikTokSimulator:
         return self._reply(0, "Success", {"id": product_id, "status": "ACTIVATE", "skus": skus})
 
     async def _update_inventory(self, request: web.Request) -> web.Response:
-        if refused := await self._guard(request):
+        if refused := await self._guard(request, "update_inventory"):
             return refused
         self.writes += 1
         product_id = request.match_info["product_id"]

@@ -23,7 +23,7 @@ import aiohttp
 
 from channels.connection import Connection
 from channels.errors import ChannelError, error_for_status
-from channels.ratelimit import TokenBucket
+from channels.ratelimit import TokenBucket, connection_budget
 from channels.walmart import CHANNEL, FEED_THRESHOLD, MAX_BATCH, RATE_BURST, RATE_LIMIT_PER_S, SERVICE_NAME
 
 FEED_SPEC_VERSION = "1.4"
@@ -57,7 +57,8 @@ class WalmartInventoryClient:
         budget: TokenBucket | None = None,
     ) -> None:
         self._session = session
-        self._budget = budget  # if given, charged before every HTTP call (token requests included)
+        # charged before every HTTP call, token requests included
+        self._budget = budget or connection_budget(connection, RATE_LIMIT_PER_S, RATE_BURST)
         self._connection = connection
         self._base = connection.api_base_url.rstrip("/")
         self._feed_threshold = feed_threshold
@@ -70,12 +71,6 @@ class WalmartInventoryClient:
         self._token: str | None = None
         self._token_valid_until = 0.0
         self.feed_ids: list[str] = []
-        # The fan-out charges its budget once per set_many/get_available, but below the feed threshold those
-        # make one call per SKU: pace them here so a batch cannot burst past Walmart's limit.
-        self._pace = TokenBucket(
-            0.9 * (connection.rate_limit_per_s or RATE_LIMIT_PER_S),
-            max(1.0, connection.rate_burst or RATE_BURST),
-        )
 
     # -- plumbing -------------------------------------------------------------------------------------------
 
@@ -102,8 +97,7 @@ class WalmartInventoryClient:
                 status=None,
                 retryable=False,
             )
-        if self._budget is not None:
-            await self._budget.acquire()
+        await self._budget.acquire()
         async with self._session.post(
             f"{self._base}/v3/token",
             data={"grant_type": "client_credentials"},
@@ -147,8 +141,7 @@ class WalmartInventoryClient:
             if feed_file is not None:  # a FormData is consumed by one request: build it per attempt
                 data = aiohttp.FormData()
                 data.add_field("file", feed_file, filename="inventory.json", content_type="application/json")
-            if self._budget is not None:
-                await self._budget.acquire()
+            await self._budget.acquire()
             async with self._session.request(
                 method,
                 f"{self._base}{path}",
@@ -235,7 +228,6 @@ class WalmartInventoryClient:
                 self.feed_ids.append(await self._submit_feed(resolved[start : start + MAX_BATCH]))
         else:
             for sku, seller_sku, quantity in resolved:
-                await self._pace.acquire()
                 try:
                     await self.set_available(sku, quantity, change_from=None, reference=reference)
                 except ChannelError as exc:
@@ -308,7 +300,6 @@ class WalmartInventoryClient:
         found: dict[str, int] = {}
         for sku in dict.fromkeys(skus):
             seller_sku = self.seller_sku(sku)
-            await self._pace.acquire()
             try:
                 body = await self._call("GET", "/v3/inventory", params=self._inventory_params(seller_sku))
             except ChannelError as exc:

@@ -19,7 +19,7 @@ import aiohttp
 
 from channels.connection import Connection
 from channels.errors import ChannelError, error_for_status
-from channels.ratelimit import TokenBucket
+from channels.ratelimit import TokenBucket, connection_budget
 from channels.woocommerce import API_NAMESPACE, CHANNEL, MAX_BATCH, RATE_BURST, RATE_LIMIT_PER_S
 
 _ID = re.compile(r"[0-9]{1,20}")
@@ -43,9 +43,12 @@ def _chunks(items: list[Any], size: int) -> list[list[Any]]:
 
 
 class WooCommerceInventoryClient:
-    def __init__(self, session: aiohttp.ClientSession, connection: Connection) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, connection: Connection, *, budget: TokenBucket | None = None
+    ) -> None:
         self._session = session
         self._connection = connection
+        self._budget = budget or connection_budget(connection, RATE_LIMIT_PER_S, RATE_BURST)
         self._base = f"{connection.api_base_url.rstrip('/')}/wp-json/{API_NAMESPACE}"
         key, sep, secret = connection.access_token.get_secret_value().partition(":")
         # HTTP Basic with the REST key pair (WooCommerce accepts it over HTTPS).
@@ -53,12 +56,6 @@ class WooCommerceInventoryClient:
             "Basic " + base64.b64encode(f"{key}:{secret}".encode()).decode()
             if sep and key and secret
             else None
-        )
-        # The fan-out charges its budget once per set_many/get_available, which make one call per collection
-        # (each variable product is its own): pace those here so a batch cannot flood the store.
-        self._pace = TokenBucket(
-            0.9 * (connection.rate_limit_per_s or RATE_LIMIT_PER_S),
-            max(1.0, connection.rate_burst or RATE_BURST),
         )
 
     def target(self, sku: str) -> Target:
@@ -101,6 +98,7 @@ class WooCommerceInventoryClient:
     async def _call(
         self, method: str, path: str, *, json: Any = None, params: dict[str, str] | None = None
     ) -> Any:
+        await self._budget.acquire()
         async with self._session.request(
             method,
             f"{self._base}/{path}",
@@ -157,7 +155,6 @@ class WooCommerceInventoryClient:
                     {"id": target.item_id, "stock_quantity": quantity, "manage_stock": True}
                     for _, quantity, target in chunk
                 ]
-                await self._pace.acquire()
                 body = await self._call("POST", f"{collection}/batch", json={"update": update})
                 problems.extend(_batch_errors(body, by_id, len(update)))
         if problems:
@@ -179,7 +176,6 @@ class WooCommerceInventoryClient:
             for chunk in _chunks(group, MAX_BATCH):
                 by_id = {target.item_id: sku for sku, target in chunk}
                 params = {"include": ",".join(str(i) for i in by_id), "per_page": str(len(by_id))}
-                await self._pace.acquire()
                 body = await self._call("GET", collection, params=params)
                 if not isinstance(body, list):
                     raise ChannelError(
