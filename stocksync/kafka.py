@@ -7,11 +7,12 @@ record, so a caller that awaits it may tell the outside world the record is dura
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -57,18 +58,33 @@ def consumer_config(settings: KafkaSettings, group: str, **overrides: Any) -> di
 class AsyncProducer:
     """An idempotent producer whose ``send`` is awaitable and completes on the broker's acknowledgement.
 
-    A background thread serves librdkafka's delivery callbacks, so the event loop never blocks on I/O.
+    A background thread serves librdkafka's delivery callbacks, so the event loop never blocks on I/O. The
+    acknowledgements one ``poll`` serves reach each event loop in one wake-up, not one per record.
     """
 
     def __init__(self, config: Mapping[str, Any]) -> None:
         self._producer = Producer(dict(config))
         self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._ready: list[tuple[asyncio.AbstractEventLoop, Callable[[], None]]] = []
         self._poller = threading.Thread(target=self._poll_loop, name="kafka-producer-poll", daemon=True)
         self._poller.start()
 
     def _poll_loop(self) -> None:
         while not self._stop.is_set():
             self._producer.poll(0.05)
+            self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Hand the delivery results gathered so far to their event loops, one wake-up per loop."""
+        with self._lock:
+            ready, self._ready = self._ready, []
+        by_loop: dict[asyncio.AbstractEventLoop, list[Callable[[], None]]] = {}
+        for loop, resolve in ready:
+            by_loop.setdefault(loop, []).append(resolve)
+        for loop, resolves in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody awaits those sends any more
+                loop.call_soon_threadsafe(_run_all, resolves)
 
     async def send(
         self,
@@ -94,7 +110,8 @@ class AsyncProducer:
                 else:
                     done.set_result(msg)
 
-            loop.call_soon_threadsafe(resolve)
+            with self._lock:
+                self._ready.append((loop, resolve))
 
         try:
             self._producer.produce(
@@ -128,7 +145,9 @@ class AsyncProducer:
         return sent + len(batch)
 
     async def flush(self, timeout_s: float = 10.0) -> int:
-        return await asyncio.to_thread(self._producer.flush, timeout_s)
+        left = await asyncio.to_thread(self._producer.flush, timeout_s)
+        self._dispatch()  # the results flush() served on its own thread
+        return int(left)
 
     async def close(self, timeout_s: float = 10.0) -> None:
         """Deliver what is queued within `timeout_s`; then drop the rest, which nobody was told is stored
@@ -143,6 +162,11 @@ class AsyncProducer:
             self._stop.set()
             await asyncio.to_thread(self._poller.join, 2.0)
             await asyncio.to_thread(self._producer.close)
+
+
+def _run_all(callbacks: list[Callable[[], None]]) -> None:
+    for callback in callbacks:
+        callback()
 
 
 def _admin(settings: KafkaSettings) -> AdminClient:

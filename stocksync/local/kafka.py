@@ -236,7 +236,11 @@ class JvmKafkaBroker:
                 _java(),
                 f"-Xmx{self.heap}",
                 "-Xms256m",
+                # the GC flags Kafka's own kafka-run-class.sh starts brokers with: short G1 pauses
                 "-XX:+UseG1GC",
+                "-XX:MaxGCPauseMillis=20",
+                "-XX:InitiatingHeapOccupancyPercent=35",
+                "-XX:+ExplicitGCInvokesConcurrent",
                 "-Djava.awt.headless=true",
                 f"-Dkafka.logs.dir={self.run_dir / 'logs'}",
                 f"-Dlog4j.configuration=file:{KAFKA_DEPLOY_DIR / 'log4j.properties'}",
