@@ -76,6 +76,29 @@ async def _quarantine(
     return web.json_response({"status": "quarantined", "reason": reason})
 
 
+async def _unusable(
+    request: web.Request,
+    connection: Connection,
+    body: bytes,
+    exc: Exception,
+    step: str,
+    started: float,
+    now: datetime,
+) -> web.Response:
+    """A signed body that cannot become events: quarantined with the reason (200 once durable). A
+    PayloadError says what is wrong with it; anything else is a bug in our code, logged with its trace."""
+    channel = connection.channel
+    if isinstance(exc, PayloadError):
+        reason = str(exc)
+    else:
+        log.exception("the %s %s failed on a webhook for %s; quarantined", channel, step, connection.id)
+        problem = f"{type(exc).__name__}: {exc}"
+        reason = f"the {channel} {step} failed on this body ({problem}); kept for inspection"
+    response = await _quarantine(request, connection, body, reason, now)
+    request.app[METRICS].ack_seconds.labels(channel).observe(time.perf_counter() - started)
+    return response
+
+
 async def webhook(request: web.Request) -> web.Response:
     """Every log line of this request carries the connection id (JSON logs: the ``connection`` key)."""
     with logs.bound(connection=request.match_info["connection_id"]):
@@ -124,20 +147,12 @@ async def _webhook(request: web.Request) -> web.Response:
                 status=503,
                 headers={"Retry-After": "30"},
             )
+        except Exception as exc:  # noqa: BLE001 - unusable (PayloadError) or a bug: either way keep the body
+            return await _unusable(request, connection, body, exc, "order fetch", started, now)
     try:
         events = adapter.normalise(connection, body, request.headers, now)
-    except PayloadError as exc:
-        response = await _quarantine(request, connection, body, str(exc), now)
-        metrics.ack_seconds.labels(channel).observe(time.perf_counter() - started)
-        return response
-    except Exception as exc:  # a normaliser bug must not lose a signed webhook: keep the body
-        log.exception("the %s normaliser failed on a webhook for %s; quarantined", channel, connection_id)
-        reason = (
-            f"the {channel} normaliser failed on this body ({type(exc).__name__}: {exc}); kept for inspection"
-        )
-        response = await _quarantine(request, connection, body, reason, now)
-        metrics.ack_seconds.labels(channel).observe(time.perf_counter() - started)
-        return response
+    except Exception as exc:  # noqa: BLE001 - unusable (PayloadError) or a bug: either way keep the body
+        return await _unusable(request, connection, body, exc, "normaliser", started, now)
     topic = settings.kafka.topic(inventory_events.TOPIC)
     records: list[tuple[str, bytes, bytes, dict[str, str]]] = [
         (

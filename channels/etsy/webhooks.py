@@ -136,7 +136,10 @@ async def expand(
     if payload["event_type"] not in PAID | CANCELED:
         return body  # nothing to fetch for it: normalise says why it is not handled
     resource = payload.get("resource_url")
-    match = _RECEIPT_PATH.match(urlparse(resource).path) if isinstance(resource, str) else None
+    try:
+        match = _RECEIPT_PATH.match(urlparse(resource).path) if isinstance(resource, str) else None
+    except ValueError:  # not a URL at all (e.g. an unclosed IPv6 bracket)
+        match = None
     if match is None:
         raise PayloadError(
             f"resource_url {resource!r} is not an Etsy receipt URL ({API_PATH}/shops/<id>/receipts/<id>)"

@@ -202,7 +202,8 @@ async def expand(
         return body
     data = await api.call(session, connection, "GET", api.ORDER_DETAIL_PATH, query={"ids": order_id})
     orders = data.get("orders")
-    found = [o for o in orders or [] if isinstance(o, dict) and str(o.get("id")) == order_id]
+    listed = orders if isinstance(orders, list) else []  # a reply of another shape lists nothing
+    found = [o for o in listed if isinstance(o, dict) and str(o.get("id")) == order_id]
     if not found:
         # a notification can outrun the order read model for a moment: worth retrying
         raise ChannelError(

@@ -1,8 +1,12 @@
-"""The gateway with channels other than Shopify: a thin payload expanded from the channel's API (Etsy), and
-WooCommerce's unsigned set-up ping. Real Kafka; the channels are their simulators on loopback."""
+"""The gateway with channels other than Shopify: a thin payload expanded from the channel's API (Etsy), a
+signed thin payload that cannot be expanded (quarantined), and WooCommerce's unsigned set-up ping. Real
+Kafka; the channels are their simulators on loopback."""
 
 from __future__ import annotations
 
+import base64
+import json
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -10,13 +14,15 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from channels.connection import Connection, ConnectionRegistry
+from channels.etsy import webhooks as etsy_webhooks
 from channels.etsy.simulator import EtsySimulator
 from channels.etsy.simulator import sample_connection as etsy_connection
+from channels.inbound import ADAPTERS
 from channels.simulation import serve
 from channels.woocommerce.simulator import sample_connection as woo_connection
 from ingest.app import build_app
 from ingest.settings import IngestSettings
-from schemas import TOPICS, inventory_events
+from schemas import TOPICS, inventory_events, quarantine
 from stocksync.kafka import ensure_topics
 from stocksync.local.process import free_port
 from stocksync.settings import KafkaSettings
@@ -75,3 +81,48 @@ async def test_woocommerce_set_up_ping_gets_200_and_publishes_nothing(kafka: Kaf
     finally:
         await client.close()
     assert read_topic(kafka, inventory_events.TOPIC) == []
+
+
+def etsy_signed(conn: Connection, payload: dict[str, object]) -> tuple[bytes, dict[str, str]]:
+    body = json.dumps(payload).encode()
+    msg_id, timestamp = "msg_quarantine_test", int(datetime.now(UTC).timestamp())
+    secret = conn.webhook_secret.get_secret_value()
+    return body, {
+        etsy_webhooks.ID_HEADER: msg_id,
+        etsy_webhooks.TIMESTAMP_HEADER: str(timestamp),
+        etsy_webhooks.SIGNATURE_HEADER: etsy_webhooks.sign(secret, msg_id, timestamp, body),
+    }
+
+
+async def test_a_signed_thin_webhook_that_names_no_receipt_of_this_shop_is_quarantined(
+    kafka: KafkaSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conn = etsy_connection("http://127.0.0.1:1", skus=("MUG-1",))  # no API: nothing may be fetched
+    client = await gateway(kafka, conn)
+    try:
+        other_shop = etsy_signed(
+            conn, {"event_type": "order.paid", "resource_url": "https://x/v3/application/shops/1/receipts/2"}
+        )
+        resp = await client.post(f"/webhooks/{conn.id}", data=other_shop[0], headers=other_shop[1])
+        assert resp.status == 200, await resp.text()
+        assert (await resp.json())["status"] == "quarantined"
+
+        async def broken(*_args: object) -> bytes:
+            raise TypeError("surprise")
+
+        monkeypatch.setitem(ADAPTERS, "etsy", replace(ADAPTERS["etsy"], expand=broken))
+        odd = etsy_signed(conn, {"event_type": "order.paid"})
+        resp = await client.post(f"/webhooks/{conn.id}", data=odd[0], headers=odd[1])
+        assert resp.status == 200
+        assert (
+            "the etsy order fetch failed on this body (TypeError: surprise)" in (await resp.json())["reason"]
+        )
+    finally:
+        await client.close()
+    assert read_topic(kafka, inventory_events.TOPIC) == []
+    kept = [
+        quarantine.WebhookQuarantined.model_validate_json(m.value() or b"")
+        for m in read_topic(kafka, quarantine.TOPIC)
+    ]
+    assert [base64.b64decode(q.body_b64) for q in kept] == [other_shop[0], odd[0]]
+    assert "shop" in kept[0].reason

@@ -184,3 +184,14 @@ def test_mutated_real_webhooks_never_escape_as_anything_but_payload_error(
 @given(st.binary(max_size=200))
 def test_arbitrary_bytes_never_escape_as_anything_but_payload_error(raw: bytes) -> None:
     _normalises_or_refuses(raw)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from([webhooks.SECRET_HEADER, "X-Other", "Authorization"]), st.text(max_size=60)
+    ),
+    st.binary(max_size=64),
+)
+def test_verify_never_raises_and_accepts_only_the_secret(headers: dict[str, str], raw: bytes) -> None:
+    assert webhooks.verify(SECRET, raw, headers) is (headers.get(webhooks.SECRET_HEADER) == SECRET)

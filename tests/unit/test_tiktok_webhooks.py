@@ -209,3 +209,15 @@ def test_mutated_real_notifications_never_escape_as_anything_but_payload_error(d
 @given(st.binary(max_size=200))
 def test_arbitrary_bytes_never_escape_as_anything_but_payload_error(raw: bytes) -> None:
     _normalises_or_refuses(raw)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(st.sampled_from([webhooks.SIGNATURE_HEADER, "X-Other"]), st.text(max_size=80)),
+    st.binary(max_size=64),
+    st.one_of(st.none(), st.text(max_size=20)),
+)
+def test_verify_never_raises_on_any_header_body_or_app_key(
+    headers: dict[str, str], raw: bytes, app_key: str | None
+) -> None:
+    assert webhooks.verify(SECRET, raw, headers, app_key=app_key) is False
