@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -18,9 +18,9 @@ from channels.shopify import webhooks as shopify
 from channels.tiktok import webhooks as tiktok
 from channels.walmart import webhooks as walmart
 from channels.woocommerce import webhooks as woocommerce
-from schemas.inventory_events import OrderCancelled, OrderPlaced
+from schemas.inventory_events import ChannelEvent
 
-Normalise = Callable[[Connection, bytes, Mapping[str, str], datetime], list[OrderPlaced | OrderCancelled]]
+Normalise = Callable[[Connection, bytes, Mapping[str, str], datetime], Sequence[ChannelEvent]]
 Expand = Callable[[aiohttp.ClientSession, Connection, bytes, Mapping[str, str]], Awaitable[bytes]]
 
 

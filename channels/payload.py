@@ -136,9 +136,11 @@ def line_event(
     received_at: datetime,
     where: str,
     cancelled: bool = False,
+    cancel_id: str | None = None,
 ) -> OrderPlaced | OrderCancelled:
-    """OrderPlaced ``<conn>:order:<o>:line:<l>``, or if `cancelled` its OrderCancelled. A line that makes no
-    valid event is a PayloadError "<where> does not make a valid event: <first problem>"."""
+    """OrderPlaced ``<conn>:order:<o>:line:<l>``, or if `cancelled` its OrderCancelled (id `cancel_id`,
+    default ``<conn>:cancel:<o>:line:<l>``: the whole line). A line that makes no valid event is a
+    PayloadError "<where> does not make a valid event: <first problem>"."""
     sale_id = f"{connection.id}:order:{order_id}:line:{line_id}"
     common: dict[str, Any] = {
         "tenant": connection.tenant,
@@ -153,7 +155,7 @@ def line_event(
     }
     try:
         if cancelled:
-            cancel_id = f"{connection.id}:cancel:{order_id}:line:{line_id}"
+            cancel_id = cancel_id or f"{connection.id}:cancel:{order_id}:line:{line_id}"
             return OrderCancelled(event_id=cancel_id, sale_event_id=sale_id, **common)
         return OrderPlaced(event_id=sale_id, **common)
     except ValidationError as exc:

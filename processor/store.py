@@ -22,7 +22,7 @@ from schemas.inventory_events import AnyInventoryEvent, OrderCancelled, OrderPla
 from schemas.stock_changed import StockChanged
 from schemas.stock_rejected import StockRejected
 
-Outcome = Literal["applied", "duplicate", "rejected", "unknown_sku", "stale", "ignored"]
+Outcome = Literal["applied", "duplicate", "rejected", "unknown_sku", "stale", "ignored", "observed"]
 
 APPLY = (
     "SELECT outcome, before, after, version, reason FROM stocksync_apply(%s, %s, %s, %s, %s, %s, %s, %s, %s)"

@@ -83,7 +83,25 @@ class StockReceived(Event):
     received_at: AwareDatetime
 
 
-AnyInventoryEvent = OrderPlaced | OrderCancelled | StockReceived | StockCounted
+class StockObserved(Event):
+    """A channel reported its own count of a SKU (an edit on the channel side, or its echo of a write of
+    ours): a drift signal. Recorded in the ledger beside the master's count; the master does not change
+    (master wins; the reconciler corrects a channel that drifted)."""
+
+    type: Literal["stock_observed"] = "stock_observed"
+    event_id: EventId
+    tenant: Tenant
+    sku: Sku
+    quantity: NonNegativeInt
+    connection_id: str
+    channel: Channel
+    occurred_at: AwareDatetime
+    received_at: AwareDatetime
+
+
+AnyInventoryEvent = OrderPlaced | OrderCancelled | StockReceived | StockCounted | StockObserved
+ChannelEvent = OrderPlaced | OrderCancelled | StockObserved
+"""What a channel's webhook can say: sales, restocks, and its own count (a drift signal)."""
 InventoryEvent = Annotated[AnyInventoryEvent, Field(discriminator="type")]
 _adapter: TypeAdapter[InventoryEvent] = TypeAdapter(InventoryEvent)
 

@@ -6,8 +6,9 @@ cost budget, and the ``orders`` connection filters (``query: "updated_at:>='…'
 UPDATED_AT``) and pages by cursor (``first``/``after``, ``pageInfo.endCursor``) as the backfill needs. Its
 nodes carry GraphQL ids (``gid://shopify/Order/123``); each is turned into the REST/webhook shape (numeric
 order, line item and variant ids: the last segment of each gid) and normalised by ``webhooks.order_events``,
-so every line's event id equals the ``orders/create`` webhook's. Like that webhook path, a cancelled order
-yields its OrderPlaced events only (Shopify cancellations are not handled yet).
+so every line's event id equals the ``orders/create`` webhook's. A cancelled order yields its OrderPlaced
+events only: restocks arrive by the ``refunds/create`` and ``orders/cancelled`` webhooks, and the backfill
+does not list refunds yet, so a missed refund webhook leaves the master low until the seller's next count.
 """
 
 from __future__ import annotations

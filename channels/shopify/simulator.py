@@ -278,36 +278,106 @@ class ShopifySimulator:
         self.orders[order_id] = BookedOrder(order_id, created_at, created_at, items)
         return order_webhook(connection, order_id, items, created_at)
 
+    def cancel_order(
+        self, connection: Connection, order_id: int, cancelled_at: datetime, *, restock: bool = True
+    ) -> tuple[bytes, dict[str, str]]:
+        """The seller cancels a booked order: with `restock`, Shopify puts its units back on its own count
+        and refunds every line with restock_type ``cancel``; the signed ``orders/cancelled`` webhook."""
+        booked = self.orders[order_id]
+        booked.cancelled_at = booked.updated_at = cancelled_at
+        kind = "cancel" if restock else "no_restock"
+        if restock:
+            for line in booked.line_items:
+                ref = connection.listings[line["sku"]].inventory_ref
+                if ref in self.available:
+                    self.available[ref] += line["quantity"]
+        lines = [(line, line["quantity"], kind) for line in booked.line_items]
+        refunds = [refund(order_id * 10, order_id, lines, cancelled_at)]
+        return cancelled_webhook(connection, order_id, booked.line_items, refunds, cancelled_at)
+
 
 def _gql_errors(message: str) -> web.Response:
     """A GraphQL-level refusal: Shopify answers 200 with an ``errors`` list."""
     return web.json_response({"errors": [{"message": message}]})
 
 
+def _signed(
+    connection: Connection, topic: str, payload: dict[str, Any], webhook_id: str, at: datetime
+) -> tuple[bytes, dict[str, str]]:
+    """`payload` as Shopify delivers a webhook of `topic`: the body bytes and its signed headers."""
+    body = json.dumps(payload).encode()
+    headers = {
+        "Content-Type": "application/json",
+        webhooks.SIGNATURE_HEADER: webhooks.sign(connection.webhook_secret.get_secret_value(), body),
+        webhooks.TOPIC_HEADER: topic,
+        "X-Shopify-Shop-Domain": f"{connection.id}.myshopify.com",
+        "X-Shopify-Webhook-Id": webhook_id,
+        "X-Shopify-Event-Id": f"ev-{webhook_id}",
+        "X-Shopify-Triggered-At": at.isoformat(),
+        "X-Shopify-API-Version": "2026-01",
+    }
+    return body, headers
+
+
 def order_webhook(
     connection: Connection, order_id: int, line_items: list[dict[str, Any]], created_at: datetime
 ) -> tuple[bytes, dict[str, str]]:
     """A signed ``orders/create`` webhook as Shopify sends it (body bytes and headers)."""
-    body = json.dumps(
-        {
-            "id": order_id,
-            "admin_graphql_api_id": f"gid://shopify/Order/{order_id}",
-            "created_at": created_at.isoformat(),
-            "line_items": line_items,
-            "currency": "USD",
-        }
-    ).encode()
-    headers = {
-        "Content-Type": "application/json",
-        webhooks.SIGNATURE_HEADER: webhooks.sign(connection.webhook_secret.get_secret_value(), body),
-        webhooks.TOPIC_HEADER: "orders/create",
-        "X-Shopify-Shop-Domain": f"{connection.id}.myshopify.com",
-        "X-Shopify-Webhook-Id": f"wh-{order_id}",
-        "X-Shopify-Event-Id": f"ev-{order_id}",
-        "X-Shopify-Triggered-At": created_at.isoformat(),
-        "X-Shopify-API-Version": "2026-01",
+    order = {
+        "id": order_id,
+        "admin_graphql_api_id": f"gid://shopify/Order/{order_id}",
+        "created_at": created_at.isoformat(),
+        "line_items": line_items,
+        "currency": "USD",
     }
-    return body, headers
+    return _signed(connection, "orders/create", order, f"wh-{order_id}", created_at)
+
+
+def refund(
+    refund_id: int, order_id: int, lines: list[tuple[dict[str, Any], int, str]], created_at: datetime
+) -> dict[str, Any]:
+    """The REST Refund resource: for each (line item, quantity, restock_type) one refund line item."""
+    return {
+        "id": refund_id,
+        "order_id": order_id,
+        "created_at": created_at.isoformat(),
+        "processed_at": created_at.isoformat(),
+        "refund_line_items": [
+            {
+                "id": refund_id * 100 + n,
+                "line_item_id": line["id"],
+                "quantity": quantity,
+                "restock_type": restock_type,
+                "line_item": line,
+            }
+            for n, (line, quantity, restock_type) in enumerate(lines, start=1)
+        ],
+    }
+
+
+def refund_webhook(connection: Connection, payload: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
+    """A signed ``refunds/create`` webhook of a Refund resource (see ``refund``)."""
+    at = datetime.fromisoformat(payload["created_at"])
+    return _signed(connection, "refunds/create", payload, f"wh-refund-{payload['id']}", at)
+
+
+def cancelled_webhook(
+    connection: Connection,
+    order_id: int,
+    line_items: list[dict[str, Any]],
+    refunds: list[dict[str, Any]],
+    cancelled_at: datetime,
+) -> tuple[bytes, dict[str, str]]:
+    """A signed ``orders/cancelled`` webhook: the order with ``cancelled_at`` and the refunds it created."""
+    order = {
+        "id": order_id,
+        "created_at": cancelled_at.isoformat(),
+        "cancelled_at": cancelled_at.isoformat(),
+        "cancel_reason": "customer",
+        "line_items": line_items,
+        "refunds": refunds,
+    }
+    return _signed(connection, "orders/cancelled", order, f"wh-cancel-{order_id}", cancelled_at)
 
 
 def sample_connection(

@@ -87,7 +87,9 @@ async def webhook_events(
     assert adapter.verify_for(connection)(connection.webhook_secret.get_secret_value(), body, headers)
     if adapter.expand is not None:
         body = await adapter.expand(session, connection, body, headers)
-    return adapter.normalise(connection, body, headers, datetime.now(UTC))
+    events = adapter.normalise(connection, body, headers, datetime.now(UTC))
+    assert all(isinstance(e, OrderPlaced | OrderCancelled) for e in events), "orders only"
+    return [e for e in events if isinstance(e, OrderPlaced | OrderCancelled)]
 
 
 async def backfill(

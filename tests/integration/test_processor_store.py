@@ -14,7 +14,14 @@ from psycopg_pool import AsyncConnectionPool
 from processor.app import prune_processed
 from processor.store import Result, apply_batch
 from schemas.base import Channel
-from schemas.inventory_events import AnyInventoryEvent, OrderPlaced, StockCounted, StockReceived
+from schemas.inventory_events import (
+    AnyInventoryEvent,
+    OrderCancelled,
+    OrderPlaced,
+    StockCounted,
+    StockObserved,
+    StockReceived,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -167,3 +174,67 @@ async def test_receipts_add_create_new_skus_and_survive_an_older_count(database_
     # A receipt older than the count is already inside it.
     assert (await run(database_url, receipt(3, 5, at=T0 + timedelta(seconds=10)))).outcome == "stale"
     assert state(database_url) == (13, 3)
+
+
+def restock(n: int, quantity: int, *, sale_n: int, at: datetime = T0) -> OrderCancelled:
+    """A refund of part of sale `sale_n` (its own id, as a Shopify refund line item has)."""
+    return OrderCancelled(
+        event_id=f"shopify-1:refund:{n}:line:1",
+        tenant="acme",
+        sku="SKU-1",
+        quantity=quantity,
+        connection_id="shopify-1",
+        channel="shopify",
+        order_id=str(sale_n),
+        line_id="1",
+        sale_event_id=f"shopify-1:order:{sale_n}:line:1",
+        occurred_at=at,
+        received_at=at,
+    )
+
+
+async def test_the_restocks_of_a_sale_never_return_more_than_it_took(database_url: str) -> None:
+    await run(database_url, count(1, 10, as_of=T0 - timedelta(hours=1)))
+    await run(database_url, sale(7, 3))
+    assert state(database_url)[0] == 7
+    first = await run(database_url, restock(1, 1, sale_n=7))
+    second = await run(database_url, restock(2, 5, sale_n=7))  # asks for 5: only 2 of the 3 are left
+    third = await run(database_url, restock(3, 1, sale_n=7))
+    assert [(r.outcome, r.after) for r in (first, second, third)] == [
+        ("applied", 8),
+        ("applied", 10),
+        ("ignored", 10),
+    ]
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT delta, reason, sale_event_id FROM ledger WHERE kind = 'order_cancelled' ORDER BY id"
+        ).fetchall()
+    assert [r[0] for r in rows] == [1, 2, 0]
+    assert "restocked 2 of 5" in rows[1][1]
+    assert "already restocked" in rows[2][1]
+    assert {r[2] for r in rows} == {"shopify-1:order:7:line:1"}
+
+
+async def test_a_channels_own_count_is_recorded_and_changes_nothing(database_url: str) -> None:
+    await run(database_url, count(1, 10, as_of=T0 - timedelta(hours=1)))
+    before = state(database_url)
+    observed = StockObserved(
+        event_id="shopify-1:level:9001:1:t1",
+        tenant="acme",
+        sku="SKU-1",
+        quantity=14,
+        connection_id="shopify-1",
+        channel="shopify",
+        occurred_at=T0,
+        received_at=T0,
+    )
+    result = await run(database_url, observed)
+    again = await run(database_url, observed)
+    assert (result.outcome, result.topic, again.outcome) == ("observed", None, "duplicate")
+    assert state(database_url) == before  # count and version unchanged: master wins
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "SELECT kind, delta, absolute, before, after, reason FROM ledger WHERE event_id = %s",
+            (observed.event_id,),
+        ).fetchone()
+    assert row == ("stock_observed", 0, 14, 10, 10, "shopify shows 14; the master has 10")

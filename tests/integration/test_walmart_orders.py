@@ -41,7 +41,9 @@ class Shop:
         assert adapter.verify_for(self.connection)(
             self.connection.webhook_secret.get_secret_value(), body, headers
         )
-        return adapter.normalise(self.connection, body, headers, RECEIVED)
+        events = adapter.normalise(self.connection, body, headers, RECEIVED)
+        assert all(isinstance(e, OrderPlaced | OrderCancelled) for e in events), "orders only"
+        return [e for e in events if isinstance(e, OrderPlaced | OrderCancelled)]
 
 
 class CountingBucket(TokenBucket):
