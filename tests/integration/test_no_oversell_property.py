@@ -2,8 +2,9 @@
 
 For any stream of sales (from any channel) and cancellations, cut into batches at random places: every
 outcome equals a plain model's (a sale is accepted iff it fits in what is available; a cancellation
-restocks iff its sale was accepted), accepted <= available at every step, and the final count is
-initial - accepted sales + restocks, never below zero.
+restocks iff its sale was accepted, and the cancellations of one sale together at most what it took),
+accepted <= available at every step, and the final count is initial - accepted sales + restocks, never below
+zero.
 """
 
 from __future__ import annotations
@@ -98,21 +99,23 @@ def build(sku: str, initial: int, steps: list[Sale | Cancel]) -> list[AnyInvento
 def model(initial: int, events: list[AnyInventoryEvent]) -> tuple[list[str], int, int, int]:
     """(outcomes, final, accepted units, restocked units) by the rules, with no database."""
     available, accepted, restocked = initial, 0, 0
-    took: set[str] = set()
+    left: dict[str, int] = {}  # accepted sale -> units not restocked yet
     outcomes = ["applied"]
     for e in events[1:]:
         if isinstance(e, OrderPlaced):
             if e.quantity <= available:
                 available -= e.quantity
                 accepted += e.quantity
-                took.add(e.event_id)
+                left[e.event_id] = e.quantity
                 outcomes.append("applied")
             else:
                 outcomes.append("rejected")
         elif isinstance(e, OrderCancelled):
-            if e.sale_event_id in took:
-                available += e.quantity
-                restocked += e.quantity
+            back = min(e.quantity, left.get(e.sale_event_id, 0))
+            if back > 0:
+                available += back
+                restocked += back
+                left[e.sale_event_id] -= back
                 outcomes.append("applied")
             else:
                 outcomes.append("ignored")
