@@ -7,8 +7,9 @@ import contextlib
 import os
 import signal
 import threading
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 import typer
 import uvloop
@@ -23,6 +24,8 @@ from stocksync.kafka import ensure_topics
 from stocksync.local import LaunchError, local_kafka, local_postgres
 from stocksync.settings import KafkaSettings, PostgresSettings
 
+T = TypeVar("T")
+
 app = typer.Typer(
     help="Event-driven multichannel inventory sync.", no_args_is_help=True, add_completion=False
 )
@@ -30,6 +33,16 @@ console = Console()
 app.add_typer(connections_app, name="connections")
 app.add_typer(tenants_app, name="tenants")
 app.command("reconcile")(reconcile_command)
+
+
+def on_local_infra(main: Coroutine[Any, Any, T]) -> T:
+    """Run `main` (which starts local Kafka and PostgreSQL) on uvloop: the load it generates and the
+    simulators it serves share the machine with what they measure. Exit 2 if the servers cannot start."""
+    try:
+        return uvloop.run(main)
+    except LaunchError as exc:
+        console.print(f"[red]could not start local infrastructure:[/] {exc}")
+        raise typer.Exit(2) from exc
 
 
 @app.command()
@@ -59,11 +72,7 @@ def demo(
     except ValueError as exc:
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(2) from exc
-    try:
-        ok = asyncio.run(run_demo(console, options))
-    except LaunchError as exc:
-        console.print(f"[red]could not start local infrastructure:[/] {exc}")
-        raise typer.Exit(2) from exc
+    ok = on_local_infra(run_demo(console, options))
     raise typer.Exit(0 if ok else 1)
 
 
@@ -96,12 +105,7 @@ def bench(
         profile=profile,
         profile_out=Path(out).with_name("gateway-profile.txt"),
     )
-    try:
-        # uvloop: the load generator and the simulators share the machine with what they measure
-        result = uvloop.run(run_bench(console, config))
-    except LaunchError as exc:
-        console.print(f"[red]could not start local infrastructure:[/] {exc}")
-        raise typer.Exit(2) from exc
+    result = on_local_infra(run_bench(console, config))
     write_report(result, Path(out))
     print_tables(console, result)
     console.print(f"results written to {out}")

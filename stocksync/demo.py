@@ -38,19 +38,19 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from channels.connection import ConnectionRegistry, Listing, to_toml
+from channels.connection import ConnectionRegistry, Listing
 from fanout.dlq import read_dead_letters
 from fanout.dlq import replay as dlq_replay
 from schemas import TOPICS, inventory_events
-from schemas.inventory_events import StockCounted
 from stocksync.db import migrate
 from stocksync.kafka import AsyncProducer, delete_prefixed_topics, ensure_topics, producer_config
 from stocksync.local import local_kafka, local_postgres
-from stocksync.local.marketplaces import BUILDERS, Marketplace, marketplaces
+from stocksync.local.marketplaces import BUILDERS, Marketplace, marketplaces, stack_config
 from stocksync.local.postgres import create_database, drop_database
 from stocksync.local.process import eventually, make_run_dir, wait_until
-from stocksync.local.stack import Stack, StackConfig
-from stocksync.local.traffic import as_records
+from stocksync.local.stack import Stack
+from stocksync.local.traffic import as_records, stock_counts
+from stocksync.metrics import bucket_growth, quantile
 from stocksync.polling import Order, PollingResult, simulate_polling
 from stocksync.settings import KafkaSettings
 
@@ -155,30 +155,14 @@ def counter_by(exposition: str, since: str, name: str, *keys: str) -> defaultdic
 
 
 def lag_buckets(exposition: str, since: str, channel: str | None = None) -> list[tuple[float, float]]:
-    """Cumulative sync-lag bucket counts (upper bound in seconds, count) observed between two expositions,
-    for one channel or summed over all."""
-    grown = counter_by(exposition, since, "sync_lag_seconds_bucket", "channel", "le")
-    totals: defaultdict[float, float] = defaultdict(float)
-    for (ch, le), count in grown.items():
-        if channel is None or ch == channel:
-            totals[float(le)] += count
-    return sorted(totals.items())
+    """Cumulative sync-lag bucket counts observed between two expositions, one channel's or all."""
+    labels = {"channel": channel} if channel is not None else {}
+    return bucket_growth(exposition, "sync_lag_seconds", since=since, **labels)
 
 
 def quantile_ms(buckets: list[tuple[float, float]], q: float) -> float | None:
-    """The q-quantile of cumulative buckets, interpolated inside its bucket (as Prometheus does), in ms."""
-    if not buckets or buckets[-1][1] <= 0:
-        return None
-    rank = q * buckets[-1][1]
-    low, low_count = 0.0, 0.0
-    for bound, count in buckets:
-        if count >= rank:
-            if bound == float("inf"):
-                return round(low * 1000, 1)
-            span = count - low_count
-            return round((low + (bound - low) * ((rank - low_count) / span if span else 1.0)) * 1000, 1)
-        low, low_count = bound, count
-    return round(low * 1000, 1)
+    seconds = quantile(buckets, q)
+    return None if seconds is None else round(seconds * 1000, 1)
 
 
 # --- the event-driven run ---
@@ -300,18 +284,9 @@ async def pipeline(skus: list[str], say: Callable[[str], None]) -> AsyncIterator
         markets = await cleanup.enter_async_context(marketplaces(tuple(skus), tenant=TENANT))
         say(f"simulators on loopback: {', '.join(markets)}")
         run_dir = make_run_dir("demo")
-        connections = run_dir / "connections.toml"
-        connections.write_text(to_toml(m.connection for m in markets.values()))
-        config = StackConfig(
-            kafka.bootstrap_servers,
-            database_url,
-            connections,
-            kafka.topic_prefix,
-            kafka.partitions,
-            channels=tuple(markets),
-            fanout_together=True,
+        stack = Stack(
+            stack_config(markets, kafka, database_url, run_dir / "connections.toml"), run_dir=run_dir
         )
-        stack = Stack(config, run_dir=run_dir)
         # stopped off the event loop, which keeps serving the simulators to the stopping fan-out
         cleanup.push_async_callback(asyncio.to_thread, stack.close)
         stack.start_all()
@@ -366,18 +341,7 @@ async def run_event_driven(
     """Seed, play, wait until every channel settled; the result and the fan-out metrics before and after."""
     result = EventDriven(orders=len(orders), per_channel={ch: ChannelTally() for ch in p.markets})
     seeding = progress.add_task("recording the seller's counts on nine channels", total=len(stock))
-    now = datetime.now(UTC)
-    seed = [
-        StockCounted(
-            event_id=f"admin:count:{sku}:0",
-            tenant=TENANT,
-            sku=sku,
-            quantity=q,
-            occurred_at=now,
-            received_at=now,
-        )
-        for sku, q in stock.items()
-    ]
+    seed = stock_counts(TENANT, stock, tag="seed")
     await p.producer.send_batch(p.kafka.topic(inventory_events.TOPIC), as_records(seed))
 
     def seeded() -> bool:

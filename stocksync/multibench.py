@@ -51,7 +51,6 @@ from rich.console import Console
 
 from channels.connection import Connection, to_toml
 from schemas import TOPICS, inventory_events, stock_changed
-from schemas.inventory_events import StockCounted
 from stocksync.bench import (
     BenchConfig,
     RawHttp,
@@ -64,11 +63,11 @@ from stocksync.bench import (
 from stocksync.db import migrate
 from stocksync.kafka import AsyncProducer, delete_prefixed_topics, ensure_topics, producer_config, read_to_end
 from stocksync.local.kafka import KafkaEndpoint
-from stocksync.local.marketplaces import Marketplace, marketplaces
+from stocksync.local.marketplaces import Marketplace, marketplaces, stack_config
 from stocksync.local.postgres import PostgresEndpoint, create_database, drop_database
 from stocksync.local.process import eventually, make_run_dir, wait_until
-from stocksync.local.stack import Stack, StackConfig
-from stocksync.local.traffic import as_records
+from stocksync.local.stack import Stack
+from stocksync.local.traffic import as_records, stock_counts
 from stocksync.settings import KafkaSettings
 
 TENANT = "bench"
@@ -308,21 +307,9 @@ class Pipeline:
 
     async def seed(self, level: Level) -> dict[str, int]:
         counts = {s: SCARCE_STOCK if s in SCARCE else AMPLE_STOCK for s in SKUS}
-        now = datetime.now(UTC)
-        tag = uuid.uuid4().hex[:8]
         await self.producer.send_batch(
             self.kafka.topic(inventory_events.TOPIC),
-            as_records(
-                StockCounted(
-                    event_id=f"admin:count:{tag}:{sku}",
-                    tenant=TENANT,
-                    sku=sku,
-                    quantity=qty,
-                    occurred_at=now,
-                    received_at=now,
-                )
-                for sku, qty in counts.items()
-            ),
+            as_records(stock_counts(TENANT, counts, tag=uuid.uuid4().hex[:8])),
         )
         await eventually(lambda: self.master() == counts, timeout_s=60, what=f"the {level.name} counts")
         await self.everywhere(counts, timeout_s=120, what=f"the {level.name} counts on all nine channels")
@@ -454,9 +441,8 @@ async def run_level(
 async def nine_marketplaces() -> AsyncIterator[tuple[dict[str, Marketplace], Path]]:
     """The nine simulators on loopback and a connections file naming them."""
     async with marketplaces(SKUS, tenant=TENANT) as markets:
-        run_dir = make_run_dir("bench")
-        path = run_dir / "connections.toml"
-        path.write_text(to_toml(m.connection for m in markets.values()))
+        path = make_run_dir("bench") / "connections.toml"
+        path.write_text(to_toml(m.connection for m in markets.values()))  # the gateway part reads it too
         yield markets, path
 
 
@@ -479,17 +465,7 @@ async def e2e_part(
     try:
         migrate(url)
         ensure_topics(kafka, TOPICS)
-        stack = Stack(
-            StackConfig(
-                kafka.bootstrap_servers,
-                url,
-                connections_file,
-                kafka.topic_prefix,
-                4,
-                channels=tuple(markets),
-                fanout_together=True,
-            )
-        )
+        stack = Stack(stack_config(markets, kafka, url, connections_file))
         producer = AsyncProducer(producer_config(kafka))
         try:
             stack.start_all()

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 import aiohttp
@@ -18,7 +19,7 @@ from aiohttp import web
 
 from channels.amazon import simulator as amazon
 from channels.bigcommerce import simulator as bigcommerce
-from channels.connection import Connection
+from channels.connection import Connection, to_toml
 from channels.ebay import simulator as ebay
 from channels.etsy import simulator as etsy
 from channels.flipkart import simulator as flipkart
@@ -29,6 +30,8 @@ from channels.tiktok import simulator as tiktok
 from channels.walmart import simulator as walmart
 from channels.woocommerce import simulator as woocommerce
 from stocksync.local.process import free_port
+from stocksync.local.stack import StackConfig
+from stocksync.settings import KafkaSettings
 
 
 class Simulator(Protocol):
@@ -102,3 +105,20 @@ async def marketplaces(
             await stack.enter_async_context(serve(sim.app(), port=port))
             out[channel] = Marketplace(channel, conn, sim)
         yield out
+
+
+def stack_config(
+    markets: dict[str, Marketplace], kafka: KafkaSettings, database_url: str, connections_file: Path
+) -> StackConfig:
+    """The services for these marketplaces, one fan-out process serving every channel; writes the
+    connections file the services read."""
+    connections_file.write_text(to_toml(m.connection for m in markets.values()))
+    return StackConfig(
+        kafka.bootstrap_servers,
+        database_url,
+        connections_file,
+        kafka.topic_prefix,
+        kafka.partitions,
+        channels=tuple(markets),
+        fanout_together=True,
+    )

@@ -8,7 +8,7 @@ as-of time lies a little in the past, so late counts and stale deltas are exerci
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 
 from schemas import inventory_events
@@ -97,3 +97,21 @@ def synthetic_stream(
 def as_records(events: Iterable[AnyInventoryEvent]) -> list[tuple[bytes | None, bytes]]:
     """(key, value) pairs for ``inventory.events``."""
     return [(partition_key(e.tenant, e.sku), inventory_events.encode(e)) for e in events]
+
+
+def stock_counts(
+    tenant: str, counts: Mapping[str, int], *, tag: str, at: datetime | None = None
+) -> list[StockCounted]:
+    """The seller's counts of `counts` as of `at` (now), ids ``admin:count:<tag>:<sku>``."""
+    when = at or datetime.now(UTC)
+    return [
+        StockCounted(
+            event_id=f"admin:count:{tag}:{sku}",
+            tenant=tenant,
+            sku=sku,
+            quantity=quantity,
+            occurred_at=when,
+            received_at=when,
+        )
+        for sku, quantity in counts.items()
+    ]

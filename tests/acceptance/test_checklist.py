@@ -30,7 +30,7 @@ from schemas.inventory_events import AnyInventoryEvent, OrderPlaced, StockCounte
 from stocksync.kafka import AsyncProducer, producer_config
 from stocksync.local.marketplaces import Marketplace
 from stocksync.local.process import free_port
-from stocksync.local.traffic import as_records
+from stocksync.local.traffic import as_records, stock_counts
 from stocksync.metrics import histogram_quantile
 from tests.e2e.test_all_channels import SKUS, World, deliver, everyone_shows, fanout_metrics
 from tests.helpers import eventually
@@ -41,15 +41,8 @@ TENANT = "acme"
 
 
 def count(sku: str, quantity: int, at: datetime | None = None) -> StockCounted:
-    at = at or datetime.now(UTC)
-    return StockCounted(
-        event_id=f"admin:count:{sku}:{time.time_ns()}",
-        tenant=TENANT,
-        sku=sku,
-        quantity=quantity,
-        occurred_at=at,
-        received_at=at,
-    )
+    [counted] = stock_counts(TENANT, {sku: quantity}, tag=str(time.time_ns()), at=at)
+    return counted
 
 
 async def publish(world: World, events: list[AnyInventoryEvent]) -> None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,8 @@ from reconciler.metrics import ReconcilerMetrics
 from reconciler.report import RunReport
 from reconciler.run import Reconciler
 from reconciler.settings import ReconcilerSettings
-from schemas.inventory_events import StockCounted
 from stocksync.kafka import AsyncProducer, producer_config
-from stocksync.local.traffic import as_records
+from stocksync.local.traffic import as_records, stock_counts
 from stocksync.settings import KafkaSettings, PostgresSettings
 
 
@@ -50,18 +50,7 @@ async def reconcile(
 
 
 async def seed_counts(kafka: KafkaSettings, tenant: str, counts: dict[str, int]) -> None:
-    now = datetime.now(UTC)
-    events = [
-        StockCounted(
-            event_id=f"admin:count:{sku}:{now.timestamp()}",
-            tenant=tenant,
-            sku=sku,
-            quantity=qty,
-            occurred_at=now,
-            received_at=now,
-        )
-        for sku, qty in counts.items()
-    ]
+    events = stock_counts(tenant, counts, tag=f"{time.time_ns()}")
     producer = AsyncProducer(producer_config(kafka))
     try:
         await producer.send_batch(kafka.topic("inventory.events"), as_records(events))

@@ -18,12 +18,11 @@ import aiohttp
 import psycopg
 import pytest
 
-from channels.connection import to_toml
 from schemas import TOPICS, stock_changed, stock_rejected
 from schemas.inventory_events import OrderPlaced, StockCounted
 from stocksync.kafka import AsyncProducer, ensure_topics, producer_config
-from stocksync.local.marketplaces import Marketplace, marketplaces
-from stocksync.local.stack import Stack, StackConfig
+from stocksync.local.marketplaces import Marketplace, marketplaces, stack_config
+from stocksync.local.stack import Stack
 from stocksync.local.traffic import as_records
 from stocksync.metrics import histogram_quantile
 from stocksync.settings import KafkaSettings
@@ -59,18 +58,7 @@ class World:
 async def world(kafka: KafkaSettings, database_url: str, tmp_path: Path) -> AsyncIterator[World]:
     ensure_topics(kafka, TOPICS)
     async with marketplaces(SKUS, tenant="acme") as markets:
-        path = tmp_path / "connections.toml"
-        path.write_text(to_toml(m.connection for m in markets.values()))
-        config = StackConfig(
-            kafka.bootstrap_servers,
-            database_url,
-            path,
-            kafka.topic_prefix,
-            4,
-            channels=tuple(markets),
-            fanout_together=True,
-        )
-        stack = Stack(config)
+        stack = Stack(stack_config(markets, kafka, database_url, tmp_path / "connections.toml"))
         try:
             stack.start_all()
             await eventually(stack.ready, timeout_s=60, what="the gateway")

@@ -21,13 +21,12 @@ import aiohttp
 import pytest
 from prometheus_client import CollectorRegistry
 
-from channels.connection import to_toml
 from channels.errors import ChannelError
 from reconciler.report import CORRECTED, FANOUT_FIXED, MISSED_ORDER, SKIPPED_MASTER_MOVED
 from schemas import TOPICS, stock_changed, stock_rejected
 from stocksync.kafka import ensure_topics
-from stocksync.local.marketplaces import Marketplace, marketplaces
-from stocksync.local.stack import Stack, StackConfig
+from stocksync.local.marketplaces import Marketplace, marketplaces, stack_config
+from stocksync.local.stack import Stack
 from stocksync.settings import KafkaSettings
 from tests.e2e.reconcile_kit import (
     checkpoints,
@@ -89,18 +88,7 @@ class World:
 async def world(kafka: KafkaSettings, database_url: str, tmp_path: Path) -> AsyncIterator[World]:
     ensure_topics(kafka, TOPICS)
     async with marketplaces(SKUS, tenant="acme", channels=CHANNELS) as markets:
-        path = tmp_path / "connections.toml"
-        path.write_text(to_toml(m.connection for m in markets.values()))
-        config = StackConfig(
-            kafka.bootstrap_servers,
-            database_url,
-            path,
-            kafka.topic_prefix,
-            4,
-            channels=tuple(markets),
-            fanout_together=True,
-        )
-        stack = Stack(config)
+        stack = Stack(stack_config(markets, kafka, database_url, tmp_path / "connections.toml"))
         try:
             stack.start_all()
             await eventually(stack.ready, timeout_s=60, what="the gateway")
