@@ -6,9 +6,11 @@ cost budget, and the ``orders`` connection filters (``query: "updated_at:>='…'
 UPDATED_AT``) and pages by cursor (``first``/``after``, ``pageInfo.endCursor``) as the backfill needs. Its
 nodes carry GraphQL ids (``gid://shopify/Order/123``); each is turned into the REST/webhook shape (numeric
 order, line item and variant ids: the last segment of each gid) and normalised by ``webhooks.order_events``,
-so every line's event id equals the ``orders/create`` webhook's. A cancelled order yields its OrderPlaced
-events only: restocks arrive by the ``refunds/create`` and ``orders/cancelled`` webhooks, and the backfill
-does not list refunds yet, so a missed refund webhook leaves the master low until the seller's next count.
+so every line's event id equals the ``orders/create`` webhook's. Each order's ``refunds`` come with it (a
+refund moves the order's ``updatedAt``, so a refunded order is listed again): their refund line items, made
+into the REST Refund shape, go through ``webhooks.refund_events``, so a restock the ``refunds/create`` or
+``orders/cancelled`` webhook missed is backfilled under the same ids. An order with more than MAX_REFUNDS
+refunds, or a refund with more than MAX_LINES lines, is quarantined rather than read in part.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from channels.shopify import API_VERSION, webhooks
 
 MAX_PAGE = 250  # Shopify's largest `first`
 MAX_LINES = 250  # line items fetched with each order; an order with more is quarantined, not truncated
+MAX_REFUNDS = 50  # refunds fetched with each order (Order.refunds is a list, not paged)
 
 ORDERS = (
     """
@@ -39,12 +42,19 @@ query orders($first: Int!, $after: String, $query: String) {
         nodes { id sku quantity variant { legacyResourceId } }
         pageInfo { hasNextPage }
       }
+      refunds(first: %d) {
+        legacyResourceId createdAt
+        refundLineItems(first: %d) {
+          nodes { id quantity restockType lineItem { id sku variant { legacyResourceId } } }
+          pageInfo { hasNextPage }
+        }
+      }
     }
     pageInfo { hasNextPage endCursor }
   }
 }
 """.strip()
-    % MAX_LINES
+    % (MAX_LINES, MAX_REFUNDS, MAX_LINES)
 )
 
 
@@ -81,7 +91,56 @@ def rest_order(node: Any) -> dict[str, Any]:
                 "quantity": item.get("quantity"),
             }
         )
-    return {"id": order_id, "created_at": node.get("createdAt"), "line_items": lines}
+    refunds = node.get("refunds") or []
+    if not isinstance(refunds, list):
+        raise PayloadError(f"order {order_id}: refunds is not a list")
+    if len(refunds) >= MAX_REFUNDS:
+        raise PayloadError(f"order {order_id} has {MAX_REFUNDS} refunds or more; backfill it by hand")
+    return {
+        "id": order_id,
+        "created_at": node.get("createdAt"),
+        "line_items": lines,
+        "refunds": [rest_refund(order_id, r) for r in refunds],
+    }
+
+
+def rest_refund(order_id: int, node: Any) -> dict[str, Any]:
+    """A GraphQL ``Refund`` node in the REST Refund shape ``webhooks.refund_events`` reads."""
+    if not isinstance(node, dict):
+        raise PayloadError(f"order {order_id}: a refund is not a JSON object")
+    refund_id = _numeric(node.get("legacyResourceId") or node.get("id"), f"order {order_id}: refund id")
+    items = node.get("refundLineItems")
+    if not isinstance(items, dict) or not isinstance(items.get("nodes"), list):
+        raise PayloadError(f"refund {refund_id}: refundLineItems.nodes is missing")
+    if (items.get("pageInfo") or {}).get("hasNextPage"):
+        raise PayloadError(f"refund {refund_id} has more than {MAX_LINES} lines; backfill it by hand")
+    lines = []
+    for item in items["nodes"]:
+        if not isinstance(item, dict):
+            raise PayloadError(f"refund {refund_id}: a refund line item is not a JSON object")
+        embedded = item.get("lineItem")
+        line: dict[str, Any] = embedded if isinstance(embedded, dict) else {}
+        variant = line.get("variant")
+        variant_id = variant.get("legacyResourceId") if isinstance(variant, dict) else None
+        restock = item.get("restockType")
+        lines.append(
+            {
+                "id": _numeric(item.get("id"), f"refund {refund_id}: refund line item id"),
+                "line_item_id": _numeric(line.get("id"), f"refund {refund_id}: line item id"),
+                "quantity": item.get("quantity"),
+                "restock_type": restock.lower() if isinstance(restock, str) else restock,
+                "line_item": {
+                    "variant_id": _numeric(variant_id, "variant id") if variant_id is not None else None,
+                    "sku": line.get("sku"),
+                },
+            }
+        )
+    return {
+        "id": refund_id,
+        "order_id": order_id,
+        "created_at": node.get("createdAt"),
+        "refund_line_items": lines,
+    }
 
 
 def _updated(node: dict[str, Any]) -> datetime | None:
@@ -137,7 +196,13 @@ async def list_orders(
             if isinstance(node, dict) and (at := _updated(node)) is not None:
                 times.append(at)
             try:
-                batch.events.extend(webhooks.order_events(connection, rest_order(node), received_at))
+                order = rest_order(node)
+                events = webhooks.order_events(connection, order, received_at)
+                for refund in order["refunds"]:
+                    events += webhooks.refund_events(
+                        connection, refund, received_at, order_id=str(order["id"])
+                    )
+                batch.events.extend(events)
             except PayloadError as exc:
                 batch.rejected.append((as_json(node), str(exc)))
         batch.high_water = high_water(times)

@@ -45,6 +45,7 @@ class BookedOrder:
     updated_at: datetime
     line_items: list[dict[str, Any]]
     cancelled_at: datetime | None = None
+    refunds: list[dict[str, Any]] = field(default_factory=list)  # REST Refund resources (see ``refund``)
 
     def node(self) -> dict[str, Any]:
         """The order as the GraphQL Admin API returns it (``Order`` with its ``lineItems``)."""
@@ -70,7 +71,33 @@ class BookedOrder:
                 ],
                 "pageInfo": {"hasNextPage": False, "endCursor": None},
             },
+            "refunds": [_gql_refund(r) for r in self.refunds],
         }
+
+
+def _gql_refund(refund: dict[str, Any]) -> dict[str, Any]:
+    """A REST Refund (see ``refund``) as the GraphQL Admin API's ``Refund`` with its ``refundLineItems``."""
+    return {
+        "id": f"gid://shopify/Refund/{refund['id']}",
+        "legacyResourceId": str(refund["id"]),
+        "createdAt": _gql_time(datetime.fromisoformat(refund["created_at"])),
+        "refundLineItems": {
+            "nodes": [
+                {
+                    "id": f"gid://shopify/RefundLineItem/{item['id']}",
+                    "quantity": item["quantity"],
+                    "restockType": item["restock_type"].upper(),
+                    "lineItem": {
+                        "id": f"gid://shopify/LineItem/{item['line_item_id']}",
+                        "sku": item["line_item"].get("sku"),
+                        "variant": {"legacyResourceId": str(item["line_item"]["variant_id"])},
+                    },
+                }
+                for item in refund["refund_line_items"]
+            ],
+            "pageInfo": {"hasNextPage": False, "endCursor": None},
+        },
+    }
 
 
 def _gql_time(at: datetime) -> str:
@@ -292,8 +319,8 @@ class ShopifySimulator:
                 if ref in self.available:
                     self.available[ref] += line["quantity"]
         lines = [(line, line["quantity"], kind) for line in booked.line_items]
-        refunds = [refund(order_id * 10, order_id, lines, cancelled_at)]
-        return cancelled_webhook(connection, order_id, booked.line_items, refunds, cancelled_at)
+        booked.refunds.append(refund(order_id * 10 + len(booked.refunds), order_id, lines, cancelled_at))
+        return cancelled_webhook(connection, order_id, booked.line_items, booked.refunds, cancelled_at)
 
 
 def _gql_errors(message: str) -> web.Response:

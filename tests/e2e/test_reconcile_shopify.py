@@ -96,6 +96,36 @@ async def test_a_count_edited_on_shopify_is_corrected_back_to_the_master(
     assert world.connection.id in checkpoints(database_url)
 
 
+async def test_a_cancellation_whose_webhooks_were_lost_is_backfilled_and_restocks_once(
+    pipeline: Stack, shopify_world: ShopifyWorld, kafka: KafkaSettings, database_url: str, tmp_path: Path
+) -> None:
+    """A sale arrives, its cancellation's webhooks (orders/cancelled, refunds/create) are lost: Shopify put
+    the units back on its own count, the master did not. Master wins must not push the lower count over it:
+    the reconciler learns the restock from the order list first, then finds nothing to correct."""
+    world = shopify_world
+    await seed_counts(kafka, "acme", dict.fromkeys(SKUS, 10))
+    await settled(world, database_url, dict.fromkeys(SKUS, 10))
+    body, headers = world.simulator.place_order(world.connection, 5101, [("SKU-3", 4)], datetime.now(UTC))
+    async with aiohttp.ClientSession() as session:
+        await deliver(session, f"{pipeline.ingest_url}/webhooks/{world.connection.id}", body, headers)
+    await settled(world, database_url, {"SKU-1": 10, "SKU-2": 10, "SKU-3": 6})
+    world.simulator.cancel_order(world.connection, 5101, datetime.now(UTC))  # its webhook never arrives
+    assert world.simulator.available[world.item("SKU-3")] == 10
+
+    settings = reconciler_settings(kafka, database_url, tmp_path / "reports")
+    report, _ = await reconcile(settings, [world.connection])
+
+    assert report.ok, report.to_json()
+    [conn] = report.connections
+    assert (conn.orders_listed, conn.orders_backfilled) == (1, 1)
+    assert master(database_url, "acme") == dict.fromkeys(SKUS, 10)
+    assert world.simulator.available[world.item("SKU-3")] == 10
+    assert [d for d in conn.drifts if d.action == CORRECTED] == []
+    again, _ = await reconcile(settings, [world.connection])  # listed again: a duplicate, restocked once
+    assert again.ok
+    assert master(database_url, "acme") == dict.fromkeys(SKUS, 10)
+
+
 async def test_dry_run_reports_what_it_would_do_and_changes_nothing(
     pipeline: Stack, shopify_world: ShopifyWorld, kafka: KafkaSettings, database_url: str, tmp_path: Path
 ) -> None:

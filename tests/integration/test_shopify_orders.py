@@ -14,10 +14,11 @@ from channels.errors import ChannelError
 from channels.orderlist import PAGE_SIZE_OPTION
 from channels.orders import OrderBatch
 from channels.ratelimit import TokenBucket
-from channels.shopify import API_VERSION
-from channels.shopify.orders import list_orders, rest_order
+from channels.shopify import API_VERSION, webhooks
+from channels.shopify.orders import list_orders, rest_order, rest_refund
 from channels.shopify.simulator import ShopifySimulator, sample_connection
 from channels.simulation import serve
+from schemas.inventory_events import OrderCancelled
 from stocksync.local.process import free_port
 
 pytestmark = pytest.mark.integration
@@ -67,7 +68,63 @@ def test_graphql_node_becomes_the_webhooks_rest_shape() -> None:
         "id": 450789469,
         "created_at": "2026-03-02T09:00:00Z",
         "line_items": [{"id": 466157049, "variant_id": 39072856, "sku": "TEE", "quantity": 2}],
+        "refunds": [],
     }
+
+
+def test_a_graphql_refund_becomes_the_refund_webhooks_rest_shape() -> None:
+    node = {
+        "legacyResourceId": "509562969",
+        "createdAt": "2026-03-02T10:00:00Z",
+        "refundLineItems": {
+            "nodes": [
+                {
+                    "id": "gid://shopify/RefundLineItem/104689539",
+                    "quantity": 1,
+                    "restockType": "RETURN",
+                    "lineItem": {
+                        "id": "gid://shopify/LineItem/466157049",
+                        "sku": "TEE",
+                        "variant": {"legacyResourceId": "39072856"},
+                    },
+                }
+            ],
+            "pageInfo": {"hasNextPage": False},
+        },
+    }
+    assert rest_refund(450789469, node) == {
+        "id": 509562969,
+        "order_id": 450789469,
+        "created_at": "2026-03-02T10:00:00Z",
+        "refund_line_items": [
+            {
+                "id": 104689539,
+                "line_item_id": 466157049,
+                "quantity": 1,
+                "restock_type": "return",
+                "line_item": {"variant_id": 39072856, "sku": "TEE"},
+            }
+        ],
+    }
+
+
+async def test_a_cancellation_whose_webhooks_were_lost_is_backfilled_with_their_ids(
+    shop: tuple[ShopifySimulator, Connection],
+) -> None:
+    sim, conn = shop
+    placed = sim.place_order(conn, 400, [("TEE", 2), ("MUG", 1)], T0)
+    cancelled = sim.cancel_order(conn, 400, T0 + timedelta(minutes=5))  # neither webhook delivered
+    listed = [e for b in await _all(conn, T0) for e in b.events]
+    from_webhooks = [
+        *webhooks.normalise(conn, *placed, T0),
+        *webhooks.normalise(conn, *cancelled, T0),
+    ]
+    assert [e.event_id for e in listed] == [e.event_id for e in from_webhooks]
+    restocks = [e for e in listed if isinstance(e, OrderCancelled)]
+    assert [(e.sku, e.quantity, e.sale_event_id) for e in restocks] == [
+        ("TEE", 2, f"{conn.id}:order:400:line:40001"),
+        ("MUG", 1, f"{conn.id}:order:400:line:40002"),
+    ]
 
 
 async def test_pages_follow_the_cursor_and_an_unmapped_line_is_rejected_alone(
