@@ -111,10 +111,12 @@ class ChannelFanout:
         self.settings, self.spec, self.syncs, self.metrics = settings, spec, syncs, metrics
         self.channel = spec.name
 
-    async def _call(self, sync: ConnectionSync, send: Callable[[], Awaitable[None]]) -> int:
-        """Run `send`, retrying transient failures; return the attempts it took. The client charges the
-        connection's budget for each HTTP request `send` makes; the time that took is counted here."""
-        attempts = 0
+    async def _call(
+        self, sync: ConnectionSync, send: Callable[[], Awaitable[None]], tries: list[int]
+    ) -> None:
+        """Run `send`, retrying transient failures; every attempt, the failed ones too, is counted in
+        `tries[0]` (the caller's tally, for its dead letter). The client charges the connection's budget for
+        each HTTP request `send` makes; the time that took is counted here."""
         async for attempt in AsyncRetrying(
             retry=retry_if_exception(_retryable),
             wait=_backoff,
@@ -123,7 +125,7 @@ class ChannelFanout:
             reraise=True,
         ):
             with attempt:
-                attempts += 1
+                tries[0] += 1
                 waited_before = sync.bucket.waited_s
                 try:
                     await send()
@@ -134,48 +136,42 @@ class ChannelFanout:
                     if waited := sync.bucket.waited_s - waited_before:
                         self.metrics.rate_limit_wait.labels(self.channel).inc(waited)
                 self.metrics.calls.labels(self.channel, "ok").inc()
-        return attempts
 
     async def _one(self, sync: ConnectionSync, target: Target, reference: str) -> Failure | None:
         last = sync.confirmed.get(target.sku)
-        quantity, attempts = target.quantity, 0
+        quantity, tries = target.quantity, [0]
         try:
             try:
-                attempts += await self._call(
+                await self._call(
                     sync,
                     lambda: sync.client.set_available(
                         target.sku, quantity, change_from=last[1] if last else None, reference=reference
                     ),
+                    tries,
                 )
             except CompareMismatch as exc:
                 # The channel's count moved without us (a sale we have not heard of yet, or an edit): never
                 # show more than it holds now; the master's next change or the reconciler settles the rest.
                 current = exc.current
                 quantity = min(quantity, current) if current is not None else quantity
-                attempts += await self._call(
+                await self._call(
                     sync,
                     lambda: sync.client.set_available(
                         target.sku, quantity, change_from=current, reference=reference
                     ),
+                    tries,
                 )
         except (ChannelError, aiohttp.ClientError, TimeoutError) as exc:
-            return Failure(target, max(1, attempts), exc)
+            return Failure(target, tries[0], exc)
         sync.confirmed[target.sku] = (target.order, quantity)
         return None
 
     async def _bulk(self, sync: ConnectionSync, targets: list[Target], reference: str) -> list[Failure]:
-        items = [(t.sku, t.quantity) for t in targets]
-        attempts = 0
-
-        async def send() -> None:
-            nonlocal attempts
-            attempts += 1
-            await sync.client.set_many(items, reference=reference)
-
+        items, tries = [(t.sku, t.quantity) for t in targets], [0]
         try:
-            await self._call(sync, send)
+            await self._call(sync, lambda: sync.client.set_many(items, reference=reference), tries)
         except (ChannelError, aiohttp.ClientError, TimeoutError) as exc:
-            return [Failure(t, attempts, exc) for t in targets]
+            return [Failure(t, tries[0], exc) for t in targets]
         for t in targets:
             sync.confirmed[t.sku] = (t.order, t.quantity)
         return []
