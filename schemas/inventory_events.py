@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, Field, NonNegativeInt, PositiveInt, TypeAdapter
+from pydantic import AwareDatetime, Field, TypeAdapter
 
-from schemas.base import Channel, Event, EventId, Sku, Tenant
+from schemas.base import Channel, Count, Event, EventId, Quantity, Sku, Tenant, Text
 
 TOPIC = "inventory.events"
 
@@ -22,11 +22,11 @@ class OrderPlaced(Event):
     event_id: EventId
     tenant: Tenant
     sku: Sku
-    quantity: PositiveInt
-    connection_id: str
+    quantity: Quantity
+    connection_id: Text
     channel: Channel
-    order_id: str
-    line_id: str
+    order_id: Text
+    line_id: Text
     occurred_at: AwareDatetime
     received_at: AwareDatetime
 
@@ -41,11 +41,11 @@ class OrderCancelled(Event):
     event_id: EventId
     tenant: Tenant
     sku: Sku
-    quantity: PositiveInt
-    connection_id: str
+    quantity: Quantity
+    connection_id: Text
     channel: Channel
-    order_id: str
-    line_id: str
+    order_id: Text
+    line_id: Text
     sale_event_id: EventId
     occurred_at: AwareDatetime
     received_at: AwareDatetime
@@ -58,8 +58,8 @@ class StockCounted(Event):
     event_id: EventId
     tenant: Tenant
     sku: Sku
-    quantity: NonNegativeInt
-    connection_id: str | None = None
+    quantity: Count
+    connection_id: Text | None = None
     channel: Channel = "admin"
     occurred_at: AwareDatetime
     received_at: AwareDatetime
@@ -75,10 +75,10 @@ class StockReceived(Event):
     event_id: EventId
     tenant: Tenant
     sku: Sku
-    quantity: PositiveInt
-    connection_id: str | None = None
+    quantity: Quantity
+    connection_id: Text | None = None
     channel: Channel = "admin"
-    reference: str | None = Field(None, max_length=200, description="The seller's receipt or PO number.")
+    reference: Text | None = Field(None, max_length=200, description="The seller's receipt or PO number.")
     occurred_at: AwareDatetime
     received_at: AwareDatetime
 
@@ -92,8 +92,8 @@ class StockObserved(Event):
     event_id: EventId
     tenant: Tenant
     sku: Sku
-    quantity: NonNegativeInt
-    connection_id: str
+    quantity: Count
+    connection_id: Text
     channel: Channel
     occurred_at: AwareDatetime
     received_at: AwareDatetime

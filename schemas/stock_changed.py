@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import AwareDatetime, NonNegativeInt, PositiveInt
+from pydantic import AwareDatetime, PositiveInt
 
-from schemas.base import Event, EventId, Sku, Tenant
+from schemas.base import Count, Event, EventId, Sku, Tenant
 
 TOPIC = "stock.changed"
 
@@ -19,7 +19,7 @@ class StockChanged(Event):
     type: Literal["stock_changed"] = "stock_changed"
     tenant: Tenant
     sku: Sku
-    available: NonNegativeInt
+    available: Count
     version: PositiveInt
     cause_event_id: EventId
     origin_connection_id: str | None

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import AwareDatetime, NonNegativeInt, PositiveInt
+from pydantic import AwareDatetime, NonNegativeInt
 
-from schemas.base import Event, EventId, Sku, Tenant
+from schemas.base import Count, Event, EventId, Quantity, Sku, Tenant
 
 TOPIC = "stock.rejected"
 
@@ -20,8 +20,8 @@ class StockRejected(Event):
     type: Literal["stock_rejected"] = "stock_rejected"
     tenant: Tenant
     sku: Sku
-    requested: PositiveInt
-    available: NonNegativeInt | None
+    requested: Quantity
+    available: Count | None
     version: NonNegativeInt | None
     reason: RejectReason
     cause_event_id: EventId
