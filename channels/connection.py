@@ -4,6 +4,10 @@ Connections are loaded from a TOML file (``[[connection]]`` tables) and/or the `
 (stocksync.connections). A webhook for a connection may only produce events for that connection's tenant, and
 an admin token only acts for its own tenant: that is how tenants stay isolated. ``[[tenant]]`` tables give
 each tenant's admin API token as a SHA-256 hex digest (``stocksync tenants add`` makes one).
+
+``CHANNEL_OPTIONS`` is the one place that says which ``options`` each channel reads and which of them it
+cannot work without; a connection missing a required option does not validate, so the command line, the
+file and the table all refuse it with the same explanation.
 """
 
 from __future__ import annotations
@@ -12,13 +16,93 @@ import hashlib
 import tomllib
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StringConstraints,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from schemas.base import Channel, Sku, Tenant
 
 ConnectionId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
+
+
+class ChannelOption(NamedTuple):
+    """One key of ``Connection.options`` that a channel's code reads."""
+
+    name: str
+    description: str
+    required: bool = False
+
+
+CHANNEL_OPTIONS: Mapping[str, tuple[ChannelOption, ...]] = {
+    "shopify": (
+        ChannelOption("location_id", "the Shopify location whose stock is synced (gid://shopify/Location/1)"),
+    ),
+    "amazon": (
+        ChannelOption(
+            "seller_id", "the seller's Amazon merchant token (seller id, e.g. A2EXAMPLE1234)", True
+        ),
+        ChannelOption(
+            "sns_topic_arn",
+            "the ARN of the SNS topic that carries the seller's ORDER_CHANGE notifications",
+            True,
+        ),
+        ChannelOption("marketplace_id", "the Amazon marketplace (ATVPDKIKX0DER, amazon.com)"),
+        ChannelOption("product_type", "the product type sent with quantity patches (PRODUCT)"),
+        ChannelOption("fulfillment_channel_code", "the merchant-fulfilled stock written (DEFAULT)"),
+    ),
+    "ebay": (),
+    "woocommerce": (),
+    "walmart": (
+        ChannelOption("partner_id", "the seller's Walmart partner id, checked against every webhook"),
+        ChannelOption("ship_node", "the ship node whose stock is written (the seller's default node)"),
+        ChannelOption("channel_type", "the WM_CONSUMER.CHANNEL.TYPE Walmart issued, if any"),
+    ),
+    "tiktok": (
+        ChannelOption("app_key", "the TikTok Shop app key: it signs every webhook and API call", True),
+        ChannelOption("shop_cipher", "the shop cipher sent with API calls (from Get Authorized Shops)"),
+        ChannelOption("warehouse_id", "the warehouse whose stock is written"),
+    ),
+    "flipkart": (
+        ChannelOption(
+            "location_id", "the Flipkart fulfilment location whose stock is written (LOC...)", True
+        ),
+    ),
+    "etsy": (
+        ChannelOption("shop_id", "the Etsy shop's numeric id, checked against every webhook", True),
+        ChannelOption("api_key", "the Etsy app's API key, as keystring:shared_secret", True),
+    ),
+    "bigcommerce": (
+        ChannelOption("store_hash", "the store's API path id (the part after /stores/ in its API URL)", True),
+    ),
+    "admin": (),
+}
+"""Per channel, the ``options`` its code reads; required ones must be set for the connection to work."""
+
+COMMON_OPTIONS: tuple[ChannelOption, ...] = (
+    ChannelOption("orders_page_size", "orders per page when the reconciler lists orders (channel's default)"),
+)
+"""Options every channel understands."""
+
+
+def known_options(channel: str) -> tuple[ChannelOption, ...]:
+    """Every option `channel` reads: its own, then the common ones."""
+    return CHANNEL_OPTIONS.get(channel, ()) + COMMON_OPTIONS
+
+
+def unknown_options(channel: str, options: Mapping[str, str]) -> list[str]:
+    """The keys of `options` that nothing of `channel` reads (kept, but probably a typo)."""
+    names = {o.name for o in known_options(channel)}
+    return [key for key in options if key not in names]
 
 
 class Listing(BaseModel):
@@ -31,7 +115,8 @@ class Listing(BaseModel):
 
 
 class Connection(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # hide_input_in_errors: a refused connection is explained without echoing its secrets into logs
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     id: ConnectionId
     tenant: Tenant
@@ -49,7 +134,37 @@ class Connection(BaseModel):
     rate_burst: float | None = Field(
         None, ge=1, description="Calls that may be saved up; default: the channel's."
     )
-    options: dict[str, str] = Field(default_factory=dict)
+    options: dict[str, str] = Field(
+        default_factory=dict,
+        validate_default=True,  # a channel with required options must not slip through by leaving them out
+        description="Channel settings: see CHANNEL_OPTIONS for what each channel reads.",
+    )
+
+    @field_validator("options")
+    @classmethod
+    def _required_options_present(cls, options: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        channel = info.data.get("channel")  # absent when the channel itself was refused
+        if channel is None:
+            return options
+        missing = [o for o in CHANNEL_OPTIONS.get(channel, ()) if o.required and not options.get(o.name)]
+        if missing:
+            conn_id = info.data.get("id")
+            needs = "; ".join(f"{o.name} ({o.description})" for o in missing)
+            flags = " ".join(f"--option {o.name}=..." for o in missing)
+            keys = ", ".join(f"options.{o.name}" for o in missing)
+            raise PydanticCustomError(
+                "missing_channel_option",
+                "{who} needs {word} {needs}: pass {flags} to `stocksync connections add`, "
+                "or set {keys} in the connections file",
+                {
+                    "who": f"{channel} connection {conn_id!r}" if conn_id else f"this {channel} connection",
+                    "word": "option" if len(missing) == 1 else "options",
+                    "needs": needs,
+                    "flags": flags,
+                    "keys": keys,
+                },
+            )
+        return options
 
     def sku_for_listing(self, listing_id: str) -> str | None:
         for sku, listing in self.listings.items():
@@ -60,6 +175,16 @@ class Connection(BaseModel):
 
 class ConnectionsFileError(ValueError):
     """The connections file is unreadable or invalid; the message names the file and the problem."""
+
+
+class ConnectionsFileUnreadable(ConnectionsFileError):
+    """The connections file is missing or cannot be opened (as opposed to holding something invalid)."""
+
+    def __init__(self, path: Path, error: OSError) -> None:
+        self.path = path
+        self.missing = isinstance(error, FileNotFoundError)
+        self.reason = "it does not exist" if self.missing else (error.strerror or str(error))
+        super().__init__(f"cannot read connections file {path}: {self.reason}")
 
 
 class TenantToken(BaseModel):
@@ -114,9 +239,15 @@ class ConnectionRegistry:
     @classmethod
     def from_file(cls, path: Path) -> ConnectionRegistry:
         try:
-            data = tomllib.loads(path.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConnectionsFileError(f"cannot read connections file {path}: {exc}") from exc
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConnectionsFileUnreadable(path, exc) from exc
+        except UnicodeDecodeError as exc:
+            raise ConnectionsFileError(f"connections file {path} is not UTF-8 text: {exc}") from exc
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConnectionsFileError(f"connections file {path} is not valid TOML: {exc}") from exc
         try:
             return cls(
                 [Connection.model_validate(c) for c in data.get("connection", [])],
