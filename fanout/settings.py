@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from stocksync.connections import ConnectionsFileSetting
 from stocksync.settings import KafkaSettings, PostgresSettings
 
 
@@ -14,7 +13,9 @@ class FanoutSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FANOUT_", extra="ignore")
 
     channels: list[str] = Field(["shopify"], description="Channels served by this process, one group each.")
-    connections_file: Path | None = Field(Path("connections.toml"), description="TOML file of connections.")
+    connections_file: ConnectionsFileSetting = Field(
+        None, description="TOML file of connections; unset: the database's only (a missing file is reported)."
+    )
     connections_table: bool = Field(
         True,
         description="Also read connections from the database (read at start; restart to pick up changes).",

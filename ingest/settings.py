@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from stocksync.connections import ConnectionsFileSetting
 from stocksync.settings import KafkaSettings, PostgresSettings
 
 
@@ -15,8 +14,10 @@ class IngestSettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
-    connections_file: Path | None = Field(
-        Path("connections.toml"), description="TOML file of channel connections and admin tenants."
+    connections_file: ConnectionsFileSetting = Field(
+        None,
+        description="TOML file of channel connections and admin tenants; unset: the database's only. "
+        "A file that is named but missing is reported once, and the database's connections are served.",
     )
     connections_table: bool = Field(
         True, description="Also read connections and admin tenants from the database's tables."

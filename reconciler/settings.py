@@ -7,13 +7,16 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from stocksync.connections import ConnectionsFileSetting
 from stocksync.settings import KafkaSettings, PostgresSettings
 
 
 class ReconcilerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RECONCILER_", extra="ignore")
 
-    connections_file: Path | None = Field(Path("connections.toml"), description="TOML file of connections.")
+    connections_file: ConnectionsFileSetting = Field(
+        None, description="TOML file of connections; unset: the database's only (a missing file is reported)."
+    )
     connections_table: bool = Field(
         True,
         description="Also read connections from the database (read at start; restart to pick up changes).",

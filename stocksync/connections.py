@@ -2,23 +2,28 @@
 
 ``stocksync connections add|import|list`` and ``stocksync tenants add`` write and read these tables; the
 services read them at start-up (the gateway also every ``INGEST_CONNECTIONS_REFRESH_S``), so a connection
-added on the command line starts receiving webhooks without a restart of the gateway.
+added on the command line starts receiving webhooks without a restart of the gateway. The connections file
+is optional: a service whose file is not named reads the tables only, and one whose named file is missing
+says so once and carries on with the tables (load_all, load_for_service).
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Callable
 from pathlib import Path
+from typing import Annotated
 
 import psycopg
 from psycopg.types.json import Jsonb
-from pydantic import ValidationError
+from pydantic import BeforeValidator, ValidationError
 
 from channels.connection import (
     Connection,
     ConnectionRegistry,
     ConnectionsFileError,
+    ConnectionsFileUnreadable,
     TenantToken,
     token_digest,
 )
@@ -78,27 +83,102 @@ def load_database(database_url: str, *, connect_timeout_s: float = 5.0) -> Conne
     return ConnectionRegistry(connections, tenants)
 
 
-def load_all(file: Path | None, database_url: str | None) -> ConnectionRegistry:
+def _empty_is_unset(value: object) -> object:
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+ConnectionsFileSetting = Annotated[Path | None, BeforeValidator(_empty_is_unset)]
+"""A service's ``*_CONNECTIONS_FILE`` setting: unset or empty means no file (the database only)."""
+
+Notice = Callable[[str], None]
+
+
+def unreadable_file_notice(problem: ConnectionsFileUnreadable, *, setting: str, using_database: bool) -> str:
+    """What a service says when its connections file cannot be read, and what to do about it."""
+    carry_on = (
+        "carrying on with the connections in the database" if using_database else "carrying on without it"
+    )
+    return (
+        f"connections file {problem.path} (named by {setting}) cannot be read: {problem.reason}; {carry_on}. "
+        "To use a file, create it (format: deploy/connections.example.toml) or fix its path or permissions; "
+        f"to keep connections in the database only (`stocksync connections add`), unset {setting}."
+    )
+
+
+def read_file(
+    file: Path | None, *, setting: str = "the connections file setting", using_database: bool, notice: Notice
+) -> ConnectionRegistry:
+    """The file's connections; none if no file is named, or if it cannot be read (told to `notice`).
+    Raises ConnectionsFileError if the file holds something invalid: that is never skipped silently."""
+    if file is None:
+        return ConnectionRegistry([])
+    try:
+        return ConnectionRegistry.from_file(file)
+    except ConnectionsFileUnreadable as exc:
+        notice(unreadable_file_notice(exc, setting=setting, using_database=using_database))
+        return ConnectionRegistry([])
+
+
+def load_all(
+    file: Path | None,
+    database_url: str | None,
+    *,
+    setting: str = "the connections file setting",
+    notice: Notice = log.warning,
+) -> ConnectionRegistry:
     """The file's connections (if a file is given) merged with the tables' (if a URL is given); the
-    table wins where an id is in both, so a connection can be changed without editing the file."""
-    registry = ConnectionRegistry([])
-    if file is not None:
-        registry = ConnectionRegistry.from_file(file)
+    table wins where an id is in both, so a connection can be changed without editing the file.
+
+    A file that is named but cannot be read (missing, no permission) counts as empty and is reported to
+    `notice`; a file or row that holds an invalid connection raises ConnectionsFileError; a database that
+    cannot be read raises psycopg.Error."""
+    registry = read_file(file, setting=setting, using_database=database_url is not None, notice=notice)
     if database_url is not None:
         registry = registry.merged(load_database(database_url))
     return registry
 
 
-def load_for_service(file: Path | None, database_url: str | None, *, service: str) -> ConnectionRegistry:
-    """What a service starts with: the file's connections, plus the tables' when the database answers. A
-    database that does not answer is logged, not fatal (the gateway must take webhooks without it)."""
-    try:
-        return load_all(file, database_url)
-    except psycopg.Error as exc:
+def load_for_service(
+    file: Path | None, database_url: str | None, *, service: str, setting: str | None = None
+) -> ConnectionRegistry:
+    """What a service starts with: the file's connections (if `file` is named and readable), plus the
+    tables' when the database answers (`database_url` None: tables not read). Neither a missing file nor a
+    database that does not answer is fatal (the gateway must take webhooks without the database): each is
+    logged once with what to do, and so is starting with no connection at all. An invalid connection in
+    either raises ConnectionsFileError. `setting` names the variable that names the file (e.g.
+    INGEST_CONNECTIONS_FILE), so the advice names it too."""
+    setting = setting or "the connections file setting"
+    read: list[str] = []  # the sources that could be read, for the warning about an empty start
+    unreadable: list[str] = []
+
+    def notice(message: str) -> None:
+        log.warning("%s: %s", service, message)
+        unreadable.append(message)
+
+    registry = read_file(file, setting=setting, using_database=database_url is not None, notice=notice)
+    if file is not None and not unreadable:
+        read.append(f"connections file {file}")
+    if database_url is not None:
+        try:
+            registry = registry.merged(load_database(database_url))
+            read.append("the connections table")
+        except psycopg.Error as exc:
+            log.warning(
+                "%s: could not read the connections table (%s); carrying on with %s. Check DATABASE_URL "
+                "(and run `stocksync migrate`), or set the service's CONNECTIONS_TABLE setting to false.",
+                service,
+                str(exc).strip(),
+                f"the connections of {file}" if read else "no connections",
+            )
+    if not any(True for _ in registry):
         log.warning(
-            "%s: could not read the connections table (%s); using the connections file only. "
-            "Check DATABASE_URL, or set the service's CONNECTIONS_TABLE setting to false.",
+            "%s: starting with no connections (%s): nothing is served until one is added. Add one with "
+            "`stocksync connections add --id ID --tenant TENANT --channel CHANNEL --api-base-url URL` "
+            "(see its --help; channel settings go in --option KEY=VALUE), copy a file in with "
+            "`stocksync connections import FILE`, or name a TOML file in %s (format: "
+            "deploy/connections.example.toml).",
             service,
-            str(exc).strip(),
+            f"none in {' or '.join(read)}" if read else "no connections file or table could be read",
+            setting,
         )
-        return load_all(file, None)
+    return registry
