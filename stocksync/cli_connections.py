@@ -10,9 +10,18 @@ import psycopg
 import typer
 from pydantic import SecretStr, ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from channels.connection import Connection, ConnectionRegistry, ConnectionsFileError, Listing
+from channels.connection import (
+    CHANNEL_OPTIONS,
+    Connection,
+    ConnectionRegistry,
+    ConnectionsFileError,
+    Listing,
+    known_options,
+    unknown_options,
+)
 from stocksync.connections import add_tenant, load_database, save_connection
 from stocksync.settings import PostgresSettings
 
@@ -26,8 +35,16 @@ def _database_url() -> str:
 
 
 def _fail(message: str) -> typer.Exit:
-    console.print(f"[red]{message}[/]")
+    console.print(f"[red]{escape(message)}[/]")  # escaped: "[...]" in a message is text, not markup
     return typer.Exit(1)
+
+
+def _explain(exc: ValidationError) -> str:
+    """One line per problem, named by the field it is about (the input is not echoed: it holds secrets)."""
+    return "\n".join(
+        f"  {'.'.join(str(part) for part in e['loc']) or 'connection'}: {e['msg']}"
+        for e in exc.errors(include_url=False, include_input=False)
+    )
 
 
 def _listing(spec: str) -> tuple[str, Listing]:
@@ -37,6 +54,28 @@ def _listing(spec: str) -> tuple[str, Listing]:
         raise typer.BadParameter(f"{spec!r}: expected SKU=LISTING_ID or SKU=LISTING_ID:INVENTORY_REF")
     listing_id, _, ref = rest.partition(":")
     return sku, Listing(listing_id=listing_id, inventory_ref=ref or None)
+
+
+def _options(specs: list[str]) -> dict[str, str]:
+    """``KEY=VALUE`` pairs (the value may itself hold ``=``); a key given twice is refused."""
+    options: dict[str, str] = {}
+    for spec in specs:
+        key, sep, value = spec.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise typer.BadParameter(f"{spec!r}: expected KEY=VALUE, e.g. --option app_key=...")
+        if key in options:
+            raise typer.BadParameter(f"option {key!r} is given twice; give it once")
+        options[key] = value
+    return options
+
+
+_CHANNELS = ", ".join(name for name in CHANNEL_OPTIONS if name != "admin")
+_REQUIRED = "; ".join(
+    f"{channel} " + ", ".join(o.name for o in opts if o.required)
+    for channel, opts in CHANNEL_OPTIONS.items()
+    if any(o.required for o in opts)
+)
 
 
 @connections_app.command("list")
@@ -74,7 +113,7 @@ def list_connections(
 def add_connection(
     id: Annotated[str, typer.Option("--id", help="Connection id; webhooks go to /webhooks/<id>.")],
     tenant: Annotated[str, typer.Option(help="The seller this channel account belongs to.")],
-    channel: Annotated[str, typer.Option(help="shopify, amazon, ebay, woocommerce, walmart, tiktok, ...")],
+    channel: Annotated[str, typer.Option(help=f"One of {_CHANNELS}.")],
     api_base_url: Annotated[str, typer.Option(help="The channel API's base URL for this account.")],
     webhook_secret: Annotated[
         str,
@@ -86,6 +125,13 @@ def add_connection(
     listing: Annotated[
         list[str] | None, typer.Option(help="SKU=LISTING_ID[:INVENTORY_REF]; repeat for each SKU.")
     ] = None,
+    option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--option",
+            help=f"KEY=VALUE channel setting; repeat for each. Required: {_REQUIRED}.",
+        ),
+    ] = None,
     safety_buffer: Annotated[int, typer.Option(help="Units held back from this channel.")] = 0,
     rate_limit_per_s: Annotated[
         float | None, typer.Option(help="API budget (default: the channel's).")
@@ -94,7 +140,9 @@ def add_connection(
         bool, typer.Option(help="Store it, but take no webhooks and send no updates.")
     ] = False,
 ) -> None:
-    """Add or replace a connection in the database; running gateways pick it up within their refresh time."""
+    """Add or replace a connection in the database; running gateways pick it up within their refresh time.
+    A channel's required settings (e.g. TikTok's --option app_key=...) must be given, or nothing is saved."""
+    options = _options(option or [])
     try:
         connection = Connection(
             id=id,
@@ -104,12 +152,20 @@ def add_connection(
             api_base_url=api_base_url,
             access_token=SecretStr(access_token),
             listings=dict(_listing(spec) for spec in listing or []),
+            options=options,
             safety_buffer=safety_buffer,
             rate_limit_per_s=rate_limit_per_s,
             enabled=not disabled,
         )
     except ValidationError as exc:
-        raise _fail(f"invalid connection:\n{exc}") from exc
+        raise _fail(f"invalid connection, nothing saved:\n{_explain(exc)}") from exc
+    unknown = unknown_options(connection.channel, connection.options)
+    if unknown:
+        known = ", ".join(o.name for o in known_options(connection.channel))
+        console.print(
+            f"[yellow]warning: {connection.channel} reads no option {', '.join(unknown)} (stored anyway; "
+            f"check the spelling). Options {connection.channel} reads: {known}[/]"
+        )
     try:
         new = save_connection(_database_url(), connection)
     except psycopg.Error as exc:
