@@ -2,6 +2,8 @@
 
 Migrations are the files ``stocksync/migrations/NNNN_name.sql``, applied in order, each once, under an
 advisory lock so services starting together do not race; an applied file that was edited is an error.
+Repeatable migrations, ``R_name.sql``, hold definitions that change as a whole (the master rules, a SQL
+function): each is applied after the versioned ones whenever its checksum differs from the one applied last.
 """
 
 from __future__ import annotations
@@ -35,10 +37,20 @@ class Migration:
         return hashlib.sha256(self.sql.encode()).hexdigest()
 
 
+def shipped_repeatables() -> list[Migration]:
+    """The ``R_name.sql`` files, by name (``version`` is 0: they have no place in the versioned order)."""
+    found = [
+        Migration(0, entry.name.removeprefix("R_").removesuffix(".sql"), entry.read_text())
+        for entry in resources.files("stocksync.migrations").iterdir()
+        if entry.name.startswith("R_") and entry.name.endswith(".sql")
+    ]
+    return sorted(found, key=lambda m: m.name)
+
+
 def shipped_migrations() -> list[Migration]:
     found = []
     for entry in resources.files("stocksync.migrations").iterdir():
-        if entry.name.endswith(".sql"):
+        if entry.name.endswith(".sql") and not entry.name.startswith("R_"):
             number, _, rest = entry.name.partition("_")
             found.append(Migration(int(number), rest.removesuffix(".sql"), entry.read_text()))
     found.sort(key=lambda m: m.version)
@@ -49,7 +61,8 @@ def shipped_migrations() -> list[Migration]:
 
 
 def migrate(database_url: str) -> list[str]:
-    """Apply every shipped migration the database lacks; return the names applied (empty if none)."""
+    """Apply every shipped migration the database lacks, then every repeatable one whose file changed; return
+    the names applied (empty if none)."""
     applied_now: list[str] = []
     with psycopg.connect(database_url) as conn, conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
@@ -73,6 +86,23 @@ def migrate(database_url: str) -> list[str]:
                 (m.version, m.name, m.checksum),
             )
             applied_now.append(f"{m.version:04d}_{m.name}")
+        conn.execute(
+            """CREATE TABLE IF NOT EXISTS schema_repeatables (name text PRIMARY KEY, checksum text NOT NULL,
+                   applied_at timestamptz NOT NULL DEFAULT now())"""
+        )
+        current: dict[str, str] = dict(
+            conn.execute("SELECT name, checksum FROM schema_repeatables").fetchall()
+        )
+        for r in shipped_repeatables():
+            if current.get(r.name) == r.checksum:
+                continue
+            conn.execute(r.sql.encode())
+            conn.execute(
+                """INSERT INTO schema_repeatables (name, checksum) VALUES (%s, %s)
+                   ON CONFLICT (name) DO UPDATE SET checksum = EXCLUDED.checksum, applied_at = now()""",
+                (r.name, r.checksum),
+            )
+            applied_now.append(f"R_{r.name}")
     return applied_now
 
 
