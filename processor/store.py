@@ -1,32 +1,41 @@
 """The master record in PostgreSQL: a batch of events applied inside the caller's transaction.
 
-Each event is one call of ``stocksync_apply`` (migration 0002): claim the id in ``processed_events``
-(``ON CONFLICT DO NOTHING``; a claimed id is a duplicate and changes nothing), a conditional UPDATE that can
-never drive ``available`` below zero, the version bump and exactly one ledger row. The calls of a batch go
-out in one pipeline, in order, so a SKU's events apply in log order. The record each event emits is stored
-with it, so a duplicate re-emits exactly what the first delivery emitted.
-"""
+Each event is one call of ``stocksync_apply`` (stocksync/migrations/R_master_rules.sql): claim the id in
+``processed_events`` (``ON CONFLICT DO NOTHING``; a claimed id is a duplicate and changes nothing), a
+conditional UPDATE that can never drive ``available`` below zero, the version bump and exactly one ledger
+row. The calls of a batch go out in one pipeline, in order, so a SKU's events apply in log order. The record
+each event emits is stored with it, so a duplicate re-emits exactly what the first delivery emitted. An event
+the database cannot apply is recorded ``invalid`` by ``record_invalid`` (processor.isolation decides when)."""
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from psycopg import AsyncConnection
 
-from schemas import stock_changed, stock_rejected
+from schemas import inventory_events, processor_dlq, stock_changed, stock_rejected
 from schemas.base import partition_key
 from schemas.inventory_events import AnyInventoryEvent, OrderCancelled, OrderPlaced
+from schemas.processor_dlq import EventDeadLettered
 from schemas.stock_changed import StockChanged
 from schemas.stock_rejected import StockRejected
 
-Outcome = Literal["applied", "duplicate", "rejected", "unknown_sku", "stale", "ignored", "observed"]
+Outcome = Literal[
+    "applied", "duplicate", "rejected", "unknown_sku", "stale", "ignored", "observed", "invalid"
+]
 
 APPLY = (
-    "SELECT outcome, before, after, version, reason FROM stocksync_apply(%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    "SELECT outcome, before, after, version, reason "
+    "FROM stocksync_apply(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 )
+
+DEFAULT_SKEW = timedelta(seconds=1)
+"""Clock skew tolerated between a channel and the counting system (PROCESSOR_CLOCK_SKEW_S): a sale stamped
+closer than this (plus its stamp's precision) to a count is applied on top of it, never taken as counted."""
 
 
 @dataclass(frozen=True)
@@ -45,7 +54,7 @@ class Result:
         return partition_key(self.event.tenant, self.event.sku)
 
 
-def _params(e: AnyInventoryEvent) -> tuple[Any, ...]:
+def _params(e: AnyInventoryEvent, skew: timedelta) -> tuple[Any, ...]:
     sale_id = e.sale_event_id if isinstance(e, OrderCancelled) else None
     return (
         e.type,
@@ -57,6 +66,7 @@ def _params(e: AnyInventoryEvent) -> tuple[Any, ...]:
         e.channel,
         e.connection_id,
         sale_id,
+        skew,
     )
 
 
@@ -96,13 +106,15 @@ def _emitted(
     return None
 
 
-async def apply_batch(conn: AsyncConnection, events: list[AnyInventoryEvent]) -> list[Result]:
+async def apply_batch(
+    conn: AsyncConnection, events: list[AnyInventoryEvent], *, skew: timedelta = DEFAULT_SKEW
+) -> list[Result]:
     """Apply `events` in order; return one Result per event. Call inside a transaction."""
     if not events:
         return []
     rows: list[tuple[Any, ...]] = []
     async with conn.cursor() as cur:
-        await cur.executemany(APPLY, [_params(e) for e in events], returning=True)
+        await cur.executemany(APPLY, [_params(e, skew) for e in events], returning=True)
         async for _ in cur.results():
             row = await cur.fetchone()
             if row is None:
@@ -154,3 +166,57 @@ async def apply_batch(conn: AsyncConnection, events: list[AnyInventoryEvent]) ->
             for r in results
         ]
     return results
+
+
+def dead_letter(
+    raw: bytes, problem: processor_dlq.Problem, reason: str, event: AnyInventoryEvent | None = None
+) -> bytes:
+    """The ``processor.dlq`` record of an event that could not be applied (`raw` is its record value)."""
+    return (
+        EventDeadLettered(
+            problem=problem,
+            reason=reason,
+            event_id=event.event_id if event else None,
+            tenant=event.tenant if event else None,
+            sku=event.sku if event else None,
+            value_b64=base64.b64encode(raw).decode(),
+            dead_lettered_at=datetime.now(UTC),
+        )
+        .model_dump_json()
+        .encode()
+    )
+
+
+async def record_invalid(conn: AsyncConnection, event: AnyInventoryEvent, reason: str) -> Result:
+    """Record `event` as ``invalid`` (processed_events and one ledger row, master untouched) and return its
+    Result: the dead-letter record to publish, stored so that a redelivery re-emits it. Call inside a
+    transaction; if the id is already claimed, the event is a duplicate and the stored result is returned."""
+    payload = dead_letter(inventory_events.encode(event), "invalid", reason, event)
+    cur = await conn.execute(
+        "INSERT INTO processed_events (event_id, tenant, sku, outcome, result_topic, result) "
+        "VALUES (%s, %s, %s, 'invalid', %s, %s::jsonb) ON CONFLICT (event_id) DO NOTHING",
+        (event.event_id, event.tenant, event.sku, processor_dlq.TOPIC, payload.decode()),
+    )
+    if cur.rowcount == 0:
+        cur = await conn.execute(
+            "SELECT result_topic, result FROM processed_events WHERE event_id = %s", (event.event_id,)
+        )
+        row = await cur.fetchone()
+        topic, stored = (row[0], json.dumps(row[1]).encode()) if row and row[1] is not None else (None, None)
+        return Result(event, "duplicate", topic, stored)
+    await conn.execute(
+        "INSERT INTO ledger (event_id, tenant, sku, kind, outcome, reason, channel, connection_id, "
+        "occurred_at, sale_event_id) VALUES (%s, %s, %s, %s, 'invalid', %s, %s, %s, %s, %s)",
+        (
+            event.event_id,
+            event.tenant,
+            event.sku,
+            event.type,
+            reason,
+            event.channel,
+            event.connection_id,
+            event.occurred_at,
+            event.sale_event_id if isinstance(event, OrderCancelled) else None,
+        ),
+    )
+    return Result(event, "invalid", processor_dlq.TOPIC, payload)

@@ -238,3 +238,46 @@ async def test_a_channels_own_count_is_recorded_and_changes_nothing(database_url
             (observed.event_id,),
         ).fetchone()
     assert row == ("stock_observed", 0, 14, 10, 10, "shopify shows 14; the master has 10")
+
+
+async def test_a_sale_the_clock_cannot_order_against_a_count_is_applied_not_taken_as_counted(
+    database_url: str,
+) -> None:
+    """Issue 12: a count taken at a sub-second "now", then a Shopify sale 12 ms later stamped in whole
+    seconds (so its stamp reads before the count): the sale is applied, never recorded 'stale'."""
+    counted = T0 + timedelta(milliseconds=988)
+    await run(database_url, count(1, 10, as_of=counted))
+    shopify_stamp = T0  # the sale happened at T0 + 1.000 s; Shopify's created_at drops the fraction
+    assert (await run(database_url, sale(1, 1, at=shopify_stamp))).outcome == "applied"
+    assert state(database_url)[0] == 9
+    # Within the clock-skew window (1 s by default) of the count, a sub-second stamp is applied too...
+    assert (await run(database_url, sale(2, 1, at=counted - timedelta(milliseconds=900)))).outcome == "applied"
+    # ...and one that surely happened before the count (stamp + precision + skew <= count) is in it.
+    assert (await run(database_url, sale(3, 1, at=counted - timedelta(seconds=3)))).outcome == "stale"
+    assert state(database_url)[0] == 8
+
+
+async def test_a_count_arriving_after_an_ambiguous_sale_takes_that_sale_off_again(database_url: str) -> None:
+    """The same rule from the other side: a whole-second sale applied first, then a count whose as-of time
+    lies within the sale's second: the count cannot tell whether it includes the sale, so it is assumed not
+    to (one unit too few at worst, never one sold twice)."""
+    await run(database_url, count(1, 100, as_of=T0 - timedelta(days=1)))
+    await run(database_url, sale(1, 2, at=T0))  # happened somewhere in [T0, T0 + 1 s)
+    await run(database_url, count(2, 50, as_of=T0 + timedelta(milliseconds=500)))
+    assert state(database_url)[0] == 48
+    # A sale well before the count is inside it.
+    await run(database_url, sale(2, 5, at=T0 - timedelta(minutes=5)))
+    await run(database_url, count(3, 30, as_of=T0 + timedelta(minutes=1)))
+    assert state(database_url)[0] == 30
+
+
+async def test_the_skew_window_is_a_setting(database_url: str) -> None:
+    counted = T0 + timedelta(seconds=30)
+    await run(database_url, count(1, 10, as_of=counted))
+    at = counted - timedelta(seconds=10, milliseconds=1)
+    async with await AsyncConnection.connect(database_url) as conn:
+        async with conn.transaction():
+            [wide] = await apply_batch(conn, [sale(1, 1, at=at)], skew=timedelta(seconds=20))
+        async with conn.transaction():
+            [narrow] = await apply_batch(conn, [sale(2, 1, at=at)], skew=timedelta(0))
+    assert (wide.outcome, narrow.outcome) == ("applied", "stale")
