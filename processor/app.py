@@ -1,11 +1,23 @@
 """The Faust app: consumes ``inventory.events`` in batches, applies each batch in one transaction, then
-publishes the results (``stock.changed`` / ``stock.rejected``) and waits for their acknowledgement.
+publishes the results (``stock.changed`` / ``stock.rejected`` / ``processor.dlq``) and waits for their
+acknowledgement.
 
 Ordering: one partition per tenant/SKU key, one batch at a time, so a SKU's events apply in log order.
-Delivery: Faust acks a batch's events when the loop body returns (and, in ``take``, also on cancellation),
-so the body never raises: database and produce errors are retried, and a cancelled worker first finishes
-the batch it started. A crash after the commit but before the produce is healed by redelivery: the
-duplicate re-emits the stored result.
+
+Delivery, against Faust's ``Stream.take()``: take() acknowledges every event it buffered for a batch in a
+``finally`` block, when the loop body returns, when it raises, and when the agent is cancelled. An exception
+escaping the body would therefore acknowledge a batch that was never applied (issue 12 lost 25 of 30
+acknowledged orders that way). So the body never raises:
+- an event that cannot be applied (a record that is no canonical event, a value the database refuses) is
+  isolated by processor.isolation: recorded ``invalid`` with its reason, dead-lettered on ``processor.dlq``,
+  and the rest of its batch is applied;
+- any other failure (PostgreSQL gone, Kafka not acknowledging the results) is retried with backoff for as
+  long as it lasts: the agent takes no new batch meanwhile, /readyz answers 503 naming the cause and
+  ``processor_stalled`` is 1; nothing is acknowledged that was not committed and published;
+- a cancelled worker (rebalance, SIGTERM) first finishes the batch it started, so take()'s ``finally`` acks
+  only what was committed; a kill -9 acks nothing and the batch is redelivered: the duplicate re-emits the
+  stored result.
+tests/e2e/test_processor_guarantees.py checks all of this against real Faust workers.
 """
 
 from __future__ import annotations
@@ -13,82 +25,140 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import faust
 from aiohttp import web
 from prometheus_client import CollectorRegistry
-from psycopg import OperationalError
-from psycopg.errors import DeadlockDetected, SerializationFailure, UniqueViolation
 from psycopg_pool import AsyncConnectionPool
 from pydantic import ValidationError
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
+from processor.isolation import apply_isolating
 from processor.metrics import ProcessorMetrics
 from processor.ops import ops_app
 from processor.settings import ProcessorSettings
-from processor.store import Result, apply_batch
-from schemas import inventory_events, stock_changed, stock_rejected
+from processor.store import Result, dead_letter
+from schemas import inventory_events, processor_dlq
 from stocksync import logs
 from stocksync.db import open_pool
-from stocksync.kafka import AsyncProducer, DeliveryError, producer_config
+from stocksync.kafka import AsyncProducer, producer_config
 
 log = logging.getLogger(__name__)
 
-# Worth retrying: the connection dropped, or another worker touched the same rows during a rebalance.
-TRANSIENT_DB_ERRORS = (OperationalError, DeadlockDetected, SerializationFailure, UniqueViolation)
 
+@dataclass
+class Progress:
+    """Whether the agent is stuck retrying, since when and why: read by /readyz and a gauge."""
 
-def _retrying(what: str, *errors: type[BaseException]) -> AsyncRetrying:
-    def before_sleep(state: Any) -> None:
-        log.warning(
-            "%s failed (attempt %d), retrying: %r", what, state.attempt_number, state.outcome.exception()
+    stalled_since: float | None = None
+    cause: str = ""
+
+    def problem(self) -> str | None:
+        if self.stalled_since is None:
+            return None
+        return (
+            f"no batch applied for {time.monotonic() - self.stalled_since:.0f} s, retrying: {self.cause}; "
+            "nothing is acknowledged meanwhile (check PostgreSQL and Kafka)"
         )
 
+
+def _retrying(what: str, progress: Progress, metrics: ProcessorMetrics) -> AsyncRetrying:
+    """Retry `what` for as long as it fails, with backoff; mark the agent stalled meanwhile."""
+
+    def before_sleep(state: Any) -> None:
+        exc = state.outcome.exception()
+        if progress.stalled_since is None:
+            progress.stalled_since = time.monotonic()
+        progress.cause = f"{what} failed: {type(exc).__name__}: {str(exc).strip()[:300]}"
+        metrics.stalled.set(1)
+        log.warning("%s failed (attempt %d), retrying: %r", what, state.attempt_number, exc)
+
     return AsyncRetrying(
-        retry=retry_if_exception_type(errors),
+        retry=retry_if_exception_type(Exception),
         wait=wait_exponential(multiplier=0.05, max=5.0),
         before_sleep=before_sleep,
         reraise=True,
     )
 
 
-async def commit_batch(
-    pool: AsyncConnectionPool, raw_values: list[bytes], metrics: ProcessorMetrics
-) -> list[Result]:
-    """Decode and apply a batch in one transaction, retried whole on transient database errors."""
-    events = []
+@dataclass(frozen=True)
+class Outgoing:
+    """A record to publish: topic without prefix, key, value."""
+
+    topic: str
+    key: bytes
+    value: bytes
+
+
+def outgoing(results: list[Result], undecodable: list[tuple[bytes, str]]) -> list[Outgoing]:
+    """What a committed batch publishes: each result's record, then the undecodable records' dead letters."""
+    out = [Outgoing(r.topic, r.key, r.payload) for r in results if r.topic is not None and r.payload]
+    out += [
+        Outgoing(processor_dlq.TOPIC, b"undecodable", dead_letter(raw, "undecodable", reason))
+        for raw, reason in undecodable
+    ]
+    return out
+
+
+def decode_all(
+    raw_values: list[bytes],
+) -> tuple[list[inventory_events.AnyInventoryEvent], list[tuple[bytes, str]]]:
+    """The canonical events of a batch, and the records that are none (with why)."""
+    events, undecodable = [], []
     for raw in raw_values:
         try:
             events.append(inventory_events.decode(raw))
         except ValidationError as exc:
-            metrics.events.labels("undecodable").inc()
-            log.error("skipping a record of inventory.events that is not a canonical event: %s", exc)
-    if not events:
-        return []
-    started = time.perf_counter()
-    async for attempt in _retrying("applying a batch to PostgreSQL", *TRANSIENT_DB_ERRORS):
-        with attempt:
-            async with pool.connection() as conn, conn.transaction():
-                results = await apply_batch(conn, events)
-    metrics.commit_seconds.observe(time.perf_counter() - started)
-    metrics.batch_size.observe(len(events))
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'record'}: {e['msg']}" for e in exc.errors()[:3]
+            )
+            undecodable.append((raw, f"not a canonical inventory event: {problems}"[:1000]))
+    return events, undecodable
+
+
+async def commit_batch(
+    pool: AsyncConnectionPool,
+    raw_values: list[bytes],
+    metrics: ProcessorMetrics,
+    *,
+    progress: Progress | None = None,
+    skew: timedelta | None = None,
+) -> list[Outgoing]:
+    """Decode and apply a batch (isolating what cannot be applied), retried whole on any other error until
+    it commits; return what to publish. Raises only CancelledError."""
+    progress = progress or Progress()
+    events, undecodable = decode_all(raw_values)
+    for _raw, reason in undecodable:
+        metrics.events.labels("undecodable").inc()
+        log.error("dead-lettering a record of inventory.events: %s", reason)
+    results: list[Result] = []
+    if events:
+        started = time.perf_counter()
+        async for attempt in _retrying("applying a batch to PostgreSQL", progress, metrics):
+            with attempt:
+                async with pool.connection() as conn:
+                    results = await apply_isolating(conn, events, **({"skew": skew} if skew else {}))
+        metrics.commit_seconds.observe(time.perf_counter() - started)
+        metrics.batch_size.observe(len(events))
+    _observe(results, metrics)
+    return outgoing(results, undecodable)
+
+
+def _observe(results: list[Result], metrics: ProcessorMetrics) -> None:
     now = datetime.now(UTC)
     for r in results:
         metrics.events.labels(r.outcome).inc()
         if r.outcome == "rejected":
             metrics.oversells_prevented.inc()
-        if r.outcome in (
-            "rejected",
-            "unknown_sku",
-        ):  # a sale the master refused: worth a line an SRE can grep
+        if r.outcome in ("rejected", "unknown_sku", "invalid"):  # worth a line an SRE can grep
             e = r.event
             with logs.bound(event_id=e.event_id, tenant=e.tenant, sku=e.sku, connection=e.connection_id):
                 log.info("%s %s of %s/%s refused: %s", e.type, e.event_id, e.tenant, e.sku, r.outcome)
         if r.outcome != "duplicate":
             metrics.lag_seconds.observe(max(0.0, (now - r.event.received_at).total_seconds()))
-    return results
 
 
 async def prune_processed(pool: AsyncConnectionPool, older_than: timedelta, *, chunk: int = 10_000) -> int:
@@ -139,22 +209,20 @@ def build_app(settings: ProcessorSettings, *, registry: CollectorRegistry | None
         )
 
     source = raw_topic(inventory_events.TOPIC)
-    outputs = {name: kafka.topic(name) for name in (stock_changed.TOPIC, stock_rejected.TOPIC)}
 
-    async def publish(producer: AsyncProducer, results: list[Result]) -> None:
-        await asyncio.gather(
-            *(
-                producer.send(outputs[r.topic], r.payload, key=r.key)
-                for r in results
-                if r.topic is not None and r.payload is not None
-            )
-        )
+    progress = Progress()
+    skew = timedelta(seconds=settings.clock_skew_s)
+
+    async def publish(producer: AsyncProducer, records: list[Outgoing]) -> None:
+        await asyncio.gather(*(producer.send(kafka.topic(o.topic), o.value, key=o.key) for o in records))
 
     async def handle(pool: AsyncConnectionPool, producer: AsyncProducer, values: list[bytes]) -> None:
-        results = await commit_batch(pool, values, metrics)
-        async for attempt in _retrying("publishing results to Kafka", DeliveryError):
+        records = await commit_batch(pool, values, metrics, progress=progress, skew=skew)
+        async for attempt in _retrying("publishing results to Kafka", progress, metrics):
             with attempt:
-                await publish(producer, results)
+                await publish(producer, records)
+        progress.stalled_since = None
+        metrics.stalled.set(0)
 
     @app.agent(source, name="apply-inventory-events")
     async def apply_events(stream: faust.StreamT[bytes]) -> None:
@@ -163,11 +231,13 @@ def build_app(settings: ProcessorSettings, *, registry: CollectorRegistry | None
         try:
             async with open_pool(settings.postgres, name="processor") as pool:
                 async for values in stream.take(settings.batch_max, within=settings.batch_within_s):
+                    # handle() never raises (see the module docstring); shielded, so a cancellation lets it
+                    # finish the started batch before take() acknowledges it.
                     task = asyncio.ensure_future(handle(pool, producer, list(values)))
                     try:
                         await asyncio.shield(task)
                     except asyncio.CancelledError:
-                        await task  # finish the started batch before take() acks it
+                        await task
                         raise
         finally:
             await producer.close()
@@ -183,6 +253,7 @@ def build_app(settings: ProcessorSettings, *, registry: CollectorRegistry | None
                 kafka=kafka,
                 group=settings.app_id,
                 assigned=lambda: bool(app.consumer.assignment()),
+                stalled=progress.problem,
             )
             runner = web.AppRunner(surface, access_log=None)
             await runner.setup()

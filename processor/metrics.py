@@ -1,4 +1,4 @@
-"""Processor metrics. Outcome label values are the fixed set of processor.store.Outcome."""
+"""Processor metrics. Outcome label values are the fixed set of processor.store.Outcome, and "undecodable"."""
 
 from __future__ import annotations
 
@@ -31,6 +31,12 @@ class ProcessorMetrics:
             "processor_lag_seconds",
             "From the event's arrival at the gateway to its commit in the master record.",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+            registry=registry,
+        )
+        self.stalled = Gauge(
+            "processor_stalled",
+            "1 while the processor retries a batch it cannot commit or publish (PostgreSQL or Kafka away): "
+            "it takes no new events and acknowledges nothing meanwhile; 0 once a batch goes through.",
             registry=registry,
         )
         self.retention_deleted = Counter(

@@ -62,10 +62,12 @@ def ops_app(
     kafka: KafkaSettings | None = None,
     group: str = "stocksync-processor",
     assigned: Callable[[], bool] | None = None,
+    stalled: Callable[[], str | None] | None = None,
     check_interval_s: float = CHECK_INTERVAL_S,
 ) -> web.Application:
     """The ops server. With `kafka`, /readyz also checks the broker and `assigned` (the Faust consumer holds
-    partitions); with `metrics` and `kafka`, the periodic checks run while the app is up."""
+    partitions); with `stalled`, /readyz fails while it names a problem (the agent retrying a batch it cannot
+    apply or publish); with `metrics` and `kafka`, the periodic checks run while the app is up."""
     app = web.Application()
     app[POOL] = pool
     readiness = health.Readiness({"postgres": health.postgres_check(pool)})
@@ -73,6 +75,13 @@ def ops_app(
         readiness.checks["kafka"] = health.kafka_check(kafka)
     if assigned is not None:
         readiness.checks["consumer"] = health.assignment_check(assigned, f"consumer group {group}")
+    if stalled is not None:
+        problem = stalled
+
+        async def progress() -> str | None:
+            return problem()
+
+        readiness.checks["progress"] = progress
 
     if metrics is not None and kafka is not None:
         checked_kafka, checked_metrics = kafka, metrics

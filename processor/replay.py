@@ -1,7 +1,7 @@
 """Rebuild the master record, ledger and idempotency store from ``inventory.events`` into an empty database.
 
 Reads every partition from its first retained offset to the end offsets seen at the start, in log order
-per partition (so per SKU), and applies batches through the same ``apply_batch`` as the live processor.
+per partition (so per SKU), and applies batches through the same ``apply_isolating`` as the live processor.
 The result is checksum-equal to a live database that has processed the same records.
 """
 
@@ -12,13 +12,15 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 
 import psycopg
 from confluent_kafka import Consumer, TopicPartition
 from psycopg import AsyncConnection
 from pydantic import ValidationError
 
-from processor.store import apply_batch
+from processor.isolation import apply_isolating
+from processor.store import DEFAULT_SKEW
 from schemas import inventory_events
 from stocksync.db import migrate
 from stocksync.settings import KafkaSettings
@@ -55,8 +57,11 @@ async def replay(
     batch: int = 1000,
     progress: Callable[[int, int], None] | None = None,
     stall_timeout_s: float = 30.0,
+    skew: timedelta = DEFAULT_SKEW,
 ) -> ReplayStats:
-    """Apply every retained record of inventory.events to `target_url`; `progress(done, total)` as it goes."""
+    """Apply every retained record of inventory.events to `target_url`; `progress(done, total)` as it goes.
+    An event that cannot be applied is recorded ``invalid`` as the live processor records it (no dead letter
+    is published: the live one already was); pass the live processor's clock `skew` for an equal result."""
     _require_empty(target_url)
     topic = kafka.topic(inventory_events.TOPIC)
     consumer = Consumer(
@@ -103,8 +108,8 @@ async def replay(
                     done += 1
                     if offset + 1 >= bounds[partition][1]:
                         pending.discard(partition)
-                async with conn.transaction():
-                    await apply_batch(conn, events)
+                if events:
+                    await apply_isolating(conn, events, skew=skew)
                 if progress:
                     progress(done, total)
         return ReplayStats(done, undecodable, {p: low for p, (low, _h) in bounds.items()})

@@ -1,6 +1,6 @@
 """Canonical events, one module per Kafka topic. Frozen pydantic models, unknown fields refused."""
 
-from schemas import fanout_dlq, inventory_events, quarantine, stock_changed, stock_rejected
+from schemas import fanout_dlq, inventory_events, processor_dlq, quarantine, stock_changed, stock_rejected
 
 TOPICS = (
     inventory_events.TOPIC,
@@ -8,5 +8,6 @@ TOPICS = (
     stock_rejected.TOPIC,
     quarantine.TOPIC,
     fanout_dlq.TOPIC,
+    processor_dlq.TOPIC,
 )
 """Every topic the pipeline uses (before the deployment's prefix)."""

@@ -8,6 +8,7 @@ import os
 import signal
 import threading
 from collections.abc import Coroutine
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -153,15 +154,23 @@ def replay(
     from processor.checksum import checksum
     from processor.replay import ReplayError
     from processor.replay import replay as run_replay
+    from processor.settings import ProcessorSettings
 
     kafka, live = KafkaSettings(), PostgresSettings().database_url
+    skew = timedelta(
+        seconds=ProcessorSettings().clock_skew_s
+    )  # the live processor's rule, for an equal result
     columns = (TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console) as bar:
         task = bar.add_task("replay", total=None)
         try:
             stats = asyncio.run(
                 run_replay(
-                    kafka, into, batch=batch, progress=lambda d, t: bar.update(task, completed=d, total=t)
+                    kafka,
+                    into,
+                    batch=batch,
+                    skew=skew,
+                    progress=lambda d, t: bar.update(task, completed=d, total=t),
                 )
             )
         except ReplayError as exc:

@@ -7,25 +7,34 @@ uninterrupted pass; the checksum covers inventory, ledger and processed_events (
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import signal
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 from psycopg import AsyncConnection
+from psycopg.conninfo import conninfo_to_dict
 
 from processor.checksum import TableSum, checksum
+from processor.replay import replay
 from processor.store import apply_batch
-from schemas import TOPICS, inventory_events, stock_changed
-from schemas.inventory_events import AnyInventoryEvent
+from schemas import TOPICS, inventory_events, processor_dlq, stock_changed
+from schemas.base import MAX_QUANTITY
+from schemas.inventory_events import AnyInventoryEvent, OrderPlaced, StockCounted, StockReceived
 from stocksync.db import migrate
 from stocksync.kafka import AsyncProducer, ensure_topics, producer_config
+from stocksync.local import PostgresEndpoint
 from stocksync.local.process import free_port
 from stocksync.local.stack import Service, Stack, StackConfig
 from stocksync.local.traffic import as_records, synthetic_stream
@@ -33,6 +42,8 @@ from stocksync.settings import KafkaSettings
 from tests.helpers import eventually, group_caught_up, read_topic
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+
+T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
 
 @dataclass
@@ -42,13 +53,16 @@ class Processors:
     stack: Stack
     new_database: Callable[[], str]
 
-    def start(self, name: str = "processor") -> Service:
+    def start(self, name: str = "processor", **env: str) -> Service:
+        port = free_port()
         return self.stack.start(
             name,
             "processor",
-            PROCESSOR_OPS_PORT=str(free_port()),
+            port=port,
+            PROCESSOR_OPS_PORT=str(port),
             PROCESSOR_SESSION_TIMEOUT_S="6",
             PROCESSOR_BATCH_MAX="300",
+            **env,
         )
 
     def kill(self, name: str = "processor") -> None:
@@ -209,3 +223,130 @@ async def test_replay_rebuilds_the_live_state_and_audit_explains_it(processors: 
         ).fetchone()
     assert newest is not None
     assert newest[0] in trail.stdout
+
+
+def ledger_outcomes(database_url: str) -> dict[str, str]:
+    with psycopg.connect(database_url) as conn:
+        return dict(conn.execute("SELECT event_id, outcome FROM ledger").fetchall())
+
+
+def readiness(service: Service) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{service.port}/readyz", timeout=5) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+    except OSError:
+        return 0, {}
+
+
+async def test_a_poison_event_in_a_piled_up_batch_loses_no_neighbour_and_replays_equal(
+    processors: Processors,
+) -> None:
+    """Issue 12: orders of two tenants pile up while the processor is down (so its first batch holds them all)
+    with an undecodable record and a receipt the database cannot hold among them. Every order is applied
+    once, the two bad records are dead-lettered with their reasons, the group commits to the end, and a
+    replay of the topic rebuilds the same state (the invalid event recorded the same way)."""
+    stock: list[AnyInventoryEvent] = [
+        StockCounted(
+            event_id=f"admin:count:{tenant}",
+            tenant=tenant,
+            sku="SKU-1",
+            quantity=1_000,
+            occurred_at=T0 - timedelta(hours=1),
+            received_at=T0,
+        )
+        for tenant in ("acme", "zeta")
+    ]
+    await processors.publish(stock)
+    sales: list[AnyInventoryEvent] = [
+        OrderPlaced(
+            event_id=f"{tenant}-shop:order:{n}:line:1",
+            tenant=tenant,
+            sku="SKU-1",
+            quantity=1,
+            connection_id=f"{tenant}-shop",
+            channel="shopify",
+            order_id=str(n),
+            line_id="1",
+            occurred_at=T0 + timedelta(seconds=n),
+            received_at=T0 + timedelta(seconds=n),
+        )
+        for n in range(300)
+        for tenant in ("acme", "zeta")
+    ]
+    poison = StockReceived(
+        event_id="admin:receipt:huge",
+        tenant="acme",
+        sku="SKU-1",
+        quantity=MAX_QUANTITY,
+        occurred_at=T0,
+        received_at=T0,
+    )
+    await processors.publish(sales[:250])
+    producer = AsyncProducer(producer_config(processors.kafka))
+    try:
+        await producer.send(processors.kafka.topic(inventory_events.TOPIC), b"{not json", key=b"acme/SKU-1")
+    finally:
+        await producer.close()
+    await processors.publish([poison, *sales[250:]])
+    worker = processors.start()
+    decodable = len(stock) + len(sales) + 1
+    await processors.settled(decodable)
+    outcomes = ledger_outcomes(processors.database_url)
+    assert outcomes[poison.event_id] == "invalid"
+    lost = [s.event_id for s in sales if outcomes.get(s.event_id) != "applied"]
+    assert not lost, f"{len(lost)} of {len(sales)} acknowledged orders not applied, e.g. {lost[:3]}"
+    with psycopg.connect(processors.database_url) as conn:
+        assert conn.execute("SELECT tenant, available FROM inventory ORDER BY 1").fetchall() == [
+            ("acme", 700),
+            ("zeta", 700),
+        ]
+    letters = [
+        processor_dlq.decode(m.value() or b"") for m in read_topic(processors.kafka, processor_dlq.TOPIC)
+    ]
+    assert sorted(x.problem for x in letters) == ["invalid", "undecodable"]
+    assert all(x.reason for x in letters)
+    await eventually(lambda: readiness(worker)[0] == 200, timeout_s=30, what="the processor to be ready")
+
+    target = processors.new_database()
+    stats = await replay(processors.kafka, target)
+    assert stats.undecodable == 1
+    assert checksum(target) == checksum(processors.database_url)
+
+
+async def test_with_the_database_gone_the_processor_stalls_acknowledges_nothing_then_catches_up(
+    processors: Processors, pg_server: PostgresEndpoint
+) -> None:
+    """PostgreSQL refuses the processor's connections: it stops taking events, /readyz says why, the group
+    commits nothing; once the database is back every event is applied exactly once."""
+    events = synthetic_stream(2_000, skus=20, seed=15)
+    worker = processors.start()
+    await processors.publish(events[:200])
+    await processors.settled(200)
+    name = conninfo_to_dict(processors.database_url)["dbname"]
+
+    def refuse(allow: bool) -> None:
+        with psycopg.connect(pg_server.url, autocommit=True) as admin:
+            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {str(allow).lower()}'.encode())
+            if not allow:
+                admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
+                )
+
+    refuse(True)
+    try:
+        refuse(False)
+        await processors.publish(events[200:])
+
+        def stalled() -> bool:
+            status, body = readiness(worker)
+            return status == 503 and "no batch applied" in str(body.get("checks", {}).get("progress", ""))
+
+        await eventually(stalled, timeout_s=60, what="/readyz to report the stalled agent")
+        assert not group_caught_up(processors.kafka, "stocksync-processor", inventory_events.TOPIC)
+    finally:
+        refuse(True)
+    await processors.settled(len(events), timeout_s=180)
+    assert checksum(processors.database_url) == await processors.reference(events)
+    await eventually(lambda: readiness(worker)[0] == 200, timeout_s=30, what="the processor to be ready")
