@@ -20,6 +20,8 @@ from channels.walmart import webhooks as walmart
 from channels.woocommerce import webhooks as woocommerce
 from schemas.inventory_events import ChannelEvent
 
+# The events of a verified body; PayloadError if the body is unusable, LinesRefused (channels.payload, a
+# PayloadError) carrying the other lines' events if only some of its lines are.
 Normalise = Callable[[Connection, bytes, Mapping[str, str], datetime], Sequence[ChannelEvent]]
 Expand = Callable[[aiohttp.ClientSession, Connection, bytes, Mapping[str, str]], Awaitable[bytes]]
 
@@ -31,6 +33,10 @@ Verify = Callable[[str, bytes, Mapping[str, str]], bool]
 class WebhookAdapter:
     verify: Verify
     normalise: Normalise
+    # The headers verify reads (the signature, and what is signed with it or checked against the body). A
+    # request carrying one of them twice is refused before verifying: which copy a check reads is an accident
+    # of the code, so two copies are never accepted, whatever their order.
+    auth_headers: tuple[str, ...]
     expand: Expand | None = None  # thin payloads: fetch the full order from the channel before normalising
     ping: Callable[[bytes, Mapping[str, str]], bool] | None = None  # unsigned set-up pings that need a 200
     verifier: Callable[[Connection], Verify] | None = None  # a verify that needs more of the connection
@@ -40,19 +46,42 @@ class WebhookAdapter:
 
 
 ADAPTERS: dict[str, WebhookAdapter] = {
-    "shopify": WebhookAdapter(verify=shopify.verify, normalise=shopify.normalise),
-    "amazon": WebhookAdapter(verify=amazon.verify, normalise=amazon.normalise),
-    "ebay": WebhookAdapter(verify=ebay.verify, normalise=ebay.normalise),
-    "etsy": WebhookAdapter(verify=etsy.verify, normalise=etsy.normalise, expand=etsy.expand),
-    "woocommerce": WebhookAdapter(
-        verify=woocommerce.verify, normalise=woocommerce.normalise, ping=woocommerce.is_ping
+    "shopify": WebhookAdapter(
+        verify=shopify.verify, normalise=shopify.normalise, auth_headers=shopify.AUTH_HEADERS
     ),
-    "walmart": WebhookAdapter(verify=walmart.verify, normalise=walmart.normalise),
+    "amazon": WebhookAdapter(
+        verify=amazon.verify, normalise=amazon.normalise, auth_headers=amazon.AUTH_HEADERS
+    ),
+    "ebay": WebhookAdapter(verify=ebay.verify, normalise=ebay.normalise, auth_headers=ebay.AUTH_HEADERS),
+    "etsy": WebhookAdapter(
+        verify=etsy.verify, normalise=etsy.normalise, auth_headers=etsy.AUTH_HEADERS, expand=etsy.expand
+    ),
+    "woocommerce": WebhookAdapter(
+        verify=woocommerce.verify,
+        normalise=woocommerce.normalise,
+        auth_headers=woocommerce.AUTH_HEADERS,
+        ping=woocommerce.is_ping,
+    ),
+    "walmart": WebhookAdapter(
+        verify=walmart.verify, normalise=walmart.normalise, auth_headers=walmart.AUTH_HEADERS
+    ),
     "tiktok": WebhookAdapter(
-        verify=tiktok.verify, normalise=tiktok.normalise, expand=tiktok.expand, verifier=tiktok.verifier
+        verify=tiktok.verify,
+        normalise=tiktok.normalise,
+        auth_headers=tiktok.AUTH_HEADERS,
+        expand=tiktok.expand,
+        verifier=tiktok.verifier,
     ),
     "bigcommerce": WebhookAdapter(
-        verify=bigcommerce.verify, normalise=bigcommerce.normalise, expand=bigcommerce.expand
+        verify=bigcommerce.verify,
+        normalise=bigcommerce.normalise,
+        auth_headers=bigcommerce.AUTH_HEADERS,
+        expand=bigcommerce.expand,
     ),
-    "flipkart": WebhookAdapter(verify=flipkart.verify, normalise=flipkart.normalise, expand=flipkart.expand),
+    "flipkart": WebhookAdapter(
+        verify=flipkart.verify,
+        normalise=flipkart.normalise,
+        auth_headers=flipkart.AUTH_HEADERS,
+        expand=flipkart.expand,
+    ),
 }

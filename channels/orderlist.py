@@ -1,10 +1,12 @@
 """What every channel's ``orders.list_orders`` shares: the page size a connection asks for, one budgeted
-HTTP call that turns every failure into a ChannelError naming the connection, and the page's high water."""
+HTTP call that turns every failure into a ChannelError naming the connection, the page's high water, and
+how one listed order's events (or its refusal) join the page."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -13,7 +15,9 @@ import aiohttp
 from multidict import CIMultiDictProxy
 
 from channels.connection import Connection
-from channels.errors import ChannelError, error_for_status
+from channels.errors import ChannelError, PayloadError, error_for_status
+from channels.orders import OrderBatch
+from channels.payload import LineEvent, LinesRefused
 from channels.ratelimit import TokenBucket
 
 PAGE_SIZE_OPTION = "orders_page_size"
@@ -116,3 +120,22 @@ def high_water(times: Iterable[datetime]) -> datetime | None:
 def as_json(value: Any) -> bytes:
     """An order as the channel returned it, as JSON bytes for the quarantine topic."""
     return json.dumps(value, sort_keys=True, default=str).encode()
+
+
+@contextmanager
+def one_order(batch: OrderBatch, listed: Any, what: str = "") -> Iterator[list[LineEvent]]:
+    """One listed order: add its events to the yielded list (``with one_order(batch, order) as events:
+    events += webhooks.order_events(...)``); they join `batch` when the block ends. A PayloadError refuses
+    the order: it goes to ``batch.rejected`` with the reason (prefixed with `what`), none of its events kept.
+    A LinesRefused keeps the events of its valid lines and rejects the order with the refused lines' reasons,
+    so the reconciler publishes those events and quarantines the order beside them."""
+    events: list[LineEvent] = []
+    try:
+        yield events
+    except LinesRefused as exc:
+        batch.events += [*events, *exc.events]
+        batch.rejected.append((as_json(listed), f"{what}{exc}"))
+    except PayloadError as exc:
+        batch.rejected.append((as_json(listed), f"{what}{exc}"))
+    else:
+        batch.events += events

@@ -26,8 +26,10 @@ class OrderBatch:
     """One page of a channel's order list, normalised."""
 
     events: list[OrderPlaced | OrderCancelled] = field(default_factory=list)
-    # Orders the normaliser refused: (the order as the channel returned it, JSON bytes; the reason).
-    # The reconciler sends them to ingest.quarantine, as the gateway does with bad webhooks.
+    # Orders the normaliser refused: (the order as the channel returned it, JSON bytes; the reason). An
+    # order with some lines refused is here too (the reason names each line and why), the events of its other
+    # lines being in `events`. The reconciler sends them to ingest.quarantine, as the gateway does with bad
+    # webhooks. channels.orderlist.one_order fills both.
     rejected: list[tuple[bytes, str]] = field(default_factory=list)
     # The newest order creation/update time on this page: once the page's events are durable, the
     # connection's checkpoint may move up to it. None: this page must not move the checkpoint (it was empty,

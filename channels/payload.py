@@ -1,11 +1,21 @@
 """What every channel's webhook parsing needs: headers, JSON bodies, ids, quantities, times, SKU mapping and
-the canonical per-line events. Anything unusable is a PayloadError whose message names the field."""
+the canonical per-line events. Anything unusable is a PayloadError whose message names the field.
+
+One bad line does not sink its neighbours: a line that makes no valid event (its quantity outside
+1..MAX_QUANTITY, an id PostgreSQL cannot hold) raises LineRefused, and a channel's per-line loop collects
+those with ``Lines``; if any line was refused, the body's normaliser raises LinesRefused, a PayloadError that
+carries the events of the other lines (the gateway publishes them and quarantines the body with the refused
+lines' reasons). Code that does not collect sees an ordinary PayloadError: the whole body is quarantined,
+as before, and nothing is lost either way. Whole-body problems (not JSON, no order id, an unmapped product)
+stay plain PayloadErrors."""
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,7 +23,10 @@ from pydantic import ValidationError
 
 from channels.connection import Connection
 from channels.errors import PayloadError
+from schemas.base import MAX_QUANTITY
 from schemas.inventory_events import OrderCancelled, OrderPlaced
+
+LineEvent = OrderPlaced | OrderCancelled
 
 LISTINGS_HINT = "add it to that connection's listings"
 _TOKEN_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}", re.ASCII)
@@ -69,11 +82,101 @@ def positive_int(value: Any) -> int | None:
     return None
 
 
+@dataclass(frozen=True)
+class RefusedLine:
+    """A line of a body that makes no valid event: where it is ("order 7 line 2") and why, for a person."""
+
+    where: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.reason}"
+
+
+class LineRefused(PayloadError):
+    """One line makes no valid event. Inside ``Lines.collect()`` only that line is refused; anywhere else it
+    is an ordinary PayloadError and refuses the whole body."""
+
+    def __init__(self, where: str, reason: str) -> None:
+        self.line = RefusedLine(where, reason)
+        super().__init__(str(self.line))
+
+
+class LinesRefused(PayloadError):
+    """Some lines of a body make no valid event: `refused` says which and why; `events` are the events of
+    the other lines, good to publish (none if every line was refused)."""
+
+    def __init__(self, events: Sequence[LineEvent], refused: Sequence[RefusedLine]) -> None:
+        self.events = list(events)
+        self.refused = list(refused)
+        lines = "; ".join(map(str, self.refused))
+        if self.events:
+            lines = (
+                f"{len(self.refused)} line(s) refused, the {len(self.events)} event(s) of the other lines "
+                f"kept: {lines}"
+            )
+        super().__init__(lines)
+
+
+class Lines:
+    """The per-line results of one body: the events of the lines that make one, and the lines refused.
+
+        lines = Lines()
+        for item in items:
+            ...                          # a PayloadError here still refuses the whole body
+            with lines.collect():        # a LineRefused here refuses this line only
+                lines.events.append(line_event(...))
+        return lines.result()            # the events, or LinesRefused if a line was refused
+
+    ``collect()`` also takes in a LinesRefused from a part with lines of its own (a refund of an order, the
+    sale a listed cancellation undoes): its events are kept and its refused lines added.
+    """
+
+    def __init__(self) -> None:
+        self.events: list[LineEvent] = []
+        self.refused: list[RefusedLine] = []
+
+    @contextmanager
+    def collect(self) -> Iterator[None]:
+        try:
+            yield
+        except LineRefused as exc:
+            self._refuse([exc.line])
+        except LinesRefused as exc:
+            self.events += exc.events
+            self._refuse(exc.refused)
+
+    def _refuse(self, refused: Iterable[RefusedLine]) -> None:
+        # A line refused as a sale is refused again as its cancellation (same place, same reason): once.
+        self.refused += [r for r in refused if r not in self.refused]
+
+    def __bool__(self) -> bool:
+        """Whether any line was seen (made an event or was refused)."""
+        return bool(self.events or self.refused)
+
+    def result(self) -> list[LineEvent]:
+        """The events; LinesRefused (carrying them) if any line was refused."""
+        if self.refused:
+            raise LinesRefused(self.events, self.refused)
+        return self.events
+
+
+def quantity_problem(value: Any, field: str = "quantity") -> str | None:
+    """Why `value` is no quantity of one line (a whole number from 1 to MAX_QUANTITY), or None if it is."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        return f"{field} {value!r} is not a positive whole number (1 to {MAX_QUANTITY})"
+    if value > MAX_QUANTITY:
+        return f"{field} {value} is above the largest allowed, {MAX_QUANTITY}"
+    return None
+
+
 def positive_quantity(value: Any, where: str, field: str = "quantity") -> int:
-    """`value` as a positive whole number; PayloadError "<where>: <field> <value> is not ..." otherwise."""
-    quantity = positive_int(value)
-    if quantity is None:
-        raise PayloadError(f"{where}: {field} {value!r} is not a positive whole number")
+    """`value` as a line's quantity, 1 to MAX_QUANTITY; LineRefused "<where>: <field> <value> is ..." (naming
+    the allowed range) otherwise."""
+    problem = quantity_problem(value, field)
+    if problem is not None:
+        raise LineRefused(where, problem)
+    quantity: int = value
     return quantity
 
 
@@ -139,8 +242,11 @@ def line_event(
     cancel_id: str | None = None,
 ) -> OrderPlaced | OrderCancelled:
     """OrderPlaced ``<conn>:order:<o>:line:<l>``, or if `cancelled` its OrderCancelled (id `cancel_id`,
-    default ``<conn>:cancel:<o>:line:<l>``: the whole line). A line that makes no valid event is a
-    PayloadError "<where> does not make a valid event: <first problem>"."""
+    default ``<conn>:cancel:<o>:line:<l>``: the whole line). A line that makes no valid event raises
+    LineRefused "<where>: <field> <value> ..." naming what is wrong (collect it with ``Lines``)."""
+    problem = quantity_problem(quantity)
+    if problem is not None:
+        raise LineRefused(where, problem)
     sale_id = f"{connection.id}:order:{order_id}:line:{line_id}"
     common: dict[str, Any] = {
         "tenant": connection.tenant,
@@ -159,4 +265,21 @@ def line_event(
             return OrderCancelled(event_id=cancel_id, sale_event_id=sale_id, **common)
         return OrderPlaced(event_id=sale_id, **common)
     except ValidationError as exc:
-        raise PayloadError(f"{where} does not make a valid event: {exc.errors()[0]['msg']}") from exc
+        raise LineRefused(where, invalid_field(exc)) from exc
+
+
+_DERIVED = frozenset({"event_id", "sale_event_id"})  # made of the line's own fields: name those instead
+
+
+def invalid_field(exc: ValidationError) -> str:
+    """The first problem of `exc` for a person: the field, the value given and what is wrong with it."""
+    errors = exc.errors()
+    error = next((e for e in errors if not _DERIVED & set(map(str, e["loc"]))), errors[0])
+    field = ".".join(map(str, error["loc"])) or "value"
+    given = error.get("input")
+    shown = repr(given)
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    if isinstance(given, str) and "\x00" in given:
+        return f"{field} {shown} contains a NUL character, which the database cannot store"
+    return f"{field} {shown} is refused: {error['msg']}"

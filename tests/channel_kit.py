@@ -1,10 +1,11 @@
 """What the channel tests share: JSON fuzz strategies and payload mutation, simulators served on loopback
-with a connection pointed at them, and a clock that only moves when told."""
+with a connection pointed at them, a clock that only moves when told, and what a normaliser's outcome
+publishes."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
@@ -13,8 +14,10 @@ from aiohttp import web
 from hypothesis import strategies as st
 
 from channels.connection import Connection
-from channels.errors import ChannelError
+from channels.errors import ChannelError, PayloadError
+from channels.payload import LinesRefused
 from channels.simulation import serve
+from schemas.inventory_events import ChannelEvent
 
 
 def json_values(
@@ -113,3 +116,18 @@ async def assert_burst_is_throttled(client: Any, simulator: Any, requests: int) 
     assert throttled, "every request of the burst was served"
     assert all(e.status == 429 and e.retryable and e.retry_after_s for e in throttled)
     assert simulator.rate_limited == len(throttled)
+
+
+def published(normalise: Callable[[], Sequence[ChannelEvent]]) -> Sequence[ChannelEvent] | None:
+    """What the gateway publishes of a body: the normaliser's events; with some lines refused (LinesRefused)
+    the other lines' events, after checking each refused line says where and why; None if the whole body is
+    quarantined (a PayloadError, or every line refused)."""
+    try:
+        return normalise()
+    except LinesRefused as exc:
+        refused = exc
+    except PayloadError:
+        return None
+    assert refused.refused, "LinesRefused without a refused line"
+    assert all(r.where and r.reason for r in refused.refused), refused.refused
+    return refused.events or None

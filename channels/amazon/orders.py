@@ -33,9 +33,9 @@ import aiohttp
 from channels.amazon import webhooks
 from channels.connection import Connection
 from channels.errors import ChannelError, PayloadError
-from channels.orderlist import as_json, fetch, high_water, page_size, require_aware
+from channels.orderlist import fetch, high_water, one_order, page_size, require_aware
 from channels.orders import OrderBatch
-from channels.payload import iso_time
+from channels.payload import Lines, iso_time
 from channels.ratelimit import TokenBucket
 from schemas.inventory_events import OrderCancelled, OrderPlaced
 
@@ -111,11 +111,13 @@ def listed_order_events(
         "items": as_notified,
         "received_at": received_at,
     }
-    events: list[OrderPlaced | OrderCancelled] = []
+    lines = Lines()  # a refused item refuses only itself (as a sale and as its cancellation)
     if status in webhooks.CANCELLED_STATUSES:
-        events += webhooks.order_events(connection, status="Unshipped", **common)
-    events += webhooks.order_events(connection, status=status, **common)
-    return events
+        with lines.collect():
+            lines.events += webhooks.order_events(connection, status="Unshipped", **common)
+    with lines.collect():
+        lines.events += webhooks.order_events(connection, status=status, **common)
+    return lines.result()
 
 
 def _moves_stock(order: Any) -> bool:
@@ -157,13 +159,11 @@ async def list_orders(
         for order in orders:
             if (at := _updated(order)) is not None:
                 times.append(at)
-            try:
+            with one_order(batch, order) as events:
                 items = (
                     await _items(session, connection, order, budget, headers) if _moves_stock(order) else []
                 )
-                batch.events.extend(listed_order_events(connection, order, items, received_at))
-            except PayloadError as exc:
-                batch.rejected.append((as_json(order), str(exc)))
+                events += listed_order_events(connection, order, items, received_at)
         batch.high_water = high_water(times)
         yield batch
         token = payload.get("NextToken")

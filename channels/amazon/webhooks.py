@@ -50,13 +50,24 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPubl
 from channels.amazon import CHANNEL, NOTIFICATION_TYPE, REPLAY_WINDOW_S
 from channels.connection import Connection
 from channels.errors import PayloadError
-from channels.payload import header, iso_time, line_event, load_object, master_sku, positive_quantity
+from channels.payload import (
+    Lines,
+    header,
+    iso_time,
+    line_event,
+    load_object,
+    master_sku,
+    positive_quantity,
+)
 from schemas.inventory_events import OrderCancelled, OrderPlaced
 
 MESSAGE_TYPE_HEADER = "x-amz-sns-message-type"
 MESSAGE_ID_HEADER = "x-amz-sns-message-id"
 TOPIC_ARN_HEADER = "x-amz-sns-topic-arn"
 SUBSCRIPTION_ARN_HEADER = "x-amz-sns-subscription-arn"
+# The signature is in the body; these are the headers verify reads (each must match the body): the gateway
+# refuses a request with two of one.
+AUTH_HEADERS = (MESSAGE_TYPE_HEADER, MESSAGE_ID_HEADER, TOPIC_ARN_HEADER)
 
 NOTIFICATION = "Notification"
 SUBSCRIPTION_CONFIRMATION = "SubscriptionConfirmation"
@@ -311,25 +322,27 @@ def order_events(
     occurred_at = iso_time(when, "order time")
     if not isinstance(items, list) or not items:
         raise PayloadError(f"order {order_id}: OrderItems is missing or empty")
-    events: list[OrderPlaced | OrderCancelled] = []
+    lines = Lines()
     for item in items:
         if not isinstance(item, dict):
             raise PayloadError(f"order {order_id}: an order item is not an object")
         item_id = _item_id(item)
-        quantity = positive_quantity(item.get("Quantity"), f"order {order_id} item {item_id}", "Quantity")
-        sku = _sku(connection, item_id, item)
-        events.append(
-            line_event(
-                connection,
-                channel=CHANNEL,
-                order_id=order_id,
-                line_id=item_id,
-                sku=sku,
-                quantity=quantity,
-                occurred_at=occurred_at,
-                received_at=received_at,
-                cancelled=cancelled,
-                where=f"order {order_id} item {item_id}",
+        with lines.collect():
+            where = f"order {order_id} item {item_id}"
+            quantity = positive_quantity(item.get("Quantity"), where, "Quantity")
+            sku = _sku(connection, item_id, item)
+            lines.events.append(
+                line_event(
+                    connection,
+                    channel=CHANNEL,
+                    order_id=order_id,
+                    line_id=item_id,
+                    sku=sku,
+                    quantity=quantity,
+                    occurred_at=occurred_at,
+                    received_at=received_at,
+                    cancelled=cancelled,
+                    where=where,
+                )
             )
-        )
-    return events
+    return lines.result()

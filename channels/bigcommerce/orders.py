@@ -21,7 +21,7 @@ import aiohttp
 from channels.bigcommerce import CANCELLED_STATUS_IDS, api, webhooks
 from channels.connection import Connection
 from channels.errors import ChannelError, PayloadError
-from channels.orderlist import as_json, fetch, high_water, page_size, require_aware
+from channels.orderlist import fetch, high_water, one_order, page_size, require_aware
 from channels.orders import OrderBatch
 from channels.payload import token_id
 from channels.ratelimit import TokenBucket
@@ -117,10 +117,8 @@ async def list_orders(
             )
         batch = OrderBatch()
         for order in answer.body:
-            try:
-                batch.events.extend(await _events(session, connection, order, budget, received_at))
-            except PayloadError as exc:
-                batch.rejected.append((as_json(order), str(exc)))
+            with one_order(batch, order) as events:
+                events += await _events(session, connection, order, budget, received_at)
         batch.high_water = high_water(at for o in answer.body if (at := _modified(o)) is not None)
         yield batch
         if len(answer.body) < limit:

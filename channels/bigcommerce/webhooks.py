@@ -24,10 +24,19 @@ import aiohttp
 from channels.bigcommerce import CANCELLED_STATUS_IDS, CHANNEL, api
 from channels.connection import Connection
 from channels.errors import ChannelError, PayloadError
-from channels.payload import epoch_seconds, line_event, load_object, master_sku, positive_quantity, token_id
+from channels.payload import (
+    Lines,
+    epoch_seconds,
+    line_event,
+    load_object,
+    master_sku,
+    positive_quantity,
+    token_id,
+)
 from schemas.inventory_events import OrderCancelled, OrderPlaced
 
 SECRET_HEADER = "X-Webhook-Secret"  # noqa: S105 - a header name; set it on the subscription
+AUTH_HEADERS = (SECRET_HEADER,)  # what verify reads: the gateway refuses a request with two of one
 CREATED = "store/order/created"
 STATUS_UPDATED = "store/order/statusUpdated"
 # order scopes that never change stock by themselves: accepted, no events
@@ -130,7 +139,7 @@ def line_events(
     the webhooks and the order-list backfill both come through here, so their event ids are the same."""
     if not isinstance(lines, list) or not lines:
         raise PayloadError(f"order {order_id} has no product lines")
-    events: list[OrderPlaced | OrderCancelled] = []
+    collected = Lines()
     seen: set[str] = set()
     for line in lines:
         if not isinstance(line, dict):
@@ -141,23 +150,24 @@ def line_events(
         seen.add(line_id)
         if "order_id" in line and str(line["order_id"]) != order_id:
             raise PayloadError(f"line {line_id} belongs to order {line['order_id']!r}, not {order_id}")
-        quantity = positive_quantity(line.get("quantity"), f"line {line_id}")
-        sku = _master_sku(connection, line, line_id)
-        events.append(
-            line_event(
-                connection,
-                channel=CHANNEL,
-                order_id=order_id,
-                line_id=line_id,
-                sku=sku,
-                quantity=quantity,
-                occurred_at=occurred_at,
-                received_at=received_at,
-                cancelled=cancelled,
-                where=f"order {order_id} line {line_id}",
+        with collected.collect():
+            quantity = positive_quantity(line.get("quantity"), f"order {order_id} line {line_id}")
+            sku = _master_sku(connection, line, line_id)
+            collected.events.append(
+                line_event(
+                    connection,
+                    channel=CHANNEL,
+                    order_id=order_id,
+                    line_id=line_id,
+                    sku=sku,
+                    quantity=quantity,
+                    occurred_at=occurred_at,
+                    received_at=received_at,
+                    cancelled=cancelled,
+                    where=f"order {order_id} line {line_id}",
+                )
             )
-        )
-    return events
+    return collected.result()
 
 
 async def expand(

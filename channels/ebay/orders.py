@@ -24,7 +24,7 @@ from yarl import URL
 from channels.connection import Connection
 from channels.ebay import webhooks
 from channels.errors import ChannelError, PayloadError
-from channels.orderlist import as_json, fetch, high_water, page_size, require_aware
+from channels.orderlist import fetch, high_water, one_order, page_size, require_aware
 from channels.orders import OrderBatch
 from channels.payload import iso_time
 from channels.ratelimit import TokenBucket
@@ -100,9 +100,7 @@ async def list_orders(
     for orders in reversed(pages):
         batch = OrderBatch()
         for order in reversed(orders):
-            try:
-                batch.events.extend(events_of(connection, order, received_at))
-            except PayloadError as exc:
-                batch.rejected.append((as_json(order), str(exc)))
+            with one_order(batch, order) as events:
+                events += events_of(connection, order, received_at)
         batch.high_water = high_water(at for o in orders if (at := _modified(o)) is not None)
         yield batch

@@ -18,10 +18,10 @@ from typing import Any
 import aiohttp
 
 from channels.connection import Connection
-from channels.errors import ChannelError, PayloadError
+from channels.errors import ChannelError
 from channels.etsy import API_PATH, webhooks
 from channels.etsy.client import api_headers
-from channels.orderlist import as_json, fetch, high_water, page_size, require_aware
+from channels.orderlist import fetch, high_water, one_order, page_size, require_aware
 from channels.orders import OrderBatch
 from channels.payload import require_object
 from channels.ratelimit import TokenBucket
@@ -92,10 +92,8 @@ async def list_orders(
             )
         batch = OrderBatch()
         for receipt in results:
-            try:
-                batch.events.extend(events_of(connection, receipt, received_at))
-            except PayloadError as exc:
-                batch.rejected.append((as_json(receipt), str(exc)))
+            with one_order(batch, receipt) as events:
+                events += events_of(connection, receipt, received_at)
         batch.high_water = high_water(at for r in results if (at := _updated(r)) is not None)
         yield batch
         offset += len(results)

@@ -35,6 +35,7 @@ from channels.errors import ChannelError, PayloadError, error_for_status
 from channels.etsy import API_PATH, CHANNEL, REPLAY_WINDOW_S
 from channels.etsy.client import api_headers
 from channels.payload import (
+    Lines,
     header,
     line_event,
     load_json,
@@ -48,6 +49,8 @@ from schemas.inventory_events import OrderCancelled, OrderPlaced
 ID_HEADER = "webhook-id"
 TIMESTAMP_HEADER = "webhook-timestamp"
 SIGNATURE_HEADER = "webhook-signature"
+# what verify reads (all three are signed or the signature): the gateway refuses a request with two of one
+AUTH_HEADERS = (SIGNATURE_HEADER, ID_HEADER, TIMESTAMP_HEADER)
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the documented prefix, not a secret
 PAID = frozenset({"order.paid", "ORDER_PAID"})
 CANCELED = frozenset({"order.canceled", "ORDER_CANCELED"})
@@ -227,25 +230,26 @@ def receipt_events(
         raise PayloadError(f"receipt {receipt_id}: 'transactions' is missing or not a list")
     if not transactions:
         raise PayloadError(f"receipt {receipt_id} has no transactions")
-    events: list[OrderPlaced | OrderCancelled] = []
+    lines = Lines()
     for transaction in transactions:
         if not isinstance(transaction, dict):
             raise PayloadError(f"receipt {receipt_id}: a transaction is not a JSON object")
         line_id = _id(transaction.get("transaction_id"), "transaction_id")
-        quantity = positive_quantity(transaction.get("quantity"), f"transaction {line_id}")
-        sku = _sku_for(connection, transaction, line_id)
-        events.append(
-            line_event(
-                connection,
-                channel=CHANNEL,
-                order_id=receipt_id,
-                line_id=line_id,
-                sku=sku,
-                quantity=quantity,
-                occurred_at=occurred_at,
-                received_at=received_at,
-                cancelled=cancel,
-                where=f"transaction {line_id}",
+        with lines.collect():
+            quantity = positive_quantity(transaction.get("quantity"), f"transaction {line_id}")
+            sku = _sku_for(connection, transaction, line_id)
+            lines.events.append(
+                line_event(
+                    connection,
+                    channel=CHANNEL,
+                    order_id=receipt_id,
+                    line_id=line_id,
+                    sku=sku,
+                    quantity=quantity,
+                    occurred_at=occurred_at,
+                    received_at=received_at,
+                    cancelled=cancel,
+                    where=f"transaction {line_id}",
+                )
             )
-        )
-    return events
+    return lines.result()

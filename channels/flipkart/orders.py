@@ -46,7 +46,7 @@ import aiohttp
 from channels.connection import Connection
 from channels.errors import ChannelError, PayloadError
 from channels.flipkart import api, webhooks
-from channels.orderlist import as_json, fetch, high_water, page_size, require_aware
+from channels.orderlist import fetch, high_water, one_order, page_size, require_aware
 from channels.orders import OrderBatch
 from channels.payload import parse_iso
 from channels.ratelimit import TokenBucket
@@ -187,14 +187,16 @@ async def list_orders(
             times: list[datetime] = []
             for shipment in shipments:
                 times += _times(shipment, sweep.date)
-                try:
-                    events = webhooks.shipment_events(connection, shipment, received_at)
-                except PayloadError as exc:
-                    ident = shipment.get("shipmentId") if isinstance(shipment, dict) else None
-                    batch.rejected.append((as_json(shipment), f"shipment {ident!r}: {exc}"))
-                    continue
-                batch.events += [e for e in events if e.event_id not in yielded]
-                yielded.update(e.event_id for e in events)
+                ident = shipment.get("shipmentId") if isinstance(shipment, dict) else None
+                with one_order(batch, shipment, f"shipment {ident!r}: ") as events:
+                    events += webhooks.shipment_events(connection, shipment, received_at)
+            # A shipment found by several sweeps gives its events once.
+            kept = []
+            for e in batch.events:
+                if e.event_id not in yielded:
+                    yielded.add(e.event_id)
+                    kept.append(e)
+            batch.events = kept
             newest += times
             if last_sweep:
                 batch.high_water = high_water(newest if url is None else times)

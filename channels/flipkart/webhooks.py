@@ -42,13 +42,23 @@ import aiohttp
 from channels.connection import Connection
 from channels.errors import ChannelError, PayloadError
 from channels.flipkart import CHANNEL, api
-from channels.payload import line_event, load_object, master_sku, parse_iso, positive_quantity, token_id
+from channels.payload import (
+    Lines,
+    line_event,
+    load_object,
+    master_sku,
+    parse_iso,
+    positive_quantity,
+    token_id,
+)
 from schemas.inventory_events import OrderCancelled, OrderPlaced
 
 TIMESTAMP_HEADER = "X-Flipkart-Timestamp"  # invented, see the module docstring
 SIGNATURE_HEADER = "X-Flipkart-Signature"  # invented
 FK_DATE_HEADER = "X_Date"  # published
 FK_AUTH_HEADER = "X_Authorization"  # published
+# what verify reads: the gateway refuses a request with two of one (verify_fklogin is not wired, see above)
+AUTH_HEADERS = (SIGNATURE_HEADER, TIMESTAMP_HEADER)
 TOLERANCE = timedelta(minutes=5)
 SHIPMENT_CREATED = "shipment_created"
 SHIPMENT_CANCELLED = "shipment_cancelled"
@@ -219,46 +229,49 @@ def shipment_events(
     item whose ``status`` is CANCELLED the OrderCancelled of its whole quantity at its ``cancellationDate``
     (else the shipment's ``updatedAt``), with the id ``shipment_cancelled`` gives it. Every other status
     (packed, shipped, delivered, returned, ...) leaves the sale alone, as those notifications do.
-    PayloadError if the shipment cannot be used.
+    PayloadError if the shipment cannot be used; LinesRefused (with the other items' events) if some items
+    make no valid event.
     """
     items = _items(shipment, what)
-    events: list[OrderPlaced | OrderCancelled] = []
+    lines = Lines()
     seen: set[str] = set()
     for item in items:
         line_id = token_id(item.get("orderItemId"), "orderItemId")
         if line_id in seen:
             raise PayloadError(f"order item {line_id} appears twice")
         seen.add(line_id)
-        events.append(
-            _item_event(
-                connection,
-                item,
-                received_at,
-                quantity=item.get("quantity"),
-                when=item.get("orderDate") or placed_at,
-                what_time=f"order item {line_id}: orderDate",
-                cancelled=False,
+        with lines.collect():
+            lines.events.append(
+                _item_event(
+                    connection,
+                    item,
+                    received_at,
+                    quantity=item.get("quantity"),
+                    when=item.get("orderDate") or placed_at,
+                    what_time=f"order item {line_id}: orderDate",
+                    cancelled=False,
+                )
             )
-        )
     if not cancellations:
-        return events
+        return lines.result()
     for item in items:
         if item.get("status") != CANCELLED:
             continue
         line_id = token_id(item.get("orderItemId"), "orderItemId")
         updated = shipment.get("updatedAt") if isinstance(shipment, dict) else None
-        events.append(
-            _item_event(
-                connection,
-                item,
-                received_at,
-                quantity=item.get("quantity"),
-                when=item.get("cancellationDate") or updated,
-                what_time=f"order item {line_id}: cancellationDate",
-                cancelled=True,
+        with lines.collect():
+            lines.events.append(
+                _item_event(
+                    connection,
+                    item,
+                    received_at,
+                    quantity=item.get("quantity"),
+                    when=item.get("cancellationDate") or updated,
+                    what_time=f"order item {line_id}: cancellationDate",
+                    cancelled=True,
+                )
             )
-        )
-    return events
+    return lines.result()
 
 
 def normalise(
@@ -289,7 +302,7 @@ def normalise(
     known: dict[str, dict[str, Any]] = {}
     for item in _items(shipment, "attached shipment"):
         known[token_id(item.get("orderItemId"), "shipment orderItemId")] = item
-    events: list[OrderPlaced | OrderCancelled] = []
+    lines = Lines()
     seen: set[str] = set()
     for item in _items(note.get("attributes"), f"{event} attributes"):
         line_id = token_id(item.get("orderItemId"), "orderItemId")
@@ -299,18 +312,19 @@ def normalise(
         full = known.get(line_id)
         if full is None:
             raise PayloadError(f"cancelled order item {line_id} is not in the attached shipment")
-        events.append(
-            _item_event(
-                connection,
-                full,
-                received_at,
-                quantity=item.get("quantity"),
-                when=note.get("timestamp"),
-                what_time="timestamp",
-                cancelled=True,
+        with lines.collect():
+            lines.events.append(
+                _item_event(
+                    connection,
+                    full,
+                    received_at,
+                    quantity=item.get("quantity"),
+                    when=note.get("timestamp"),
+                    what_time="timestamp",
+                    cancelled=True,
+                )
             )
-        )
-    return events
+    return lines.result()
 
 
 async def expand(

@@ -23,8 +23,9 @@ import aiohttp
 
 from channels.connection import Connection
 from channels.errors import ChannelError, PayloadError
-from channels.orderlist import as_json, fetch, high_water, page_size, require_aware
+from channels.orderlist import fetch, high_water, one_order, page_size, require_aware
 from channels.orders import OrderBatch
+from channels.payload import Lines
 from channels.ratelimit import TokenBucket
 from channels.shopify import API_VERSION, webhooks
 
@@ -195,16 +196,17 @@ async def list_orders(
         for node in orders["nodes"]:
             if isinstance(node, dict) and (at := _updated(node)) is not None:
                 times.append(at)
-            try:
+            with one_order(batch, node) as events:
                 order = rest_order(node)
-                events = webhooks.order_events(connection, order, received_at)
+                lines = Lines()  # a refused line refuses only itself, in the order or in a refund
+                with lines.collect():
+                    lines.events += webhooks.order_events(connection, order, received_at)
                 for refund in order["refunds"]:
-                    events += webhooks.refund_events(
-                        connection, refund, received_at, order_id=str(order["id"])
-                    )
-                batch.events.extend(events)
-            except PayloadError as exc:
-                batch.rejected.append((as_json(node), str(exc)))
+                    with lines.collect():
+                        lines.events += webhooks.refund_events(
+                            connection, refund, received_at, order_id=str(order["id"])
+                        )
+                events += lines.result()
         batch.high_water = high_water(times)
         yield batch
         info = orders.get("pageInfo") or {}

@@ -34,6 +34,7 @@ from pydantic import ValidationError
 from channels.connection import Connection
 from channels.errors import PayloadError
 from channels.payload import (
+    Lines,
     line_event,
     load_json,
     load_object,
@@ -43,9 +44,11 @@ from channels.payload import (
     token_id,
     unmapped,
 )
+from schemas.base import MAX_QUANTITY
 from schemas.inventory_events import ChannelEvent, OrderCancelled, OrderPlaced, StockObserved
 
 SIGNATURE_HEADER = "X-Shopify-Hmac-SHA256"
+AUTH_HEADERS = (SIGNATURE_HEADER,)  # what verify reads: the gateway refuses a request with two of one
 TOPIC_HEADER = "X-Shopify-Topic"
 HANDLED_TOPICS = ("orders/create", "orders/cancelled", "refunds/create", "inventory_levels/update")
 RESTOCKING = frozenset({"cancel", "return", "legacy_restock"})  # refund line items that put units back
@@ -89,7 +92,11 @@ def normalise(
         refunds = order.get("refunds", [])
         if not isinstance(refunds, list):
             raise PayloadError(f"order {order_id}: 'refunds' is not a list")
-        return [e for r in refunds for e in refund_events(connection, r, received_at, order_id=order_id)]
+        lines = Lines()
+        for r in refunds:
+            with lines.collect():
+                lines.events += refund_events(connection, r, received_at, order_id=order_id)
+        return [*lines.result()]
     if topic == "inventory_levels/update":
         return level_events(connection, load_object(body, "a Shopify inventory level"), received_at)
     raise PayloadError(
@@ -108,8 +115,10 @@ def level_events(connection: Connection, level: dict[str, Any], received_at: dat
     item = token_id(level.get("inventory_item_id"), "inventory_item_id")
     location = token_id(level.get("location_id"), "location_id")
     available = level.get("available")
-    if isinstance(available, bool) or not isinstance(available, int) or available < 0:
-        raise PayloadError(f"inventory item {item}: available {available!r} is not a whole number >= 0")
+    if isinstance(available, bool) or not isinstance(available, int) or not 0 <= available <= MAX_QUANTITY:
+        raise PayloadError(
+            f"inventory item {item}: available {available!r} is not a whole number from 0 to {MAX_QUANTITY}"
+        )
     occurred_at = _parse_time(level.get("updated_at"), f"inventory item {item}: updated_at")
     synced_location = _gid_tail(str(connection.options.get("location_id", "gid://shopify/Location/1")))
     sku = next(
@@ -139,7 +148,8 @@ def level_events(connection: Connection, level: dict[str, Any], received_at: dat
 def refund_events(
     connection: Connection, refund: Any, received_at: datetime, *, order_id: str | None = None
 ) -> list[OrderPlaced | OrderCancelled]:
-    """One OrderCancelled per refund line item that restocks (see the module). PayloadError if unusable."""
+    """One OrderCancelled per refund line item that restocks (see the module). PayloadError if unusable;
+    LinesRefused (with the other lines' events) if some lines make no valid event."""
     refund = require_object(refund, "refund")
     refund_id = token_id(refund.get("id"), "refund id")
     order = order_id or token_id(refund.get("order_id"), f"refund {refund_id}: order_id")
@@ -147,7 +157,7 @@ def refund_events(
     items = refund.get("refund_line_items")
     if not isinstance(items, list):
         raise PayloadError(f"refund {refund_id}: 'refund_line_items' is missing or not a list")
-    events: list[OrderPlaced | OrderCancelled] = []
+    lines = Lines()
     for item in items:
         where = f"refund {refund_id}"
         item = require_object(item, f"{where}: a refund line item")
@@ -170,22 +180,23 @@ def refund_events(
             line.get("sku"),
             what=f"{where}: variant {variant!r} / sku {line.get('sku')!r}",
         )
-        events.append(
-            line_event(
-                connection,
-                channel="shopify",
-                order_id=order,
-                line_id=line_id,
-                sku=sku,
-                quantity=positive_quantity(item.get("quantity"), where),
-                occurred_at=occurred_at,
-                received_at=received_at,
-                where=where,
-                cancelled=True,
-                cancel_id=f"{connection.id}:refund:{refund_id}:line:{item_id}",
+        with lines.collect():
+            lines.events.append(
+                line_event(
+                    connection,
+                    channel="shopify",
+                    order_id=order,
+                    line_id=line_id,
+                    sku=sku,
+                    quantity=positive_quantity(item.get("quantity"), where),
+                    occurred_at=occurred_at,
+                    received_at=received_at,
+                    where=where,
+                    cancelled=True,
+                    cancel_id=f"{connection.id}:refund:{refund_id}:line:{item_id}",
+                )
             )
-        )
-    return events
+    return lines.result()
 
 
 def order_events(
@@ -193,35 +204,37 @@ def order_events(
 ) -> list[OrderPlaced | OrderCancelled]:
     """One OrderPlaced per line of a Shopify order in the REST/webhook shape (numeric ``id``, ``created_at``,
     ``line_items`` with ``id``, ``variant_id``, ``sku``, ``quantity``): the webhook and the order-list
-    backfill both come through here, so their event ids are the same. PayloadError if it is unusable."""
+    backfill both come through here, so their event ids are the same. PayloadError if it is unusable;
+    LinesRefused (with the other lines' events) if some lines make no valid event."""
     if not isinstance(order, dict) or "id" not in order or not isinstance(order.get("line_items"), list):
         raise PayloadError("body is not a Shopify order: it needs an 'id' and a 'line_items' list")
     occurred_at = _parse_time(order.get("created_at"), "created_at")
-    events: list[OrderPlaced | OrderCancelled] = []
+    lines = Lines()
     for line in order["line_items"]:
         if not isinstance(line, dict) or "id" not in line:
             raise PayloadError("a line item has no 'id'")
-        quantity = positive_quantity(line.get("quantity"), f"line {line['id']}")
-        variant = line.get("variant_id")
-        sku = connection.sku_for_listing(str(variant)) if variant is not None else None
-        seller_sku = line.get("sku")
-        if sku is None and isinstance(seller_sku, str) and seller_sku in connection.listings:
-            sku = seller_sku
-        if sku is None:
-            raise unmapped(connection, f"line {line['id']}: variant {variant!r} / sku {line.get('sku')!r}")
-        events.append(
-            line_event(
-                connection,
-                channel="shopify",
-                order_id=str(order["id"]),
-                line_id=str(line["id"]),
-                sku=sku,
-                quantity=quantity,
-                occurred_at=occurred_at,
-                received_at=received_at,
-                where=f"line {line['id']}",
+        with lines.collect():
+            quantity = positive_quantity(line.get("quantity"), f"line {line['id']}")
+            variant = line.get("variant_id")
+            sku = connection.sku_for_listing(str(variant)) if variant is not None else None
+            seller_sku = line.get("sku")
+            if sku is None and isinstance(seller_sku, str) and seller_sku in connection.listings:
+                sku = seller_sku
+            if sku is None:
+                raise unmapped(connection, f"line {line['id']}: variant {variant!r} / sku {seller_sku!r}")
+            lines.events.append(
+                line_event(
+                    connection,
+                    channel="shopify",
+                    order_id=str(order["id"]),
+                    line_id=str(line["id"]),
+                    sku=sku,
+                    quantity=quantity,
+                    occurred_at=occurred_at,
+                    received_at=received_at,
+                    where=f"line {line['id']}",
+                )
             )
-        )
-    if not events:
+    if not lines:
         raise PayloadError("order has no line items")
-    return events
+    return lines.result()

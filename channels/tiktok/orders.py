@@ -22,7 +22,7 @@ import aiohttp
 
 from channels.connection import Connection
 from channels.errors import ChannelError, PayloadError
-from channels.orderlist import as_json, high_water, page_size, require_aware
+from channels.orderlist import high_water, one_order, page_size, require_aware
 from channels.orders import OrderBatch
 from channels.payload import epoch_seconds
 from channels.ratelimit import TokenBucket
@@ -98,10 +98,8 @@ async def list_orders(
         for order in orders:
             if (at := _updated(order)) is not None:
                 times.append(at)
-            try:
-                batch.events.extend(webhooks.listed_order_events(connection, order, received_at))
-            except PayloadError as exc:
-                batch.rejected.append((as_json(order), str(exc)))
+            with one_order(batch, order) as events:
+                events += webhooks.listed_order_events(connection, order, received_at)
         batch.high_water = high_water(times)
         yield batch
         token = data.get("next_page_token")

@@ -27,11 +27,20 @@ import aiohttp
 
 from channels.connection import Connection
 from channels.errors import ChannelError, PayloadError
-from channels.payload import epoch_seconds, line_event, load_object, positive_quantity, token_id, unmapped
+from channels.payload import (
+    Lines,
+    epoch_seconds,
+    line_event,
+    load_object,
+    positive_quantity,
+    token_id,
+    unmapped,
+)
 from channels.tiktok import CHANNEL, api
 from schemas.inventory_events import OrderCancelled, OrderPlaced
 
 SIGNATURE_HEADER = "Authorization"
+AUTH_HEADERS = (SIGNATURE_HEADER,)  # what verify reads: the gateway refuses a request with two of one
 ORDER_STATUS_CHANGE = 1
 CANCELLED = "CANCELLED"
 
@@ -125,7 +134,8 @@ def order_events(
 ) -> list[OrderPlaced | OrderCancelled]:
     """The one place a TikTok order (Get Order Detail / Get Order List shape) becomes events: OrderPlaced per
     line, or OrderCancelled for lines of a CANCELLED order or with a CANCELLED ``display_status``; with
-    `as_placed` every line's OrderPlaced (the sale a cancellation undoes). PayloadError if unusable."""
+    `as_placed` every line's OrderPlaced (the sale a cancellation undoes). PayloadError if unusable;
+    LinesRefused (with the other lines' events) if some lines make no valid event."""
     if not isinstance(order, dict):
         raise PayloadError("'order' is not an object")
     order_id = token_id(order.get("id"), "order.id")
@@ -136,7 +146,7 @@ def order_events(
     if not isinstance(lines, list) or not lines:
         raise PayloadError(f"order {order_id} has no line items")
     placed_at = epoch_seconds(order.get("create_time"), "order.create_time")
-    events: list[OrderPlaced | OrderCancelled] = []
+    collected = Lines()
     seen: set[str] = set()
     for line in lines:
         if not isinstance(line, dict):
@@ -146,29 +156,30 @@ def order_events(
             raise PayloadError(f"order {order_id}: line item {line_id} appears twice")
         seen.add(line_id)
         sku = _master_sku(connection, line, line_id)
-        # 202309 order details list one line per unit, without quantity
-        quantity = positive_quantity(line.get("quantity", 1), f"line {line_id}")
         cancelled = not as_placed and (status == CANCELLED or line.get("display_status") == CANCELLED)
         if cancelled:
             when = order.get("cancel_time") or order.get("update_time")
             occurred_at = epoch_seconds(when, "order.cancel_time")
         else:
             occurred_at = placed_at
-        events.append(
-            line_event(
-                connection,
-                channel=CHANNEL,
-                order_id=order_id,
-                line_id=line_id,
-                sku=sku,
-                quantity=quantity,
-                occurred_at=occurred_at,
-                received_at=received_at,
-                cancelled=cancelled,
-                where=f"order {order_id} line {line_id}",
+        with collected.collect():
+            # 202309 order details list one line per unit, without quantity
+            quantity = positive_quantity(line.get("quantity", 1), f"line {line_id}")
+            collected.events.append(
+                line_event(
+                    connection,
+                    channel=CHANNEL,
+                    order_id=order_id,
+                    line_id=line_id,
+                    sku=sku,
+                    quantity=quantity,
+                    occurred_at=occurred_at,
+                    received_at=received_at,
+                    cancelled=cancelled,
+                    where=f"order {order_id} line {line_id}",
+                )
             )
-        )
-    return events
+    return collected.result()
 
 
 def listed_order_events(
@@ -176,13 +187,19 @@ def listed_order_events(
 ) -> list[OrderPlaced | OrderCancelled]:
     """Events for an order of Get Order List: what its notification gives (``order_events``), each
     cancellation preceded by the sale it undoes (same id as the earlier notification's: a duplicate if that
-    was applied; if it was lost, sale and cancellation cancel out instead of a late sale taking stock)."""
-    events = order_events(connection, order, received_at)
-    undone = {e.sale_event_id for e in events if isinstance(e, OrderCancelled)}
-    if not undone:
-        return events
-    sales = [e for e in order_events(connection, order, received_at, as_placed=True) if e.event_id in undone]
-    return [*sales, *events]
+    was applied; if it was lost, sale and cancellation cancel out instead of a late sale taking stock).
+    LinesRefused, with the events of the other lines, if some lines make no valid event."""
+    lines = Lines()
+    with lines.collect():
+        lines.events += order_events(connection, order, received_at)
+    undone = {e.sale_event_id for e in lines.events if isinstance(e, OrderCancelled)}
+    if undone:
+        sales = Lines()
+        with sales.collect():
+            sales.events += order_events(connection, order, received_at, as_placed=True)
+        # A line refused as a sale is refused as a cancellation too (same quantity): listed once.
+        lines.events[:0] = [e for e in sales.events if e.event_id in undone]
+    return lines.result()
 
 
 async def expand(

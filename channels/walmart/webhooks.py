@@ -33,10 +33,20 @@ from typing import Any
 
 from channels.connection import Connection
 from channels.errors import PayloadError
-from channels.payload import header, line_event, load_json, master_sku, parse_iso, positive_int
+from channels.payload import (
+    Lines,
+    header,
+    line_event,
+    load_json,
+    master_sku,
+    parse_iso,
+    positive_int,
+    positive_quantity,
+)
 from schemas.inventory_events import OrderCancelled, OrderPlaced
 
 AUTH_HEADER = "Authorization"
+AUTH_HEADERS = (AUTH_HEADER,)  # what verify reads: the gateway refuses a request with two of one
 
 SALE_EVENTS = frozenset({"PO_CREATED"})
 CANCEL_EVENTS = frozenset({"PO_LINE_AUTOCANCELLED", "FRAUD_CANCEL"})
@@ -45,7 +55,7 @@ ENVELOPE_EVENT = "ORDER_UPDATES"
 
 _CANCELLED = frozenset({"CANCELLED", "CANCELED"})
 _ORDER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
-_COUNT = re.compile(r"[0-9]{1,9}")
+_COUNT = re.compile(r"[0-9]{1,19}")
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -172,23 +182,25 @@ def listed_order_events(
 ) -> list[OrderPlaced | OrderCancelled]:
     """Events for one purchase order as the Orders API (``GET /v3/orders``) lists it: a sale per line, as
     ``PO_CREATED`` makes them, then a cancellation per cancelled line, as ``PO_LINE_AUTOCANCELLED`` makes
-    them (same event ids), dated by the latest cancelled line's ``statusDate``. PayloadError if unusable."""
+    them (same event ids), dated by the latest cancelled line's ``statusDate``. PayloadError if unusable;
+    LinesRefused (with the other lines' events) if some lines make no valid event."""
     order = _object(order, "the purchase order")
     # The Orders API answers for the connection's own seller account: its partner is the connection's.
     partner = connection.options.get("partner_id")
-    events = order_events(
-        connection, order, cancelled=False, event_time=None, received_at=received_at, partner=partner
-    )
+    lines = Lines()
+    with lines.collect():
+        lines.events += order_events(
+            connection, order, cancelled=False, event_time=None, received_at=received_at, partner=partner
+        )
     cancelled = [line for line in _lines(order, str(order.get("purchaseOrderId"))) if _line_cancelled(line)]
     if cancelled:
         dates = [_time(line["statusDate"], "statusDate") for line in cancelled if "statusDate" in line]
         when = max(dates) if dates else _time(order.get("orderDate"), "orderDate")
-        events.extend(
-            order_events(
+        with lines.collect():
+            lines.events += order_events(
                 connection, order, cancelled=True, event_time=when, received_at=received_at, partner=partner
             )
-        )
-    return events
+    return lines.result()
 
 
 def order_time(order: Mapping[str, Any]) -> datetime | None:
@@ -275,42 +287,40 @@ def order_events(
     else:
         order_date = order.get("orderDate")
         occurred_at = _time(order_date if order_date is not None else event_time, "orderDate")
-    events: list[OrderPlaced | OrderCancelled] = []
+    collected = Lines()
     for line in lines:
         if not isinstance(line, dict):
             raise PayloadError(f"purchase order {order_id}: an order line is not an object")
         line_id = _text_id(line.get("lineNumber"), "lineNumber")
         if restock and not _is_cancelled(line):
             continue
-        raw_quantity = _cancelled_quantity(line) if restock else _line_quantity(line)
-        quantity = _count(raw_quantity)
-        if quantity is None:
-            raise PayloadError(
-                f"purchase order {order_id} line {line_id}: quantity {raw_quantity!r} "
-                "is not a positive whole number"
-            )
-        seller_sku = _line_sku(line)
-        sku = master_sku(
-            connection,
-            seller_sku if isinstance(seller_sku, str) else None,
-            seller_sku,
-            what=f"purchase order {order_id} line {line_id}: Walmart sku {seller_sku!r}",
-        )
-        events.append(
-            line_event(
+        where = f"purchase order {order_id} line {line_id}"
+        with collected.collect():
+            raw_quantity = _cancelled_quantity(line) if restock else _line_quantity(line)
+            counted = _count(raw_quantity)
+            quantity = positive_quantity(raw_quantity if counted is None else counted, where)
+            seller_sku = _line_sku(line)
+            sku = master_sku(
                 connection,
-                channel="walmart",
-                order_id=order_id,
-                line_id=line_id,
-                sku=sku,
-                quantity=quantity,
-                occurred_at=occurred_at,
-                received_at=received_at,
-                cancelled=restock,
-                where=f"purchase order {order_id} line {line_id}",
+                seller_sku if isinstance(seller_sku, str) else None,
+                seller_sku,
+                what=f"{where}: Walmart sku {seller_sku!r}",
             )
-        )
-    if not events:
+            collected.events.append(
+                line_event(
+                    connection,
+                    channel="walmart",
+                    order_id=order_id,
+                    line_id=line_id,
+                    sku=sku,
+                    quantity=quantity,
+                    occurred_at=occurred_at,
+                    received_at=received_at,
+                    cancelled=restock,
+                    where=where,
+                )
+            )
+    if not collected:
         what = "cancelled lines" if restock else "order lines"
         raise PayloadError(f"purchase order {order_id} has no {what}")
-    return events
+    return collected.result()

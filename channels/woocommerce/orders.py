@@ -21,8 +21,8 @@ from datetime import UTC, datetime, timedelta
 import aiohttp
 
 from channels.connection import Connection
-from channels.errors import ChannelError, PayloadError
-from channels.orderlist import as_json, fetch, high_water, page_size, require_aware
+from channels.errors import ChannelError
+from channels.orderlist import fetch, high_water, one_order, page_size, require_aware
 from channels.orders import OrderBatch
 from channels.ratelimit import TokenBucket
 from channels.woocommerce import API_NAMESPACE, webhooks
@@ -74,10 +74,8 @@ async def list_orders(
             )
         batch = OrderBatch()
         for order in answer.body:
-            try:
-                batch.events.extend(webhooks.order_events(connection, order, received_at))
-            except PayloadError as exc:
-                batch.rejected.append((as_json(order), str(exc)))
+            with one_order(batch, order) as events:
+                events += webhooks.order_events(connection, order, received_at)
         batch.high_water = high_water(at for o in answer.body if (at := _modified(o)) is not None)
         yield batch
         total_pages = answer.headers.get("X-WP-TotalPages", "")

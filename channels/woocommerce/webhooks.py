@@ -30,6 +30,7 @@ from typing import Any
 from channels.connection import Connection
 from channels.errors import PayloadError
 from channels.payload import (
+    Lines,
     header,
     line_event,
     load_json,
@@ -47,6 +48,7 @@ EVENT_HEADER = "X-WC-Webhook-Event"
 WEBHOOK_ID_HEADER = "X-WC-Webhook-ID"
 DELIVERY_ID_HEADER = "X-WC-Webhook-Delivery-ID"
 SOURCE_HEADER = "X-WC-Webhook-Source"
+AUTH_HEADERS = (SIGNATURE_HEADER,)  # what verify reads: the gateway refuses a request with two of one
 
 HANDLED_TOPICS = ("order.created", "order.updated")
 RESTOCK_STATUSES = frozenset({"cancelled", "refunded"})
@@ -142,30 +144,31 @@ def order_events(
         return []
     restock = status in RESTOCK_STATUSES
     occurred_at = _gmt(order, "date_modified_gmt" if restock else "date_created_gmt")
-    events: list[OrderPlaced | OrderCancelled] = []
+    collected = Lines()
     for line in lines:
         if not isinstance(line, dict):
             raise PayloadError(f"order {order_id}: a line item is not an object")
         line_id = _order_id(line.get("id"), "line item id")
-        quantity = positive_quantity(line.get("quantity"), f"order {order_id} line {line_id}")
-        sku = _master_sku(connection, line, line_id)
-        events.append(
-            line_event(
-                connection,
-                channel="woocommerce",
-                order_id=order_id,
-                line_id=line_id,
-                sku=sku,
-                quantity=quantity,
-                occurred_at=occurred_at,
-                received_at=received_at,
-                cancelled=restock,
-                where=f"order {order_id} line {line_id}",
+        with collected.collect():
+            quantity = positive_quantity(line.get("quantity"), f"order {order_id} line {line_id}")
+            sku = _master_sku(connection, line, line_id)
+            collected.events.append(
+                line_event(
+                    connection,
+                    channel="woocommerce",
+                    order_id=order_id,
+                    line_id=line_id,
+                    sku=sku,
+                    quantity=quantity,
+                    occurred_at=occurred_at,
+                    received_at=received_at,
+                    cancelled=restock,
+                    where=f"order {order_id} line {line_id}",
+                )
             )
-        )
-    if not events:
+    if not collected:
         raise PayloadError(f"order {order_id} has no line items")
-    return events
+    return collected.result()
 
 
 _PING = re.compile(rb"webhook_id=\d{1,20}")

@@ -196,3 +196,27 @@ async def test_over_the_simulators_rate_limit_is_a_retryable_429(
     assert caught.value.retryable
     assert caught.value.retry_after_s
     assert sim.rate_limited == 1
+
+
+async def test_a_line_above_the_largest_quantity_is_rejected_alone_its_neighbours_listed(
+    shop: tuple[ShopifySimulator, Connection],
+) -> None:
+    """The reconciler publishes a page's events and quarantines its rejected orders: an order with one line
+    of 3,000,000,000 units gives its other line's events and is rejected with the line and the range."""
+    sim, conn = shop
+    sim.place_order(conn, 200, [("TEE", 1)], T0)
+    sim.place_order(conn, 201, [("TEE", 2), ("MUG", 1)], T0 + timedelta(minutes=1))
+    sim.orders[201].line_items[0].update(quantity=3_000_000_000)  # above PostgreSQL's integer
+    sim.cancel_order(conn, 201, T0 + timedelta(minutes=2))  # its refund restocks both lines
+    batches = await _all(conn, T0)
+    events = [e for b in batches for e in b.events]
+    assert [(e.order_id, e.sku, e.quantity, type(e).__name__) for e in events] == [
+        ("200", "TEE", 1, "OrderPlaced"),
+        ("201", "MUG", 1, "OrderPlaced"),
+        ("201", "MUG", 1, "OrderCancelled"),
+    ]
+    [(body, reason)] = [r for b in batches for r in b.rejected]
+    assert b"gid://shopify/Order/201" in body
+    assert reason.startswith("2 line(s) refused, the 2 event(s) of the other lines kept: ")
+    assert "line 20101: quantity 3000000000 is above the largest allowed, 2147483647" in reason
+    assert "quantity 3000000000 is above the largest allowed, 2147483647" in reason.split("; ")[1]
