@@ -2,8 +2,11 @@
 
 Contract: 200 only after every event of the webhook is acknowledged by Kafka (acks=all); if Kafka does not
 acknowledge within ``ack_timeout_s`` the answer is 503 so the channel retries (ids make retries harmless).
-401 forged/missing signature, 404 unknown connection, 413 body too large, all with nothing published. A
-signed but unusable body is answered 200 after its raw bytes are durable in the quarantine topic.
+401 forged/missing signature (or a signature header sent twice), 404 unknown connection, 413 body too large,
+all with nothing published. A signed but unusable body is answered 200 after its raw bytes are durable in the
+quarantine topic. A signed body with some lines that make no valid event (a quantity outside 1..2^31-1) is
+answered 200 once the other lines' events and one quarantine record of the body, naming each refused line
+and why, are all durable.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import base64
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 
 import aiohttp
@@ -24,6 +27,7 @@ from psycopg_pool import AsyncConnectionPool
 from channels.connection import Connection, ConnectionRegistry
 from channels.errors import ChannelError, PayloadError
 from channels.inbound import ADAPTERS
+from channels.payload import LinesRefused, RefusedLine
 from ingest import admin
 from ingest.metrics import IngestMetrics
 from ingest.settings import IngestSettings
@@ -37,14 +41,17 @@ from stocksync.metrics import metrics_handler
 log = logging.getLogger(__name__)
 
 
+Record = tuple[str, bytes, bytes, dict[str, str]]
+
+
 def _error(status: int, message: str, **extra: str) -> web.Response:
     return web.json_response({"error": message, **extra}, status=status)
 
 
-async def _quarantine(
+def _quarantine_record(
     request: web.Request, connection: Connection, body: bytes, reason: str, now: datetime
-) -> web.Response:
-    settings, metrics = request.app[SETTINGS], request.app[METRICS]
+) -> Record:
+    """The ingest.quarantine record of `body`: verbatim, with its headers (no Authorization) and `reason`."""
     record = quarantine.WebhookQuarantined(
         connection_id=connection.id,
         channel=connection.channel,
@@ -53,27 +60,37 @@ async def _quarantine(
         body_b64=base64.b64encode(body).decode(),
         received_at=now,
     )
-    topic = settings.kafka.topic(quarantine.TOPIC)
+    topic = request.app[SETTINGS].kafka.topic(quarantine.TOPIC)
+    return topic, connection.id.encode(), record.model_dump_json().encode(), {"channel": connection.channel}
+
+
+def _refused_lines(refused: list[RefusedLine]) -> list[dict[str, str]]:
+    return [{"line": r.where, "reason": r.reason} for r in refused]
+
+
+async def _quarantine(
+    request: web.Request,
+    connection: Connection,
+    body: bytes,
+    reason: str,
+    now: datetime,
+    refused: list[RefusedLine] | None = None,
+) -> web.Response:
+    settings, metrics = request.app[SETTINGS], request.app[METRICS]
+    record = _quarantine_record(request, connection, body, reason, now)
     try:
-        await publish_all(
-            request.app[PRODUCER],
-            [
-                (
-                    topic,
-                    connection.id.encode(),
-                    record.model_dump_json().encode(),
-                    {"channel": connection.channel},
-                )
-            ],
-            settings.ack_timeout_s,
-        )
+        await publish_all(request.app[PRODUCER], [record], settings.ack_timeout_s)
     except (TimeoutError, DeliveryError) as exc:
         metrics.requests.labels(connection.channel, "unavailable").inc()
         log.warning("quarantine write failed for connection %s: %s", connection.id, exc)
         return _error(503, "event store unavailable; retry later", reason=str(exc))
     metrics.requests.labels(connection.channel, "quarantined").inc()
+    answer: dict[str, object] = {"status": "quarantined", "reason": reason}
+    if refused:
+        metrics.lines_quarantined.labels(connection.channel).inc(len(refused))
+        answer["refused"] = _refused_lines(refused)
     log.warning("quarantined webhook for connection %s: %s", connection.id, reason)
-    return web.json_response({"status": "quarantined", "reason": reason})
+    return web.json_response(answer)
 
 
 async def _unusable(
@@ -88,13 +105,14 @@ async def _unusable(
     """A signed body that cannot become events: quarantined with the reason (200 once durable). A
     PayloadError says what is wrong with it; anything else is a bug in our code, logged with its trace."""
     channel = connection.channel
+    refused = exc.refused if isinstance(exc, LinesRefused) else None
     if isinstance(exc, PayloadError):
         reason = str(exc)
     else:
         log.exception("the %s %s failed on a webhook for %s; quarantined", channel, step, connection.id)
         problem = f"{type(exc).__name__}: {exc}"
         reason = f"the {channel} {step} failed on this body ({problem}); kept for inspection"
-    response = await _quarantine(request, connection, body, reason, now)
+    response = await _quarantine(request, connection, body, reason, now, refused)
     request.app[METRICS].ack_seconds.labels(channel).observe(time.perf_counter() - started)
     return response
 
@@ -126,6 +144,11 @@ async def _webhook(request: web.Request) -> web.Response:
     except web.HTTPRequestEntityTooLarge:
         metrics.requests.labels(channel, "too_large").inc()
         return _error(413, f"body larger than {settings.max_body_bytes} bytes; raise INGEST_MAX_BODY_BYTES")
+    for name in adapter.auth_headers:
+        # Checks read one copy of a header; which one is an accident of the code, so two are never accepted.
+        if len(request.headers.getall(name, ())) > 1:
+            metrics.requests.labels(channel, "unauthorized").inc()
+            return _error(401, f"more than one {name} header; send exactly one")
     if adapter.ping is not None and adapter.ping(body, request.headers):
         metrics.requests.labels(channel, "ping").inc()
         return web.json_response({"status": "ok", "note": "set-up ping acknowledged; nothing published"})
@@ -149,12 +172,19 @@ async def _webhook(request: web.Request) -> web.Response:
             )
         except Exception as exc:  # noqa: BLE001 - unusable (PayloadError) or a bug: either way keep the body
             return await _unusable(request, connection, body, exc, "order fetch", started, now)
+    refused: list[RefusedLine] = []
     try:
-        events = adapter.normalise(connection, body, request.headers, now)
+        events: Sequence[inventory_events.ChannelEvent] = adapter.normalise(
+            connection, body, request.headers, now
+        )
+    except LinesRefused as exc:
+        if not exc.events:  # every line refused: the body is quarantined with each line's reason
+            return await _unusable(request, connection, body, exc, "normaliser", started, now)
+        events, refused = exc.events, exc.refused
     except Exception as exc:  # noqa: BLE001 - unusable (PayloadError) or a bug: either way keep the body
         return await _unusable(request, connection, body, exc, "normaliser", started, now)
     topic = settings.kafka.topic(inventory_events.TOPIC)
-    records: list[tuple[str, bytes, bytes, dict[str, str]]] = [
+    records: list[Record] = [
         (
             topic,
             partition_key(e.tenant, e.sku),
@@ -163,6 +193,10 @@ async def _webhook(request: web.Request) -> web.Response:
         )
         for e in events
     ]
+    if refused:
+        # The other lines are published and the body quarantined in one durable step: 200 only once both are.
+        reason = f"{len(refused)} line(s) refused, the other lines published: " + "; ".join(map(str, refused))
+        records.append(_quarantine_record(request, connection, body, reason, now))
     try:
         await publish_all(request.app[PRODUCER], records, settings.ack_timeout_s)
     except (TimeoutError, DeliveryError) as exc:
@@ -173,10 +207,18 @@ async def _webhook(request: web.Request) -> web.Response:
             status=503,
             headers={"Retry-After": "5"},
         )
-    metrics.requests.labels(channel, "accepted").inc()
     metrics.events.labels(channel).inc(len(events))
     metrics.ack_seconds.labels(channel).observe(time.perf_counter() - started)
-    return web.json_response({"status": "accepted", "events": [e.event_id for e in events]})
+    answer: dict[str, object] = {"status": "accepted", "events": [e.event_id for e in events]}
+    if refused:
+        # Counted as quarantined: part of the webhook is in the quarantine topic and needs a person.
+        metrics.requests.labels(channel, "quarantined").inc()
+        metrics.lines_quarantined.labels(channel).inc(len(refused))
+        log.warning("webhook for %s: published its other lines, quarantined %s", connection_id, reason)
+        answer["refused"] = _refused_lines(refused)
+    else:
+        metrics.requests.labels(channel, "accepted").inc()
+    return web.json_response(answer)
 
 
 async def healthz(_request: web.Request) -> web.Response:

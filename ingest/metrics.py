@@ -1,4 +1,7 @@
-"""Gateway metrics. Label values are bounded: the channel names and a fixed set of outcomes."""
+"""Gateway metrics. Label values are bounded: the channel names and a fixed set of outcomes.
+
+Outcome ``quarantined`` counts every webhook with something in the quarantine topic: the whole body, or some
+of its lines (the other lines published); ``webhook_lines_quarantined_total`` counts the refused lines."""
 
 from __future__ import annotations
 
@@ -28,6 +31,12 @@ class IngestMetrics:
             "Time from request arrival to the answer, for accepted and quarantined webhooks.",
             ["channel"],
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0),
+            registry=registry,
+        )
+        self.lines_quarantined = Counter(
+            "webhook_lines_quarantined_total",
+            "Order lines refused at the gateway (no valid event, e.g. a quantity out of range), quarantined.",
+            ["channel"],
             registry=registry,
         )
         self.events = Counter(

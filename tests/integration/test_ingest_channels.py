@@ -1,6 +1,6 @@
 """The gateway with channels other than Shopify: a thin payload expanded from the channel's API (Etsy), a
-signed thin payload that cannot be expanded (quarantined), and WooCommerce's unsigned set-up ping. Real
-Kafka; the channels are their simulators on loopback."""
+signed thin payload that cannot be expanded (quarantined), WooCommerce's unsigned set-up ping, and on every
+channel a signature header sent twice (401). Real Kafka; the channels are their simulators on loopback."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from multidict import CIMultiDict
 
 from channels.connection import Connection, ConnectionRegistry
 from channels.etsy import webhooks as etsy_webhooks
@@ -24,6 +25,7 @@ from ingest.app import build_app
 from ingest.settings import IngestSettings
 from schemas import TOPICS, inventory_events, quarantine
 from stocksync.kafka import ensure_topics
+from stocksync.local.marketplaces import BUILDERS
 from stocksync.local.process import free_port
 from stocksync.settings import KafkaSettings
 from tests.helpers import read_topic
@@ -126,3 +128,36 @@ async def test_a_signed_thin_webhook_that_names_no_receipt_of_this_shop_is_quara
     ]
     assert [base64.b64decode(q.body_b64) for q in kept] == [other_shop[0], odd[0]]
     assert "shop" in kept[0].reason
+
+
+@pytest.mark.parametrize("channel", sorted(ADAPTERS))
+async def test_a_request_with_two_of_a_signature_header_is_refused_on_every_channel(
+    kafka: KafkaSettings, channel: str
+) -> None:
+    """Each channel's verify reads one copy of its headers; which one is an accident of the code, so the
+    gateway refuses two copies of any of them (401, before verifying), the valid value first or second."""
+    make_connection, make_simulator = BUILDERS[channel]
+    conn = make_connection("http://127.0.0.1:1", skus=("SKU-1",), conn_id=f"{channel}-dup", tenant="acme")
+    body, headers = make_simulator(conn).place_order(conn, 5, [("SKU-1", 1)], datetime.now(UTC))
+    declared = ADAPTERS[channel].auth_headers
+    sent = [name for name in declared if name.lower() in {k.lower() for k in headers}]
+    assert sent, f"{channel}: none of its auth headers {declared} is in a signed request"
+    client = await gateway(kafka, conn)
+    try:
+        for name in sent:
+            value = next(v for k, v in headers.items() if k.lower() == name.lower())
+            others = [(k, v) for k, v in headers.items() if k.lower() != name.lower()]
+            for pair in ((value, "x" + value), ("x" + value, value), (value, value)):
+                twice = CIMultiDict([*others, (name, pair[0]), (name, pair[1])])
+                resp = await client.post(f"/webhooks/{conn.id}", data=body, headers=twice)
+                assert resp.status == 401, (name, pair)
+                assert (await resp.json())["error"] == f"more than one {name} header; send exactly one"
+        # The same request with one copy of each passes verification (thin channels then fail to fetch: 503).
+        once = await client.post(f"/webhooks/{conn.id}", data=body, headers=headers)
+        assert once.status in (200, 503), await once.text()
+        metrics = await (await client.get("/metrics")).text()
+        refused = 3 * len(sent)
+        assert f'webhook_requests_total{{channel="{channel}",outcome="unauthorized"}} {refused}.0' in metrics
+    finally:
+        await client.close()
+    assert read_topic(kafka, quarantine.TOPIC, timeout_s=1) == []

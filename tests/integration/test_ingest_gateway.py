@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from multidict import CIMultiDict
 
 from channels.connection import ConnectionRegistry
 from channels.inbound import ADAPTERS
@@ -146,3 +147,58 @@ async def test_a_normaliser_that_breaks_still_loses_nothing(
         base64.b64decode(quarantine.WebhookQuarantined.model_validate_json(record.value() or b"").body_b64)
         == body
     )
+
+
+async def test_a_line_above_the_largest_quantity_is_quarantined_and_its_neighbour_published(
+    client: Client, kafka: KafkaSettings
+) -> None:
+    """A correctly signed order whose line 1 asks for 3,000,000,000 units (PostgreSQL's integer holds
+    2,147,483,647): line 2 is published, the body is quarantined naming line 1 and the range, then 200."""
+    body, headers = order_webhook(
+        CONN,
+        7,
+        [
+            {"id": 1, "variant_id": 4001, "sku": "SKU-1", "quantity": 3_000_000_000},
+            {"id": 2, "variant_id": 4002, "sku": "SKU-2", "quantity": 1},
+        ],
+        NOW,
+    )
+    resp = await client.post("/webhooks/shop-acme", data=body, headers=headers)
+    assert resp.status == 200, await resp.text()
+    answer = await resp.json()
+    reason = "quantity 3000000000 is above the largest allowed, 2147483647"
+    assert answer == {
+        "status": "accepted",
+        "events": ["shop-acme:order:7:line:2"],
+        "refused": [{"line": "line 1", "reason": reason}],
+    }
+    # Both durable before the 200: no waiting needed.
+    [record] = read_topic(kafka, inventory_events.TOPIC)
+    event = inventory_events.decode(record.value() or b"")
+    assert (event.event_id, event.sku, event.quantity) == ("shop-acme:order:7:line:2", "SKU-2", 1)
+    [kept] = read_topic(kafka, quarantine.TOPIC)
+    quarantined = quarantine.WebhookQuarantined.model_validate_json(kept.value() or b"")
+    assert base64.b64decode(quarantined.body_b64) == body
+    assert quarantined.reason == f"1 line(s) refused, the other lines published: line 1: {reason}"
+    assert quarantined.headers["X-Shopify-Topic"] == "orders/create"
+    metrics = await (await client.get("/metrics")).text()
+    assert 'webhook_requests_total{channel="shopify",outcome="quarantined"} 1.0' in metrics
+    assert 'webhook_lines_quarantined_total{channel="shopify"} 1.0' in metrics
+    assert 'ingest_events_published_total{channel="shopify"} 1.0' in metrics
+
+
+async def test_two_signature_headers_are_refused_whichever_comes_first(
+    client: Client, kafka: KafkaSettings
+) -> None:
+    body, headers = sale_webhook()
+    valid = headers["X-Shopify-Hmac-SHA256"]
+    others = [(k, v) for k, v in headers.items() if k != "X-Shopify-Hmac-SHA256"]
+    for pair in ((valid, "forged"), ("forged", valid), (valid, valid)):
+        twice = CIMultiDict([*others, *(("X-Shopify-Hmac-SHA256", v) for v in pair)])
+        resp = await client.post("/webhooks/shop-acme", data=body, headers=twice)
+        assert resp.status == 401, pair
+        assert (await resp.json())["error"] == (
+            "more than one X-Shopify-Hmac-SHA256 header; send exactly one"
+        )
+    assert (await client.post("/webhooks/shop-acme", data=body, headers=headers)).status == 200
+    assert len(read_topic(kafka, inventory_events.TOPIC)) == 1
