@@ -11,6 +11,11 @@ token, 403 another tenant's path: nothing published, nothing read). Counts and r
 does not acknowledge in time); the processor applies them. Their ids come from ``count_id`` /
 ``receipt_id`` or the ``Idempotency-Key`` header, so a retried request is applied once; without either, each
 request is a new event.
+
+Bad requests: a body that is not JSON at all is 400; a JSON body whose content is refused (a quantity outside
+its range: a count 0..2147483647, a receipt 1..2147483647; a wrong type, an unknown field, a time without a
+UTC offset) is 422, with an error naming each field and what it allows, e.g. ``quantity: must be a whole
+number between 0 and 2147483647 (got 3000000000)``. An invalid tenant or SKU in the path is 400.
 """
 
 from __future__ import annotations
@@ -28,15 +33,14 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    NonNegativeInt,
-    PositiveInt,
     StringConstraints,
     TypeAdapter,
     ValidationError,
 )
+from pydantic_core import ErrorDetails
 
 from ingest.state import CONNECTIONS, METRICS, POOL, PRODUCER, SETTINGS, publish_all
-from schemas.base import Sku, Tenant, partition_key
+from schemas.base import Count, Quantity, Sku, Tenant, partition_key
 from schemas.inventory_events import TOPIC, StockCounted, StockReceived, encode
 from stocksync.kafka import DeliveryError
 
@@ -50,7 +54,7 @@ _tenant: TypeAdapter[str] = TypeAdapter(Tenant)
 class CountIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    quantity: NonNegativeInt
+    quantity: Count
     as_of: AwareDatetime | None = Field(None, description="When the count was taken; default: now.")
     count_id: RequestId | None = None
 
@@ -58,10 +62,33 @@ class CountIn(BaseModel):
 class ReceiptIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    quantity: PositiveInt
+    quantity: Quantity
     received_at: AwareDatetime | None = Field(None, description="When the goods arrived; default: now.")
     receipt_id: RequestId | None = None
     reference: str | None = Field(None, max_length=200)
+
+
+# pydantic error types that mean "not a whole number in range": answered with the field's range
+_NUMBER_ERRORS = frozenset(
+    {"greater_than_equal", "less_than_equal", "int_type", "int_parsing", "int_from_float", "int_parsing_size"}
+)
+
+
+def _problem(model: type[BaseModel], error: ErrorDetails) -> str:
+    """One refused field of a request body for a person: ``field: what it must be (got what)``."""
+    field = ".".join(map(str, error["loc"])) or "body"
+    info = model.model_fields.get(str(error["loc"][0])) if error["loc"] else None
+    if info is not None and error["type"] in _NUMBER_ERRORS:
+        # the field's Ge/Le constraints (schemas.base Count, Quantity)
+        low = next((m.ge for m in info.metadata if hasattr(m, "ge")), None)
+        high = next((m.le for m in info.metadata if hasattr(m, "le")), None)
+        if low is not None and high is not None:
+            return f"{field}: must be a whole number between {low} and {high} (got {error['input']!r})"
+    if error["type"] == "model_type":
+        return f"body: must be a JSON object with the fields {', '.join(model.model_fields)}"
+    if error["type"] == "extra_forbidden":
+        return f"{field}: not a field of this request; allowed: {', '.join(model.model_fields)}"
+    return f"{field}: {error['msg']}"
 
 
 def _error(status: int, message: str, **extra: Any) -> web.Response:
@@ -104,14 +131,16 @@ class AdminApi:
         return tenant, sku
 
     async def _body(self, request: web.Request, model: type[CountIn] | type[ReceiptIn], action: str) -> Any:
+        """The body as `model`; else the answer: 400 if it is not JSON, 422 if its content is refused."""
         try:
             return model.model_validate_json(await request.read())
         except ValidationError as exc:
             self.app[METRICS].admin.labels(action, "invalid").inc()
-            problems = "; ".join(
-                f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()
-            )
-            return _error(400, f"invalid request body: {problems}")
+            errors = exc.errors()
+            if any(e["type"] == "json_invalid" for e in errors):
+                return _error(400, f"the request body is not JSON: {errors[0]['msg']}; send a JSON object")
+            problems = "; ".join(_problem(model, e) for e in errors)
+            return _error(422, f"invalid request body: {problems}")
 
     async def _publish(self, action: str, event: StockCounted | StockReceived) -> web.Response:
         settings, metrics = self.app[SETTINGS], self.app[METRICS]

@@ -131,16 +131,38 @@ async def test_a_tenant_cannot_touch_another_tenants_stock(
 
 
 async def test_bad_requests_are_explained_and_publish_nothing(client: Client, kafka: KafkaSettings) -> None:
-    for payload, problem in (
-        ({"quantity": -1}, "quantity"),
-        ({"quantity": 3, "surprise": 1}, "surprise"),
-        ({"quantity": 3, "as_of": "yesterday"}, "as_of"),
+    """A body that is not JSON is 400; a JSON body with a value out of range, of the wrong type or an
+    unknown field is 422, naming the field and what it allows."""
+    for path, payload, problem in (
+        ("counts", {"quantity": -1}, "quantity: must be a whole number between 0 and 2147483647 (got -1)"),
+        (
+            "counts",
+            {"quantity": 3_000_000_000},
+            "quantity: must be a whole number between 0 and 2147483647 (got 3000000000)",
+        ),
+        ("counts", {"quantity": "lots"}, "quantity: must be a whole number between 0 and 2147483647"),
+        ("counts", {"quantity": 3, "surprise": 1}, "surprise: not a field of this request"),
+        ("counts", {"quantity": 3, "as_of": "yesterday"}, "as_of: "),
+        ("counts", [3], "body: must be a JSON object"),
+        ("receipts", {"quantity": 0}, "quantity: must be a whole number between 1 and 2147483647 (got 0)"),
+        (
+            "receipts",
+            {"quantity": 2_147_483_648},
+            "quantity: must be a whole number between 1 and 2147483647 (got 2147483648)",
+        ),
     ):
-        resp = await client.post("/v1/stock/acme/SKU-1/counts", json=payload, headers=bearer(ACME))
-        assert resp.status == 400
-        assert problem in (await resp.json())["error"]
-    resp = await client.post("/v1/stock/acme/SKU-1/receipts", json={"quantity": 0}, headers=bearer(ACME))
-    assert resp.status == 400
+        resp = await client.post(f"/v1/stock/acme/SKU-1/{path}", json=payload, headers=bearer(ACME))
+        assert resp.status == 422, (payload, await resp.text())
+        assert problem in (await resp.json())["error"], payload
     resp = await client.post("/v1/stock/acme/SKU-1/counts", data=b"{not json", headers=bearer(ACME))
     assert resp.status == 400
+    assert "not JSON" in (await resp.json())["error"]
     assert read_topic(kafka, inventory_events.TOPIC, timeout_s=5) == []
+    # The bounds themselves are accepted.
+    for path, quantity in (("counts", 0), ("counts", 2_147_483_647), ("receipts", 2_147_483_647)):
+        resp = await client.post(
+            f"/v1/stock/acme/SKU-1/{path}", json={"quantity": quantity}, headers=bearer(ACME)
+        )
+        assert resp.status == 202, await resp.text()
+    metrics = await (await client.get("/metrics")).text()
+    assert 'admin_requests_total{action="count",outcome="invalid"} 7.0' in metrics
