@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from pathlib import Path
 
@@ -12,10 +11,10 @@ import psycopg
 from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 
-from channels.connection import ConnectionRegistry, ConnectionsFileError
+from channels.connection import ConnectionRegistry, ConnectionsFileError, ConnectionsFileUnreadable
 from ingest.metrics import IngestMetrics
 from ingest.settings import IngestSettings
-from stocksync.connections import load_all, read_file
+from stocksync.connections import load_database, unreadable_file_notice
 from stocksync.kafka import AsyncProducer
 
 log = logging.getLogger(__name__)
@@ -31,39 +30,59 @@ class Directory:
     async def refresh_forever(self, file: Path | None, database_url: str, every_s: float) -> None:
         """Re-read file and table every `every_s`; keep the last good set while a read fails.
 
-        A named file that cannot be read counts as empty (the table's connections are still served and
-        refreshed): that is said once, again only if the problem changes, and its return is logged too."""
+        The file is optional. One that cannot be read from the start counts as empty (start-up said so):
+        the table's connections are served and refreshed. One that stops being readable keeps serving the
+        connections it held when last read. Either is said once (again only if the problem changes), and
+        so is the file becoming readable again."""
         last_problem = ""
-        # what start-up (load_for_service) already said about the file, so it is not said twice
-        last_file_notice = await asyncio.to_thread(_file_notice, file)
+        try:  # the file as start-up found it, so what start-up said about it is not said again
+            kept, unreadable = await asyncio.to_thread(_read_file, file)
+        except ConnectionsFileError:
+            kept, unreadable = None, None
         while True:
             await asyncio.sleep(every_s)  # the refresh schedule itself, not a synchronisation
-            notices: list[str] = []
             try:
-                self.current = await asyncio.to_thread(
-                    load_all, file, database_url, setting=FILE_SETTING, notice=notices.append
-                )
-                last_problem = ""
+                from_file, problem = await asyncio.to_thread(_read_file, file)
+                from_table = await asyncio.to_thread(load_database, database_url)
             except (psycopg.Error, ConnectionsFileError) as exc:  # keep serving what we have
-                problem = str(exc).strip()
-                if problem != last_problem:
-                    log.warning("connections not refreshed (keeping the previous set): %s", problem)
-                last_problem = problem
+                message = str(exc).strip()
+                if message != last_problem:
+                    log.warning("connections not refreshed (keeping the previous set): %s", message)
+                last_problem = message
                 continue
-            file_notice = " ".join(notices)
-            if file_notice and file_notice != last_file_notice:
-                log.warning("%s", file_notice)
-            elif last_file_notice and not file_notice:
-                log.info("connections file %s is readable again; its connections are served", file)
-            last_file_notice = file_notice
+            last_problem = ""
+            if problem is None:
+                if unreadable is not None:
+                    log.info("connections file %s can be read again; its connections are served", file)
+                kept = from_file
+            elif unreadable is None or str(problem) != str(unreadable):
+                if kept is None:
+                    log.warning(
+                        "%s", unreadable_file_notice(problem, setting=FILE_SETTING, using_database=True)
+                    )
+                else:
+                    log.warning(
+                        "connections file %s cannot be read any more (%s): still serving the %d connections "
+                        "it held when last read, beside the table's. Restore the file, or unset %s and "
+                        "restart the gateway to serve the database's connections only.",
+                        file,
+                        problem.reason,
+                        sum(1 for _ in kept),
+                        FILE_SETTING,
+                    )
+            unreadable = problem
+            self.current = (kept if kept is not None else from_file).merged(from_table)
 
 
-def _file_notice(file: Path | None) -> str:
-    """What reading `file` would say about it being unreadable ("" if it can be read or is not named)."""
-    notices: list[str] = []
-    with contextlib.suppress(ConnectionsFileError):  # invalid content is reported by the refresh itself
-        read_file(file, setting=FILE_SETTING, using_database=True, notice=notices.append)
-    return " ".join(notices)
+def _read_file(file: Path | None) -> tuple[ConnectionRegistry, ConnectionsFileUnreadable | None]:
+    """The file's connections (none if no file is named), or none and why it cannot be read. Raises
+    ConnectionsFileError if it holds something invalid."""
+    if file is None:
+        return ConnectionRegistry([]), None
+    try:
+        return ConnectionRegistry.from_file(file), None
+    except ConnectionsFileUnreadable as exc:
+        return ConnectionRegistry([]), exc
 
 
 SETTINGS = web.AppKey("settings", IngestSettings)

@@ -5,6 +5,7 @@ command line and refused when left out. Real PostgreSQL and Kafka; the services 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sys
@@ -199,17 +200,33 @@ async def test_the_refresh_serves_the_table_while_the_file_is_missing(
     task = asyncio.create_task(directory.refresh_forever(missing, database_url, 0.05))
     try:
         await eventually(lambda: directory.current.get("shop-1"), timeout_s=10, what="shop-1 served")
+        # Start-up (load_for_service) said the file is missing: the refresh does not say it again.
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
         # The file appears: its connections join the table's, and that is logged.
-        other = shopify_connection("http://x", skus=("B",), conn_id="shop-file")
-        missing.write_text(to_toml([other]))
+        missing.write_text(to_toml([shopify_connection("http://x", skus=("B",), conn_id="shop-file")]))
         await eventually(lambda: directory.current.get("shop-file"), timeout_s=10, what="the file served")
+        assert any("can be read again" in r.getMessage() for r in caplog.records)
+
+        # It goes away again: what it held is still served (said once), and the table is still refreshed.
+        missing.unlink()
+        save_connection(database_url, shopify_connection("http://x", skus=("C",), conn_id="shop-2"))
+        await eventually(lambda: directory.current.get("shop-2"), timeout_s=10, what="shop-2 served")
+
+        def said_once() -> bool:
+            return len([r for r in caplog.records if "cannot be read any more" in r.getMessage()]) == 1
+
+        await eventually(said_once, timeout_s=10, what="one warning about the vanished file")
+        assert directory.current.get("shop-file") is not None
         assert directory.current.get("shop-1") is not None
+        gone = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(gone) == 1, gone
+        assert str(missing) in gone[0]
+        assert "INGEST_CONNECTIONS_FILE" in gone[0]
     finally:
         task.cancel()
-    # Start-up (load_for_service) is the one to report a file missing from the start: the refresh does not
-    # say it again, and says when the file can be read again.
-    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
-    assert any("readable again" in r.getMessage() for r in caplog.records)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def cli(database_url: str, *args: str) -> Result:
