@@ -30,7 +30,7 @@ T = TypeVar("T")
 app = typer.Typer(
     help="Event-driven multichannel inventory sync.", no_args_is_help=True, add_completion=False
 )
-console = Console()
+console = Console(emoji=False)  # ids such as "admin:receipt:R-1" must print as they are, not as 🧾
 app.add_typer(connections_app, name="connections")
 app.add_typer(tenants_app, name="tenants")
 app.command("reconcile")(reconcile_command)
@@ -235,8 +235,42 @@ def audit(
     console.print(table)
 
 
-dlq = typer.Typer(help="The fan-out dead-letter topic: what could not be delivered to a channel.")
+dlq = typer.Typer(
+    help="The dead-letter topics: updates the fan-out could not deliver to a channel (list, replay), and "
+    "inventory events the processor could not apply (events)."
+)
 app.add_typer(dlq, name="dlq")
+
+
+@dlq.command("events")
+def dlq_events(tenant: Annotated[str | None, typer.Option(help="Only this tenant.")] = None) -> None:
+    """Every inventory event the processor dead-lettered (processor.dlq), oldest first, with why."""
+    from schemas import processor_dlq
+    from stocksync.kafka import read_to_end
+
+    letters = []
+    for msg in read_to_end(KafkaSettings(), processor_dlq.TOPIC, missing_ok=True):
+        try:
+            letter = processor_dlq.decode(msg.value() or b"")
+        except ValueError:
+            continue
+        if tenant is None or letter.tenant == tenant:
+            letters.append(letter)
+    letters.sort(key=lambda d: d.dead_lettered_at)
+    table = Table(title=f"{len(letters)} dead-lettered inventory events")
+    for col in ("dead-lettered at", "problem", "tenant", "sku", "event"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("reason")
+    for d in letters:
+        table.add_row(
+            d.dead_lettered_at.isoformat(timespec="seconds"),
+            d.problem,
+            d.tenant or "-",
+            d.sku or "-",
+            d.event_id or "-",
+            d.reason[:160],
+        )
+    console.print(table)
 
 
 @dlq.command("list")

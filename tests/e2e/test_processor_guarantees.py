@@ -314,6 +314,18 @@ async def test_a_poison_event_in_a_piled_up_batch_loses_no_neighbour_and_replays
     assert stats.undecodable == 1
     assert checksum(target) == checksum(processors.database_url)
 
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": processors.kafka.bootstrap_servers,
+        "KAFKA_TOPIC_PREFIX": processors.kafka.topic_prefix,
+        "COLUMNS": "250",
+    }
+    shown = await asyncio.to_thread(stocksync, "dlq", "events", env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert "2 dead-lettered inventory events" in shown.stdout
+    assert poison.event_id in shown.stdout, shown.stdout
+    assert "undecodable" in shown.stdout
+
 
 async def test_with_the_database_gone_the_processor_stalls_acknowledges_nothing_then_catches_up(
     processors: Processors, pg_server: PostgresEndpoint
