@@ -251,7 +251,9 @@ async def test_a_sale_the_clock_cannot_order_against_a_count_is_applied_not_take
     assert (await run(database_url, sale(1, 1, at=shopify_stamp))).outcome == "applied"
     assert state(database_url)[0] == 9
     # Within the clock-skew window (1 s by default) of the count, a sub-second stamp is applied too...
-    assert (await run(database_url, sale(2, 1, at=counted - timedelta(milliseconds=900)))).outcome == "applied"
+    assert (
+        await run(database_url, sale(2, 1, at=counted - timedelta(milliseconds=900)))
+    ).outcome == "applied"
     # ...and one that surely happened before the count (stamp + precision + skew <= count) is in it.
     assert (await run(database_url, sale(3, 1, at=counted - timedelta(seconds=3)))).outcome == "stale"
     assert state(database_url)[0] == 8
