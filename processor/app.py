@@ -40,7 +40,7 @@ from processor.isolation import apply_isolating
 from processor.metrics import ProcessorMetrics
 from processor.ops import ops_app
 from processor.settings import ProcessorSettings
-from processor.store import Result, dead_letter
+from processor.store import DEFAULT_SKEW, Result, dead_letter
 from schemas import inventory_events, processor_dlq
 from stocksync import logs
 from stocksync.db import open_pool
@@ -125,7 +125,7 @@ async def commit_batch(
     metrics: ProcessorMetrics,
     *,
     progress: Progress | None = None,
-    skew: timedelta | None = None,
+    skew: timedelta = DEFAULT_SKEW,
 ) -> list[Outgoing]:
     """Decode and apply a batch (isolating what cannot be applied), retried whole on any other error until
     it commits; return what to publish. Raises only CancelledError."""
@@ -140,7 +140,7 @@ async def commit_batch(
         async for attempt in _retrying("applying a batch to PostgreSQL", progress, metrics):
             with attempt:
                 async with pool.connection() as conn:
-                    results = await apply_isolating(conn, events, **({"skew": skew} if skew else {}))
+                    results = await apply_isolating(conn, events, skew=skew)
         metrics.commit_seconds.observe(time.perf_counter() - started)
         metrics.batch_size.observe(len(events))
     _observe(results, metrics)

@@ -31,11 +31,12 @@ class ProcessorSettings(BaseSettings):
         description="A silent worker is dropped from the group (and its partitions moved) after this.",
     )
     clock_skew_s: float = Field(
-        1.0,
+        0.0,
         ge=0,
         le=3600,
-        description="Clock skew tolerated between a channel and the counting system: a sale stamped within "
-        "this (plus 1 s for a whole-second stamp) of a count is applied on top of it, not taken as counted.",
+        description="Clock skew tolerated between a channel and the counting system (0: clocks in "
+        "sync): a sale stamped within this (plus 1 s for a whole-second stamp) of a count is applied on "
+        "top of it, not taken as counted.",
     )
     retention_days: float = Field(30.0, gt=0, description="How long processed_events keeps an event id.")
     retention_interval_s: float = Field(3600.0, gt=0, description="How often old ids are pruned.")

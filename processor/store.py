@@ -33,9 +33,10 @@ APPLY = (
     "FROM stocksync_apply(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 )
 
-DEFAULT_SKEW = timedelta(seconds=1)
+DEFAULT_SKEW = timedelta(0)
 """Clock skew tolerated between a channel and the counting system (PROCESSOR_CLOCK_SKEW_S): a sale stamped
-closer than this (plus its stamp's precision) to a count is applied on top of it, never taken as counted."""
+closer than this (plus its stamp's precision) to a count is applied on top of it, never taken as counted.
+0 by default: clocks synchronised by NTP; the precision of whole-second stamps is always allowed for."""
 
 
 @dataclass(frozen=True)

@@ -250,13 +250,11 @@ async def test_a_sale_the_clock_cannot_order_against_a_count_is_applied_not_take
     shopify_stamp = T0  # the sale happened at T0 + 1.000 s; Shopify's created_at drops the fraction
     assert (await run(database_url, sale(1, 1, at=shopify_stamp))).outcome == "applied"
     assert state(database_url)[0] == 9
-    # Within the clock-skew window (1 s by default) of the count, a sub-second stamp is applied too...
-    assert (
-        await run(database_url, sale(2, 1, at=counted - timedelta(milliseconds=900)))
-    ).outcome == "applied"
-    # ...and one that surely happened before the count (stamp + precision + skew <= count) is in it.
-    assert (await run(database_url, sale(3, 1, at=counted - timedelta(seconds=3)))).outcome == "stale"
-    assert state(database_url)[0] == 8
+    # A sub-second stamp before the count is inside it (no clock skew by default: PROCESSOR_CLOCK_SKEW_S)...
+    assert (await run(database_url, sale(2, 1, at=counted - timedelta(milliseconds=1)))).outcome == "stale"
+    # ...and so is a whole-second stamp whose whole second lies before the count.
+    assert (await run(database_url, sale(3, 1, at=T0 - timedelta(seconds=1)))).outcome == "stale"
+    assert state(database_url)[0] == 9
 
 
 async def test_a_count_arriving_after_an_ambiguous_sale_takes_that_sale_off_again(database_url: str) -> None:
