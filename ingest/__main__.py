@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import gc
-import logging
 
 import uvloop
 from aiohttp import web
 
-from channels.connection import ConnectionsFileError
 from ingest.app import build_app
 from ingest.settings import IngestSettings
 from stocksync import logs
-from stocksync.connections import load_for_service
-
-log = logging.getLogger("ingest")
+from stocksync.connections import connections_or_exit
 
 
 async def _freeze_startup_objects(_app: web.Application) -> None:
@@ -28,16 +24,12 @@ async def _freeze_startup_objects(_app: web.Application) -> None:
 def main() -> None:
     logs.configure("ingest")
     settings = IngestSettings()
-    try:
-        connections = load_for_service(
-            settings.connections_file,
-            settings.postgres.database_url if settings.connections_table else None,
-            service="ingest",
-            setting="INGEST_CONNECTIONS_FILE",
-        )
-    except ConnectionsFileError as exc:  # an invalid connection is refused, never served half-configured
-        log.error("ingest cannot start: %s", exc)
-        raise SystemExit(2) from None
+    connections = connections_or_exit(
+        settings.connections_file,
+        settings.postgres.database_url if settings.connections_table else None,
+        service="ingest",
+        setting="INGEST_CONNECTIONS_FILE",
+    )
     app = build_app(settings, connections=connections)
     app.on_startup.append(_freeze_startup_objects)  # runs after the app's own start-up (cleanup_ctx)
     web.run_app(

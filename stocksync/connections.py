@@ -182,3 +182,15 @@ def load_for_service(
             setting,
         )
     return registry
+
+
+def connections_or_exit(
+    file: Path | None, database_url: str | None, *, service: str, setting: str
+) -> ConnectionRegistry:
+    """``load_for_service`` for a service's ``__main__``: an invalid connection is refused, never served
+    half-configured: one error line naming it, then exit status 2 (no traceback)."""
+    try:
+        return load_for_service(file, database_url, service=service, setting=setting)
+    except ConnectionsFileError as exc:
+        log.error("%s cannot start: %s", service, exc)
+        raise SystemExit(2) from None
