@@ -8,7 +8,7 @@ import time
 import psycopg
 import pytest
 
-from stocksync.db import MigrationError, migrate, shipped_migrations
+from stocksync.db import MigrationError, migrate, shipped_migrations, shipped_repeatables
 from stocksync.kafka import AsyncProducer, ensure_topics, producer_config
 from stocksync.local import KafkaEndpoint, postgres
 from stocksync.local.kafka import JvmKafkaBroker, broker_answers_metadata, ensure_broker_jars
@@ -56,7 +56,14 @@ def test_a_cluster_id_that_starts_with_a_dash_is_formatted(kafka_endpoint: Kafka
 
 
 def test_migrations_apply_once_and_refuse_edited_history(empty_database: str) -> None:
-    assert migrate(empty_database) == [f"{m.version:04d}_{m.name}" for m in shipped_migrations()]
+    assert migrate(empty_database) == [f"{m.version:04d}_{m.name}" for m in shipped_migrations()] + [
+        f"R_{r.name}" for r in shipped_repeatables()
+    ]
+    assert migrate(empty_database) == []
+    # A repeatable file whose checksum differs from the one applied last (a new version) is re-applied.
+    with psycopg.connect(empty_database) as conn:
+        conn.execute("UPDATE schema_repeatables SET checksum = 'older' WHERE name = 'master_rules'")
+    assert migrate(empty_database) == ["R_master_rules"]
     assert migrate(empty_database) == []
     with psycopg.connect(empty_database) as conn:
         conn.execute("UPDATE schema_migrations SET checksum = 'edited' WHERE version = 1")
