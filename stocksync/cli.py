@@ -300,18 +300,22 @@ def dlq_list(connection: Annotated[str | None, typer.Option(help="Only this conn
 def dlq_replay(
     connection: Annotated[str | None, typer.Option(help="Only this connection.")] = None,
     connections_file: Annotated[
-        Path, typer.Option(envvar="FANOUT_CONNECTIONS_FILE", help="The channel connections (TOML).")
-    ] = Path("connections.toml"),
+        Path | None,
+        typer.Option(
+            envvar="FANOUT_CONNECTIONS_FILE",
+            help="A TOML connections file, beside the connections table (which wins where an id is in both).",
+        ),
+    ] = None,
 ) -> None:
     """Set each dead-lettered (connection, SKU) to what the master allows now; safe to run again."""
-    from channels.connection import ConnectionRegistry
     from fanout.dlq import read_dead_letters
     from fanout.dlq import replay as run_replay
+    from stocksync.connections import load_all
 
+    database_url = PostgresSettings().database_url
     letters = read_dead_letters(KafkaSettings(), connection=connection)
-    results = asyncio.run(
-        run_replay(letters, ConnectionRegistry.from_file(connections_file), PostgresSettings().database_url)
-    )
+    connections = load_all(connections_file, database_url, setting="FANOUT_CONNECTIONS_FILE")
+    results = asyncio.run(run_replay(letters, connections, database_url))
     table = Table(title=f"replayed {len(results)} (connection, SKU) pairs from {len(letters)} dead letters")
     for col in ("connection", "sku", "outcome", "channel had", "master allows", "detail"):
         table.add_column(col)
