@@ -345,7 +345,7 @@ def build_fanout(
         syncs.append(ConnectionSync(c, spec.client(session, c, budget=budget), budget, spec.max_batch))
     if not syncs:
         log.warning(
-            "no enabled %s connections in the connections file: this worker will only advance offsets",
+            "no enabled %s connections (file or table): this worker will only advance offsets",
             channel,
         )
     return ChannelFanout(settings, spec, syncs, metrics)

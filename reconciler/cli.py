@@ -78,7 +78,9 @@ def reconcile(
     except ConnectionsFileError as exc:
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(2) from exc
-    where = f"{path} or the connections table" if settings.connections_table else str(path)
+    sources = [str(path)] if path else []
+    sources += ["the connections table"] if settings.connections_table else []
+    where = " or ".join(sources) or "no connections file or table"
     chosen = list(registry)
     if connection:
         unknown = [c for c in connection if registry.get(c) is None]
