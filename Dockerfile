@@ -10,6 +10,7 @@ COPY ingest ingest
 COPY processor processor
 COPY fanout fanout
 COPY reconciler reconciler
+COPY cli cli
 # A fixed uid/gid (10001) so Kubernetes' runAsUser and volume permissions match the image.
 RUN pip install . \
     && groupadd --system --gid 10001 stocksync \

@@ -1,9 +1,9 @@
 """A seller's connection to one channel account: secrets, API endpoint, SKU mapping, sync options.
 
 Connections are loaded from a TOML file (``[[connection]]`` tables) and/or the ``connections`` table
-(stocksync.connections). A webhook for a connection may only produce events for that connection's tenant, and
-an admin token only acts for its own tenant: that is how tenants stay isolated. ``[[tenant]]`` tables give
-each tenant's admin API token as a SHA-256 hex digest (``stocksync tenants add`` makes one).
+(channels.connection_store). A webhook for a connection may only produce events for that connection's
+tenant, and an admin token only acts for its own tenant: that is how tenants stay isolated. ``[[tenant]]``
+tables give each tenant's admin API token as a SHA-256 hex digest (``stocksync tenants add`` makes one).
 
 ``CHANNEL_OPTIONS`` is the one place that says which ``options`` each channel reads and which of them it
 cannot work without; a connection missing a required option does not validate, so the command line, the
@@ -13,6 +13,7 @@ file and the table all refuse it with the same explanation.
 from __future__ import annotations
 
 import hashlib
+import math
 import tomllib
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -194,6 +195,11 @@ class TenantToken(BaseModel):
 
     id: Tenant
     admin_token_sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+
+def channel_quantity(available: int, *, buffer: int, allocation: float) -> int:
+    """What a connection may show: the master count less its safety buffer, times its share, never < 0."""
+    return math.floor(max(0, available - buffer) * allocation)
 
 
 def token_digest(token: str) -> str:

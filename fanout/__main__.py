@@ -7,10 +7,10 @@ from typing import Annotated
 
 import typer
 
+from channels.connection_store import connections_or_exit
 from fanout.settings import FanoutSettings
 from fanout.worker import run_fanout
 from stocksync import logs
-from stocksync.connections import connections_or_exit
 from stocksync.lifecycle import run_until_signalled
 
 

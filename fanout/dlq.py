@@ -14,10 +14,9 @@ import aiohttp
 import psycopg
 from pydantic import ValidationError
 
-from channels.connection import ConnectionRegistry
+from channels.connection import ConnectionRegistry, channel_quantity
 from channels.errors import ChannelError
 from channels.outbound import client_for
-from fanout.plan import channel_quantity
 from schemas import fanout_dlq
 from schemas.fanout_dlq import UpdateDeadLettered
 from stocksync.kafka import read_to_end

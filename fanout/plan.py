@@ -1,6 +1,6 @@
 """What each channel connection should show, decided without I/O.
 
-Coalescing: of many records about one SKU only the newest matters. Records are ordered by (version, kind):
+Coalescing: of many records about one SKU only the newest matters. Records take precedence by (version, kind):
 a ``stock.rejected`` carries the version the master had when it refused the sale, so at equal version it
 comes after the ``stock.changed`` that produced that version, and the next change (a higher version) comes
 after it. A target at or below what a connection last confirmed is never sent.
@@ -8,18 +8,19 @@ after it. A target at or below what a connection last confirmed is never sent.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from channels.connection import channel_quantity
 from schemas.stock_changed import StockChanged
 from schemas.stock_rejected import StockRejected
 
 Record = StockChanged | StockRejected
-Order = tuple[int, int]  # (master version, 0 for a change / 1 for a rejection at that version)
+Precedence = tuple[int, int]
+"""Which of two records about a SKU is newer: (master version, 0 for a change / 1 for a rejection at it)."""
 
 
-def order_of(record: Record) -> Order:
+def precedence_of(record: Record) -> Precedence:
     if isinstance(record, StockChanged):
         return (record.version, 0)
     return (record.version or 0, 1)
@@ -30,14 +31,9 @@ def latest_per_sku(records: Iterable[Record]) -> list[Record]:
     latest: dict[tuple[str, str], Record] = {}
     for r in records:
         key = (r.tenant, r.sku)
-        if key not in latest or order_of(r) > order_of(latest[key]):
+        if key not in latest or precedence_of(r) > precedence_of(latest[key]):
             latest[key] = r
     return list(latest.values())
-
-
-def channel_quantity(available: int, *, buffer: int, allocation: float) -> int:
-    """What a connection may show: the master count less its safety buffer, times its share, never < 0."""
-    return math.floor(max(0, available - buffer) * allocation)
 
 
 @dataclass(frozen=True)
@@ -47,7 +43,7 @@ class Target:
     connection_id: str
     sku: str
     quantity: int
-    order: Order
+    precedence: Precedence
     cause: Record
 
     @property
@@ -66,4 +62,4 @@ def target_for(
         quantity = 0
     else:
         return None
-    return Target(connection_id, record.sku, quantity, order_of(record), record)
+    return Target(connection_id, record.sku, quantity, precedence_of(record), record)

@@ -33,7 +33,7 @@ from channels.errors import ChannelError, CompareMismatch
 from channels.outbound import InventoryClient, OutboundChannel, outbound
 from channels.ratelimit import TokenBucket
 from fanout.metrics import FanoutMetrics
-from fanout.plan import Order, Record, Target, latest_per_sku, target_for
+from fanout.plan import Precedence, Record, Target, latest_per_sku, target_for
 from fanout.settings import FanoutSettings
 from schemas import fanout_dlq, stock_changed, stock_rejected
 from schemas.base import partition_key
@@ -84,11 +84,11 @@ class ConnectionSync:
     client: InventoryClient
     bucket: TokenBucket
     max_batch: int
-    confirmed: dict[str, tuple[Order, int]] = field(default_factory=dict)
+    confirmed: dict[str, tuple[Precedence, int]] = field(default_factory=dict)
 
     def due(self, target: Target) -> bool:
         last = self.confirmed.get(target.sku)
-        return last is None or target.order > last[0]
+        return last is None or target.precedence > last[0]
 
 
 @dataclass(frozen=True)
@@ -163,7 +163,7 @@ class ChannelFanout:
                 )
         except (ChannelError, aiohttp.ClientError, TimeoutError) as exc:
             return Failure(target, tries[0], exc)
-        sync.confirmed[target.sku] = (target.order, quantity)
+        sync.confirmed[target.sku] = (target.precedence, quantity)
         return None
 
     async def _bulk(self, sync: ConnectionSync, targets: list[Target], reference: str) -> list[Failure]:
@@ -173,7 +173,7 @@ class ChannelFanout:
         except (ChannelError, aiohttp.ClientError, TimeoutError) as exc:
             return [Failure(t, tries[0], exc) for t in targets]
         for t in targets:
-            sync.confirmed[t.sku] = (t.order, t.quantity)
+            sync.confirmed[t.sku] = (t.precedence, t.quantity)
         return []
 
     async def push(self, sync: ConnectionSync, targets: list[Target]) -> list[Failure]:
@@ -182,7 +182,7 @@ class ChannelFanout:
         failures: list[Failure] = []
         if len(targets) == 1 or sync.max_batch == 1:
             for t in targets:
-                ref = f"stocksync://{t.cause.tenant}/{t.sku}?version={t.order[0]}"
+                ref = f"stocksync://{t.cause.tenant}/{t.sku}?version={t.precedence[0]}"
                 failure = await self._one(sync, t, ref)
                 if failure:
                     failures.append(failure)
@@ -233,7 +233,7 @@ def dead_letter(channel: str, failure: Failure) -> UpdateDeadLettered:
         tenant=t.cause.tenant,
         sku=t.sku,
         quantity=t.quantity,
-        version=t.order[0],
+        version=t.precedence[0],
         original_topic=stock_changed.TOPIC if t.cause.type == "stock_changed" else stock_rejected.TOPIC,
         original=t.cause.model_dump(mode="json"),
         attempts=failure.attempts,

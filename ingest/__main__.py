@@ -7,10 +7,10 @@ import gc
 import uvloop
 from aiohttp import web
 
+from channels.connection_store import connections_or_exit
 from ingest.app import build_app
 from ingest.settings import IngestSettings
 from stocksync import logs
-from stocksync.connections import connections_or_exit
 
 
 async def _freeze_startup_objects(_app: web.Application) -> None:

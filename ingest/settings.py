@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from stocksync.connections import ConnectionsFileSetting
+from channels.connection_store import ConnectionsFileSetting
 from stocksync.settings import KafkaSettings, PostgresSettings
 
 

@@ -12,9 +12,9 @@ from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 
 from channels.connection import ConnectionRegistry, ConnectionsFileError, ConnectionsFileUnreadable
+from channels.connection_store import load_database, unreadable_file_notice
 from ingest.metrics import IngestMetrics
 from ingest.settings import IngestSettings
-from stocksync.connections import load_database, unreadable_file_notice
 from stocksync.kafka import AsyncProducer
 
 log = logging.getLogger(__name__)

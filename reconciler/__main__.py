@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
+from channels.connection_store import connections_or_exit
 from reconciler.service import run_service
 from reconciler.settings import ReconcilerSettings
 from stocksync import logs
-from stocksync.connections import connections_or_exit
 from stocksync.db import migrate
 from stocksync.lifecycle import run_until_signalled
 

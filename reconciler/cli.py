@@ -60,11 +60,11 @@ def reconcile(
     from prometheus_client import CollectorRegistry
 
     from channels.connection import ConnectionsFileError
+    from channels.connection_store import load_for_service
     from reconciler.metrics import ReconcilerMetrics
     from reconciler.run import Reconciler
     from reconciler.settings import ReconcilerSettings
     from reconciler.store import AlreadyRunning
-    from stocksync.connections import load_for_service
     from stocksync.db import migrate
 
     settings = ReconcilerSettings()

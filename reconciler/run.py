@@ -38,12 +38,11 @@ import aiohttp
 from psycopg import AsyncConnection
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_delay
 
-from channels.connection import Connection
+from channels.connection import Connection, channel_quantity
 from channels.errors import ChannelError, CompareMismatch
 from channels.orders import OrderBatch, order_source
 from channels.outbound import InventoryClient, outbound
 from channels.ratelimit import TokenBucket
-from fanout.plan import channel_quantity
 from reconciler import store
 from reconciler.metrics import ReconcilerMetrics
 from reconciler.report import (

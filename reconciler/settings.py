@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from stocksync.connections import ConnectionsFileSetting
+from channels.connection_store import ConnectionsFileSetting
 from stocksync.settings import KafkaSettings, PostgresSettings
 
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from channels.connection import Connection
 from channels.errors import ChannelError, PayloadError
 from channels.payload import LinesRefused
-from channels.simulation import serve
+from lab.marketplaces.serve import serve
 from schemas.inventory_events import ChannelEvent
 
 

@@ -1,4 +1,4 @@
-"""A real Kafka broker for the session (see stocksync.local.kafka for how it is found or started), and
+"""A real Kafka broker for the session (see lab.local.kafka for how it is found or started), and
 per-test settings whose topic prefix isolates each test; that test's topics are deleted afterwards."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Protocol, TypeVar
 
 import pytest
 
+from lab.local import KafkaEndpoint, local_kafka
 from stocksync.kafka import delete_prefixed_topics
-from stocksync.local import KafkaEndpoint, local_kafka
 from stocksync.settings import KafkaSettings
 
 

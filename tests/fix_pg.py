@@ -6,9 +6,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from lab.local import PostgresEndpoint, local_postgres
+from lab.local.postgres import create_database, drop_database
 from stocksync.db import migrate
-from stocksync.local import PostgresEndpoint, local_postgres
-from stocksync.local.postgres import create_database, drop_database
 from tests.fix_kafka import announced
 
 

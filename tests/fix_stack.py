@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from channels.connection import Connection, to_toml
-from channels.shopify.simulator import ShopifySimulator, sample_connection
-from channels.simulation import serve
+from lab.local.stack import Stack, StackConfig
+from lab.marketplaces.serve import serve
+from lab.marketplaces.shopify import ShopifySimulator, sample_connection
 from schemas import TOPICS
 from stocksync.kafka import ensure_topics
-from stocksync.local.stack import Stack, StackConfig
 from stocksync.settings import KafkaSettings
 from tests.helpers import eventually
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from confluent_kafka import Consumer, Message, TopicPartition
 
+from lab.local.process import eventually
 from stocksync.kafka import read_to_end
-from stocksync.local.process import eventually
 from stocksync.settings import KafkaSettings
 
 __all__ = ["eventually", "group_caught_up", "read_topic"]

@@ -26,11 +26,11 @@ import psycopg
 import pytest
 
 from fanout.dlq import read_dead_letters
+from lab.local.process import free_port
+from lab.local.traffic import as_records, stock_counts
+from lab.marketplaces import Marketplace
 from schemas.inventory_events import AnyInventoryEvent, OrderPlaced, StockCounted
 from stocksync.kafka import AsyncProducer, producer_config
-from stocksync.local.marketplaces import Marketplace
-from stocksync.local.process import free_port
-from stocksync.local.traffic import as_records, stock_counts
 from stocksync.metrics import histogram_quantile
 from tests.e2e.test_all_channels import SKUS, World, deliver, everyone_shows, fanout_metrics
 from tests.helpers import eventually

@@ -9,8 +9,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from lab.local.process import free_port
 from stocksync import health, logs
-from stocksync.local.process import free_port
 from stocksync.settings import KafkaSettings
 
 

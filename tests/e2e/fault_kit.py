@@ -25,12 +25,12 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from channels.connection import Connection
-from channels.shopify.simulator import ShopifySimulator, order_webhook
+from lab.local.faults import RestartablePostgres, ServerThread
+from lab.local.kafka import JvmKafkaBroker
+from lab.local.process import free_port
+from lab.local.stack import Stack
+from lab.marketplaces.shopify import ShopifySimulator, order_webhook
 from schemas import inventory_events, stock_changed, stock_rejected
-from stocksync.local.faults import RestartablePostgres, ServerThread
-from stocksync.local.kafka import JvmKafkaBroker
-from stocksync.local.process import free_port
-from stocksync.local.stack import Stack
 from stocksync.settings import KafkaSettings
 from tests.helpers import group_caught_up
 

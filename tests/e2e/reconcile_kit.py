@@ -14,12 +14,12 @@ from confluent_kafka import Consumer, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from channels.connection import Connection
+from lab.local.traffic import as_records, stock_counts
 from reconciler.metrics import ReconcilerMetrics
 from reconciler.report import RunReport
 from reconciler.run import Reconciler
 from reconciler.settings import ReconcilerSettings
 from stocksync.kafka import AsyncProducer, producer_config
-from stocksync.local.traffic import as_records, stock_counts
 from stocksync.settings import KafkaSettings, PostgresSettings
 
 

@@ -18,12 +18,12 @@ import aiohttp
 import psycopg
 import pytest
 
+from lab.local.stack import Stack
+from lab.local.traffic import as_records
+from lab.marketplaces import Marketplace, marketplaces, stack_config
 from schemas import TOPICS, stock_changed, stock_rejected
 from schemas.inventory_events import OrderPlaced, StockCounted
 from stocksync.kafka import AsyncProducer, ensure_topics, producer_config
-from stocksync.local.marketplaces import Marketplace, marketplaces, stack_config
-from stocksync.local.stack import Stack
-from stocksync.local.traffic import as_records
 from stocksync.metrics import histogram_quantile
 from stocksync.settings import KafkaSettings
 from tests.helpers import eventually, group_caught_up

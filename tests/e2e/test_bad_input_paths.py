@@ -28,14 +28,14 @@ import psycopg
 import pytest
 
 from channels.connection import Connection, TenantToken, to_toml, token_digest
-from channels.shopify.simulator import ShopifySimulator, sample_connection
-from channels.simulation import serve
+from lab.local.stack import Stack, StackConfig
+from lab.marketplaces.serve import serve
+from lab.marketplaces.shopify import ShopifySimulator, sample_connection
 from processor.checksum import checksum
 from processor.replay import replay
 from schemas import TOPICS, inventory_events, processor_dlq, quarantine
 from schemas.base import MAX_QUANTITY
 from stocksync.kafka import ensure_topics
-from stocksync.local.stack import Stack, StackConfig
 from stocksync.settings import KafkaSettings
 from tests.e2e.reconcile_kit import deliver, reconcile, reconciler_settings, seed_counts
 from tests.helpers import eventually, group_caught_up, read_topic

@@ -20,10 +20,10 @@ import psycopg
 import pytest
 
 from fanout.dlq import read_dead_letters
+from lab.local.stack import Stack
+from lab.local.traffic import as_records
 from schemas.inventory_events import OrderPlaced, StockCounted
 from stocksync.kafka import AsyncProducer, producer_config
-from stocksync.local.stack import Stack
-from stocksync.local.traffic import as_records
 from stocksync.settings import KafkaSettings
 from tests.fix_stack import ShopifyWorld
 from tests.helpers import eventually

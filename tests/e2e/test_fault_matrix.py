@@ -39,18 +39,18 @@ import pytest_asyncio
 from confluent_kafka import KafkaException
 
 from channels.connection import to_toml
-from channels.shopify.simulator import ShopifySimulator, sample_connection
-from channels.simulation import serve
+from lab.local.faults import RestartablePostgres, ServerThread
+from lab.local.kafka import JvmKafkaBroker, ensure_broker_jars
+from lab.local.postgres import create_database, server_version
+from lab.local.stack import Stack, StackConfig
+from lab.local.traffic import as_records, stock_counts
+from lab.marketplaces.serve import serve
+from lab.marketplaces.shopify import ShopifySimulator, sample_connection
 from schemas import TOPICS, inventory_events, processor_dlq
 from schemas.base import partition_key
 from schemas.inventory_events import StockReceived
 from stocksync.db import migrate
 from stocksync.kafka import AsyncProducer, TopicReadError, ensure_topics, producer_config, read_to_end
-from stocksync.local.faults import RestartablePostgres, ServerThread
-from stocksync.local.kafka import JvmKafkaBroker, ensure_broker_jars
-from stocksync.local.postgres import create_database, server_version
-from stocksync.local.stack import Stack, StackConfig
-from stocksync.local.traffic import as_records, stock_counts
 from stocksync.settings import KafkaSettings
 from tests.e2e.fault_kit import (
     Burst,

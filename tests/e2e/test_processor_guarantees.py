@@ -26,6 +26,10 @@ import pytest
 from psycopg import AsyncConnection
 from psycopg.conninfo import conninfo_to_dict
 
+from lab.local import PostgresEndpoint
+from lab.local.process import free_port
+from lab.local.stack import Service, Stack, StackConfig
+from lab.local.traffic import as_records, synthetic_stream
 from processor.checksum import TableSum, checksum
 from processor.replay import replay
 from processor.store import apply_batch
@@ -34,10 +38,6 @@ from schemas.base import MAX_QUANTITY
 from schemas.inventory_events import AnyInventoryEvent, OrderPlaced, StockCounted, StockReceived
 from stocksync.db import migrate
 from stocksync.kafka import AsyncProducer, ensure_topics, producer_config
-from stocksync.local import PostgresEndpoint
-from stocksync.local.process import free_port
-from stocksync.local.stack import Service, Stack, StackConfig
-from stocksync.local.traffic import as_records, synthetic_stream
 from stocksync.settings import KafkaSettings
 from tests.helpers import eventually, group_caught_up, read_topic
 

@@ -22,11 +22,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from channels.errors import ChannelError
+from lab.local.stack import Stack
+from lab.marketplaces import Marketplace, marketplaces, stack_config
 from reconciler.report import CORRECTED, FANOUT_FIXED, MISSED_ORDER, SKIPPED_MASTER_MOVED
 from schemas import TOPICS, stock_changed, stock_rejected
 from stocksync.kafka import ensure_topics
-from stocksync.local.marketplaces import Marketplace, marketplaces, stack_config
-from stocksync.local.stack import Stack
 from stocksync.settings import KafkaSettings
 from tests.e2e.reconcile_kit import (
     checkpoints,

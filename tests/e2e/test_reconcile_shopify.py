@@ -17,10 +17,10 @@ from typing import Any
 import aiohttp
 import pytest
 
+from lab.local.stack import Stack
 from reconciler.report import CORRECTED, EDITED_ON_CHANNEL, WOULD_CORRECT
 from reconciler.store import run_lock
 from schemas import inventory_events, quarantine
-from stocksync.local.stack import Stack
 from stocksync.settings import KafkaSettings
 from tests.e2e.reconcile_kit import (
     checkpoints,

@@ -9,12 +9,12 @@ import aiohttp
 import psycopg
 import pytest
 
-from channels.shopify.simulator import ShopifySimulator, order_webhook
+from lab.local.stack import Stack
+from lab.marketplaces.shopify import ShopifySimulator, order_webhook
 from schemas import inventory_events, stock_changed, stock_rejected
 from schemas.base import partition_key
 from schemas.inventory_events import StockCounted
 from stocksync.kafka import AsyncProducer, producer_config
-from stocksync.local.stack import Stack
 from stocksync.settings import KafkaSettings
 from tests.fix_stack import ShopifyWorld
 from tests.helpers import eventually, group_caught_up, read_topic

@@ -13,9 +13,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from psycopg import AsyncConnection
 
 from channels.connection import ConnectionRegistry, TenantToken, token_digest
-from channels.shopify.simulator import order_webhook, sample_connection
 from ingest.app import build_app
 from ingest.settings import IngestSettings
+from lab.marketplaces.shopify import order_webhook, sample_connection
 from processor.store import apply_batch
 from schemas import TOPICS, inventory_events
 from schemas.inventory_events import StockCounted, StockReceived

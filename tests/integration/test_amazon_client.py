@@ -13,11 +13,11 @@ from pydantic import SecretStr
 
 from channels.amazon import RATE_BURST, RATE_LIMIT_PER_S, webhooks
 from channels.amazon.client import AmazonInventoryClient
-from channels.amazon.simulator import AmazonSimulator, sample_connection
 from channels.connection import Connection, Listing
 from channels.errors import ChannelError
 from channels.ratelimit import TokenBucket
-from channels.simulation import serve
+from lab.marketplaces.amazon import AmazonSimulator, sample_connection
+from lab.marketplaces.serve import serve
 from tests.channel_kit import serving_sample
 
 pytestmark = pytest.mark.integration

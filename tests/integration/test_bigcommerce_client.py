@@ -12,9 +12,9 @@ from pydantic import SecretStr
 
 from channels.bigcommerce import MAX_BATCH, RATE_BURST, api, webhooks
 from channels.bigcommerce.client import BigCommerceInventoryClient
-from channels.bigcommerce.simulator import BigCommerceSimulator, sample_connection
 from channels.connection import Connection, Listing
 from channels.errors import ChannelError, PayloadError
+from lab.marketplaces.bigcommerce import BigCommerceSimulator, sample_connection
 from schemas.inventory_events import OrderCancelled, OrderPlaced
 from tests.channel_kit import assert_burst_is_throttled, serving_sample
 

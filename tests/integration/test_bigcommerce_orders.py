@@ -12,14 +12,14 @@ from multidict import CIMultiDict
 
 from channels.bigcommerce import webhooks
 from channels.bigcommerce.orders import list_orders
-from channels.bigcommerce.simulator import BigCommerceSimulator, sample_connection
 from channels.connection import Connection
 from channels.orderlist import PAGE_SIZE_OPTION
 from channels.orders import OrderBatch
 from channels.ratelimit import TokenBucket
-from channels.simulation import serve
+from lab.local.process import free_port
+from lab.marketplaces.bigcommerce import BigCommerceSimulator, sample_connection
+from lab.marketplaces.serve import serve
 from schemas.inventory_events import OrderCancelled
-from stocksync.local.process import free_port
 
 pytestmark = pytest.mark.integration
 

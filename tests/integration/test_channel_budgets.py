@@ -14,8 +14,8 @@ import pytest
 
 from channels.outbound import CHANNELS, client_for
 from channels.ratelimit import TokenBucket
-from channels.tiktok.simulator import TikTokSimulator
-from stocksync.local.marketplaces import BUILDERS, Marketplace, marketplaces
+from lab.marketplaces import BUILDERS, Marketplace, marketplaces
+from lab.marketplaces.tiktok import TikTokSimulator
 
 pytestmark = pytest.mark.integration
 

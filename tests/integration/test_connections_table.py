@@ -13,12 +13,12 @@ from aiohttp.test_utils import TestClient, TestServer
 from typer.testing import CliRunner
 
 from channels.connection import ConnectionRegistry, to_toml
-from channels.shopify.simulator import order_webhook, sample_connection
+from channels.connection_store import load_all, load_database
+from cli.main import app
 from ingest.app import build_app
 from ingest.settings import IngestSettings
+from lab.marketplaces.shopify import order_webhook, sample_connection
 from schemas import TOPICS
-from stocksync.cli import app
-from stocksync.connections import load_all, load_database
 from stocksync.kafka import ensure_topics
 from stocksync.settings import KafkaSettings, PostgresSettings
 from tests.helpers import eventually

@@ -15,9 +15,9 @@ from pydantic import SecretStr
 from channels.connection import Connection, Listing
 from channels.ebay import MAX_BATCH, RATE_BURST, RATE_LIMIT_PER_S, webhooks
 from channels.ebay.client import EbayInventoryClient
-from channels.ebay.simulator import EbaySimulator, sample_connection
 from channels.errors import ChannelError
 from channels.ratelimit import TokenBucket
+from lab.marketplaces.ebay import EbaySimulator, sample_connection
 from tests.channel_kit import serving
 
 pytestmark = pytest.mark.integration

@@ -12,14 +12,14 @@ from aiohttp import web
 
 from channels.connection import Connection
 from channels.ebay.orders import list_orders
-from channels.ebay.simulator import EbaySimulator, order_number, sample_connection
 from channels.errors import ChannelError
 from channels.orderlist import PAGE_SIZE_OPTION
 from channels.orders import OrderBatch
 from channels.ratelimit import TokenBucket
-from channels.simulation import serve
+from lab.local.process import free_port
+from lab.marketplaces.ebay import EbaySimulator, order_number, sample_connection
+from lab.marketplaces.serve import serve
 from schemas.inventory_events import OrderPlaced
-from stocksync.local.process import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -15,8 +15,8 @@ from channels.connection import Connection, Listing
 from channels.errors import ChannelError, PayloadError
 from channels.etsy import MAX_QUANTITY, RATE_BURST, RATE_LIMIT_PER_S, webhooks
 from channels.etsy.client import EtsyInventoryClient, api_headers
-from channels.etsy.simulator import EtsySimulator, order_webhook, sample_connection
 from channels.ratelimit import TokenBucket
+from lab.marketplaces.etsy import EtsySimulator, order_webhook, sample_connection
 from schemas.inventory_events import OrderCancelled, OrderPlaced
 from tests.channel_kit import serving
 

@@ -13,13 +13,13 @@ from multidict import CIMultiDict
 from channels.connection import Connection
 from channels.etsy import webhooks
 from channels.etsy.orders import list_orders
-from channels.etsy.simulator import EtsySimulator, sample_connection
 from channels.orderlist import PAGE_SIZE_OPTION
 from channels.orders import OrderBatch
 from channels.ratelimit import TokenBucket
-from channels.simulation import serve
+from lab.local.process import free_port
+from lab.marketplaces.etsy import EtsySimulator, sample_connection
+from lab.marketplaces.serve import serve
 from schemas.inventory_events import OrderCancelled
-from stocksync.local.process import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ from channels.connection import Connection, Listing
 from channels.errors import ChannelError, PayloadError
 from channels.flipkart import MAX_BATCH, RATE_BURST, webhooks
 from channels.flipkart.client import FlipkartInventoryClient
-from channels.flipkart.simulator import FlipkartSimulator, sample_connection
+from lab.marketplaces.flipkart import FlipkartSimulator, sample_connection
 from schemas.inventory_events import OrderCancelled, OrderPlaced
 from tests.channel_kit import assert_burst_is_throttled, serving_sample
 

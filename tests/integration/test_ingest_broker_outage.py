@@ -23,14 +23,14 @@ from aiohttp.test_utils import TestClient, TestServer
 from psycopg import AsyncConnection
 
 from channels.connection import ConnectionRegistry
-from channels.shopify.simulator import order_webhook, sample_connection
 from ingest.app import build_app
 from ingest.settings import IngestSettings
+from lab.local.kafka import JvmKafkaBroker, ensure_broker_jars
+from lab.marketplaces.shopify import order_webhook, sample_connection
 from processor.store import apply_batch
 from schemas import TOPICS, inventory_events
 from schemas.inventory_events import AnyInventoryEvent, StockCounted
 from stocksync.kafka import ensure_topics
-from stocksync.local.kafka import JvmKafkaBroker, ensure_broker_jars
 from stocksync.settings import KafkaSettings
 from tests.helpers import eventually, read_topic
 

@@ -16,17 +16,17 @@ from multidict import CIMultiDict
 
 from channels.connection import Connection, ConnectionRegistry
 from channels.etsy import webhooks as etsy_webhooks
-from channels.etsy.simulator import EtsySimulator
-from channels.etsy.simulator import sample_connection as etsy_connection
 from channels.inbound import ADAPTERS
-from channels.simulation import serve
-from channels.woocommerce.simulator import sample_connection as woo_connection
 from ingest.app import build_app
 from ingest.settings import IngestSettings
+from lab.local.process import free_port
+from lab.marketplaces import BUILDERS
+from lab.marketplaces.etsy import EtsySimulator
+from lab.marketplaces.etsy import sample_connection as etsy_connection
+from lab.marketplaces.serve import serve
+from lab.marketplaces.woocommerce import sample_connection as woo_connection
 from schemas import TOPICS, inventory_events, quarantine
 from stocksync.kafka import ensure_topics
-from stocksync.local.marketplaces import BUILDERS
-from stocksync.local.process import free_port
 from stocksync.settings import KafkaSettings
 from tests.helpers import read_topic
 

@@ -17,14 +17,14 @@ from multidict import CIMultiDict
 
 from channels.connection import ConnectionRegistry
 from channels.inbound import ADAPTERS
-from channels.shopify.simulator import order_webhook, sample_connection
 from ingest.app import build_app
 from ingest.settings import IngestSettings
+from lab.local.process import free_port
+from lab.marketplaces.shopify import order_webhook, sample_connection
 from schemas import TOPICS, inventory_events, quarantine
 from schemas.inventory_events import OrderCancelled, OrderPlaced
 from stocksync import logs
 from stocksync.kafka import ensure_topics
-from stocksync.local.process import free_port
 from stocksync.settings import KafkaSettings
 from tests.helpers import read_topic
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from stocksync.local.process import RUN_ROOT, sweep_orphaned_run_dirs
+from lab.local.process import RUN_ROOT, sweep_orphaned_run_dirs
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.integration
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 OWNER = textwrap.dedent(
     """
     import sys
-    from stocksync.local import local_kafka, local_postgres
+    from lab.local import local_kafka, local_postgres
     with local_postgres() as pg, local_kafka() as kafka:
         print(pg.source.split("pid ")[1], kafka.source.split("pid ")[1], flush=True)
         sys.stdin.read()

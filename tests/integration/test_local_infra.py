@@ -8,10 +8,10 @@ import time
 import psycopg
 import pytest
 
+from lab.local import KafkaEndpoint, postgres
+from lab.local.kafka import JvmKafkaBroker, broker_answers_metadata, ensure_broker_jars
 from stocksync.db import MigrationError, migrate, shipped_migrations, shipped_repeatables
 from stocksync.kafka import AsyncProducer, ensure_topics, producer_config
-from stocksync.local import KafkaEndpoint, postgres
-from stocksync.local.kafka import JvmKafkaBroker, broker_answers_metadata, ensure_broker_jars
 from stocksync.settings import KafkaSettings
 from tests.helpers import read_topic
 

@@ -20,8 +20,8 @@ from channels.inbound import ADAPTERS
 from channels.orderlist import PAGE_SIZE_OPTION
 from channels.orders import OrderBatch, order_source
 from channels.ratelimit import TokenBucket
+from lab.marketplaces import BUILDERS, Marketplace, marketplaces
 from schemas.inventory_events import OrderCancelled, OrderPlaced
-from stocksync.local.marketplaces import BUILDERS, Marketplace, marketplaces
 
 pytestmark = pytest.mark.integration
 

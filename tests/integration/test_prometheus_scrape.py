@@ -20,13 +20,13 @@ from typing import Any
 import aiohttp
 import pytest
 
-from channels.shopify.simulator import order_webhook
+from lab.local.process import free_port, log_tail, spawn, stop
+from lab.local.stack import Stack
+from lab.marketplaces.shopify import order_webhook
 from schemas import inventory_events
 from schemas.base import partition_key
 from schemas.inventory_events import StockCounted
 from stocksync.kafka import AsyncProducer, producer_config
-from stocksync.local.process import free_port, log_tail, spawn, stop
-from stocksync.local.stack import Stack
 from stocksync.metrics import histogram_quantile
 from stocksync.settings import KafkaSettings
 from tests.deploy.tools import REPO, tool

@@ -20,18 +20,18 @@ from psycopg.types.json import Jsonb
 from typer.testing import CliRunner, Result
 
 from channels.connection import ConnectionRegistry, ConnectionsFileError, to_toml
-from channels.shopify.simulator import order_webhook
-from channels.shopify.simulator import sample_connection as shopify_connection
+from channels.connection_store import load_database, save_connection
 from channels.tiktok import webhooks as tiktok_webhooks
-from channels.tiktok.simulator import sample_connection as tiktok_connection
-from channels.tiktok.simulator import status_notification
+from cli.main import app
 from ingest.state import Directory
+from lab.local.process import free_port, spawn, stop
+from lab.local.stack import Service, Stack, StackConfig
+from lab.marketplaces.shopify import order_webhook
+from lab.marketplaces.shopify import sample_connection as shopify_connection
+from lab.marketplaces.tiktok import sample_connection as tiktok_connection
+from lab.marketplaces.tiktok import status_notification
 from schemas import TOPICS
-from stocksync.cli import app
-from stocksync.connections import load_database, save_connection
 from stocksync.kafka import ensure_topics
-from stocksync.local.process import free_port, spawn, stop
-from stocksync.local.stack import Service, Stack, StackConfig
 from stocksync.settings import KafkaSettings
 from tests.helpers import eventually
 

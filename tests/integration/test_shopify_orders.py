@@ -16,10 +16,10 @@ from channels.orders import OrderBatch
 from channels.ratelimit import TokenBucket
 from channels.shopify import API_VERSION, webhooks
 from channels.shopify.orders import list_orders, rest_order, rest_refund
-from channels.shopify.simulator import ShopifySimulator, sample_connection
-from channels.simulation import serve
+from lab.local.process import free_port
+from lab.marketplaces.serve import serve
+from lab.marketplaces.shopify import ShopifySimulator, sample_connection
 from schemas.inventory_events import OrderCancelled
-from stocksync.local.process import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ from channels.connection import Connection, Listing
 from channels.errors import ChannelError, PayloadError
 from channels.tiktok import RATE_BURST, webhooks
 from channels.tiktok.client import TikTokInventoryClient
-from channels.tiktok.simulator import TikTokSimulator, sample_connection
+from lab.marketplaces.tiktok import TikTokSimulator, sample_connection
 from schemas.inventory_events import OrderCancelled, OrderPlaced
 from tests.channel_kit import assert_burst_is_throttled, serving_sample
 

@@ -14,7 +14,7 @@ from channels.orders import OrderBatch
 from channels.ratelimit import TokenBucket
 from channels.tiktok import webhooks
 from channels.tiktok.orders import list_orders
-from channels.tiktok.simulator import TikTokSimulator, sample_connection
+from lab.marketplaces.tiktok import TikTokSimulator, sample_connection
 from schemas.inventory_events import OrderCancelled, OrderPlaced
 from tests.channel_kit import serving_sample
 

@@ -15,7 +15,7 @@ from channels.errors import ChannelError
 from channels.ratelimit import TokenBucket
 from channels.walmart import FEED_THRESHOLD, FEEDS_PER_HOUR, RATE_BURST, RATE_LIMIT_PER_S, webhooks
 from channels.walmart.client import WalmartInventoryClient
-from channels.walmart.simulator import WalmartSimulator, sample_connection
+from lab.marketplaces.walmart import WalmartSimulator, sample_connection
 from tests.channel_kit import FrozenClock, serving
 
 pytestmark = pytest.mark.integration

@@ -17,9 +17,9 @@ from channels.errors import ChannelError
 from channels.inbound import ADAPTERS
 from channels.orders import OrderBatch
 from channels.ratelimit import TokenBucket
-from channels.simulation import serve
 from channels.walmart.orders import list_orders
-from channels.walmart.simulator import WalmartSimulator, sample_connection
+from lab.marketplaces.serve import serve
+from lab.marketplaces.walmart import WalmartSimulator, sample_connection
 from schemas.inventory_events import OrderCancelled, OrderPlaced
 
 pytestmark = pytest.mark.integration

@@ -15,7 +15,7 @@ from channels.errors import ChannelError
 from channels.ratelimit import TokenBucket
 from channels.woocommerce import MAX_BATCH, RATE_BURST, RATE_LIMIT_PER_S, webhooks
 from channels.woocommerce.client import WooCommerceInventoryClient
-from channels.woocommerce.simulator import WooCommerceSimulator, sample_connection
+from lab.marketplaces.woocommerce import WooCommerceSimulator, sample_connection
 from tests.channel_kit import FrozenClock, serving
 
 pytestmark = pytest.mark.integration

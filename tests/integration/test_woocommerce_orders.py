@@ -14,12 +14,12 @@ from channels.connection import Connection
 from channels.orderlist import PAGE_SIZE_OPTION
 from channels.orders import OrderBatch
 from channels.ratelimit import TokenBucket
-from channels.simulation import serve
 from channels.woocommerce import webhooks
 from channels.woocommerce.orders import list_orders
-from channels.woocommerce.simulator import WooCommerceSimulator, sample_connection
+from lab.local.process import free_port
+from lab.marketplaces.serve import serve
+from lab.marketplaces.woocommerce import WooCommerceSimulator, sample_connection
 from schemas.inventory_events import OrderCancelled, OrderPlaced
-from stocksync.local.process import free_port
 
 pytestmark = pytest.mark.integration
 

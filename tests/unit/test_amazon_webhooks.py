@@ -22,14 +22,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from channels.amazon import webhooks
-from channels.amazon.simulator import (
+from channels.errors import PayloadError
+from lab.marketplaces.amazon import (
     AmazonSimulator,
     SnsSigner,
     order_change_notification,
     sample_connection,
     sns_subscription_confirmation,
 )
-from channels.errors import PayloadError
 from schemas.inventory_events import OrderCancelled, OrderPlaced
 from tests.channel_kit import json_values, published
 

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from channels.bigcommerce import webhooks
-from channels.bigcommerce.simulator import order_webhook, sample_connection
 from channels.errors import PayloadError
+from lab.marketplaces.bigcommerce import order_webhook, sample_connection
 from schemas.inventory_events import OrderCancelled, OrderPlaced
 from tests.channel_kit import json_values, mutate, published
 

@@ -23,12 +23,12 @@ from channels.connection import (
     token_digest,
     unknown_options,
 )
-from channels.shopify.simulator import sample_connection
-from channels.tiktok.simulator import sample_connection as tiktok_connection
+from channels.connection_store import load_all, load_for_service
 from fanout.settings import FanoutSettings
 from ingest.settings import IngestSettings
+from lab.marketplaces.shopify import sample_connection
+from lab.marketplaces.tiktok import sample_connection as tiktok_connection
 from reconciler.settings import ReconcilerSettings
-from stocksync.connections import load_all, load_for_service
 
 
 def test_round_trip_through_toml(tmp_path: Path) -> None:
@@ -90,11 +90,11 @@ def test_admin_tokens_are_kept_as_digests_and_map_to_their_tenant(tmp_path: Path
 # Channel options: declared once (CHANNEL_OPTIONS), required ones enforced by validation.
 
 CHANNELS_DIR = Path(__file__).resolve().parents[2] / "channels"
-SIMULATED = sorted(p.parent.name for p in CHANNELS_DIR.glob("*/simulator.py"))
+SIMULATED = sorted(p.parent.name for p in CHANNELS_DIR.glob("*/webhooks.py"))
 
 
 def sample_of(channel: str) -> Connection:
-    module = importlib.import_module(f"channels.{channel}.simulator")
+    module = importlib.import_module(f"lab.marketplaces.{channel}")
     sample: Connection = module.sample_connection("http://127.0.0.1:9", skus=("SKU-1", "SKU-2"))
     return sample
 
@@ -121,8 +121,6 @@ def test_the_declaration_lists_every_option_the_channels_code_reads() -> None:
     for channel in SIMULATED:
         declared = {o.name for o in known_options(channel)}
         for source in (CHANNELS_DIR / channel).glob("*.py"):
-            if source.name == "simulator.py":
-                continue
             used = set(read.findall(source.read_text()))
             assert used <= declared, (
                 f"{source} reads options {sorted(used - declared)} not in CHANNEL_OPTIONS"
@@ -196,7 +194,7 @@ def test_a_file_holding_something_invalid_is_still_refused(tmp_path: Path) -> No
 def test_a_service_starting_with_no_connections_says_how_to_add_one(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="stocksync.connections")
+    caplog.set_level(logging.WARNING, logger="channels.connection_store")
     missing = tmp_path / "missing.toml"
     assert list(load_for_service(missing, None, service="fanout", setting="FANOUT_CONNECTIONS_FILE")) == []
     messages = [r.getMessage() for r in caplog.records]

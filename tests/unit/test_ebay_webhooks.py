@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from channels.ebay import webhooks
-from channels.ebay.simulator import order_notification, sample_connection
 from channels.errors import PayloadError
+from lab.marketplaces.ebay import order_notification, sample_connection
 from tests.channel_kit import json_values, parent_of, published
 
 CONN = sample_connection("http://127.0.0.1:1", skus=("SKU-1", "SKU-2", "SKU-3"))

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from channels.connection import Connection, Listing
 from channels.errors import PayloadError
 from channels.etsy import webhooks
-from channels.etsy.simulator import build_receipt, order_webhook, sample_connection
+from lab.marketplaces.etsy import build_receipt, order_webhook, sample_connection
 from schemas.inventory_events import OrderCancelled
 from tests.channel_kit import json_values, parent_of, published
 

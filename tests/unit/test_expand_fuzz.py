@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from channels.errors import ChannelError, PayloadError
 from channels.inbound import ADAPTERS
-from stocksync.local.marketplaces import BUILDERS
+from lab.marketplaces import BUILDERS
 from tests.channel_kit import json_values, mutate, published
 
 THIN = ("etsy", "tiktok", "bigcommerce", "flipkart")

@@ -6,7 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from fanout.plan import channel_quantity, latest_per_sku, order_of, target_for
+from channels.connection import channel_quantity
+from fanout.plan import latest_per_sku, precedence_of, target_for
 from schemas.stock_changed import StockChanged
 from schemas.stock_rejected import StockRejected
 
@@ -60,7 +61,11 @@ def test_newest_version_wins_even_when_delivered_out_of_order() -> None:
 
 
 def test_a_rejection_comes_after_the_change_of_its_version_and_before_the_next() -> None:
-    assert order_of(change("A", 5, 1)) < order_of(rejection("A", 5, 1)) < order_of(change("A", 6, 1))
+    assert (
+        precedence_of(change("A", 5, 1))
+        < precedence_of(rejection("A", 5, 1))
+        < precedence_of(change("A", 6, 1))
+    )
     assert latest_per_sku([change("A", 5, 1), rejection("A", 5, 1)])[0].type == "stock_rejected"
     assert latest_per_sku([rejection("A", 5, 1), change("A", 6, 3)])[0].type == "stock_changed"
 
@@ -80,4 +85,4 @@ def test_a_rejection_pauses_the_listing_unless_told_not_to() -> None:
     assert target_for(rejection("A", 5, 3), "c1", buffer=0, allocation=1.0, pause_on_rejection=False) is None
     shown = target_for(change("A", 6, 3), "c1", buffer=1, allocation=1.0, pause_on_rejection=True)
     assert shown is not None
-    assert (shown.quantity, shown.paused, shown.order) == (2, False, (6, 0))
+    assert (shown.quantity, shown.paused, shown.precedence) == (2, False, (6, 0))

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from channels.errors import PayloadError
 from channels.flipkart import webhooks
-from channels.flipkart.simulator import sample_connection
+from lab.marketplaces.flipkart import sample_connection
 from schemas.inventory_events import OrderCancelled, OrderPlaced
 from tests.channel_kit import json_values, mutate, published
 

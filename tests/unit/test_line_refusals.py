@@ -25,12 +25,12 @@ from channels.payload import (
     positive_quantity,
     quantity_problem,
 )
-from channels.shopify.simulator import sample_connection
-from channels.simulation import serve
+from lab.local.process import free_port
+from lab.marketplaces import BUILDERS
+from lab.marketplaces.serve import serve
+from lab.marketplaces.shopify import sample_connection
 from schemas.base import MAX_QUANTITY
 from schemas.inventory_events import OrderPlaced
-from stocksync.local.marketplaces import BUILDERS
-from stocksync.local.process import free_port
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 TOO_MANY = 3_000_000_000

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from stocksync.polling import Order, cancellations_needed, simulate_polling
+from lab.polling import Order, cancellations_needed, simulate_polling
 
 
 def test_every_channel_sells_the_whole_stock_before_the_first_sync() -> None:

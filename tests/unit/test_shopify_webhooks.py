@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from channels.errors import PayloadError
 from channels.shopify import webhooks
-from channels.shopify.simulator import (
+from lab.marketplaces.shopify import (
     ShopifySimulator,
     cancelled_webhook,
     order_webhook,

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from channels.errors import PayloadError
 from channels.tiktok import webhooks
-from channels.tiktok.simulator import sample_connection
+from lab.marketplaces.tiktok import sample_connection
 from schemas.inventory_events import OrderCancelled, OrderPlaced
 from tests.channel_kit import json_values, mutate, published
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from channels.errors import PayloadError
 from channels.walmart import webhooks
-from channels.walmart.simulator import notification, sample_connection
+from lab.marketplaces.walmart import notification, sample_connection
 from schemas.inventory_events import OrderCancelled, OrderPlaced
 from tests.channel_kit import json_values, parent_of, published
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from channels.errors import PayloadError
 from channels.woocommerce import webhooks
-from channels.woocommerce.simulator import order_webhook, sample_connection
+from lab.marketplaces.woocommerce import order_webhook, sample_connection
 from schemas.inventory_events import OrderCancelled, OrderPlaced
 from tests.channel_kit import json_values, published
 

@@ -17,20 +17,20 @@ from typing import Any, Protocol
 import aiohttp
 from aiohttp import web
 
-from channels.amazon import simulator as amazon
-from channels.bigcommerce import simulator as bigcommerce
 from channels.connection import Connection, to_toml
-from channels.ebay import simulator as ebay
-from channels.etsy import simulator as etsy
-from channels.flipkart import simulator as flipkart
 from channels.outbound import client_for
-from channels.shopify import simulator as shopify
-from channels.simulation import serve
-from channels.tiktok import simulator as tiktok
-from channels.walmart import simulator as walmart
-from channels.woocommerce import simulator as woocommerce
-from stocksync.local.process import free_port
-from stocksync.local.stack import StackConfig
+from lab.local.process import free_port
+from lab.local.stack import StackConfig
+from lab.marketplaces import amazon as amazon
+from lab.marketplaces import bigcommerce as bigcommerce
+from lab.marketplaces import ebay as ebay
+from lab.marketplaces import etsy as etsy
+from lab.marketplaces import flipkart as flipkart
+from lab.marketplaces import shopify as shopify
+from lab.marketplaces import tiktok as tiktok
+from lab.marketplaces import walmart as walmart
+from lab.marketplaces import woocommerce as woocommerce
+from lab.marketplaces.serve import serve
 from stocksync.settings import KafkaSettings
 
 

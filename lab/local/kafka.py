@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stocksync.local.process import (
+from lab.local.process import (
     LaunchError,
     free_port,
     make_run_dir,

@@ -17,12 +17,12 @@ import uvloop
 from rich.console import Console
 from rich.table import Table
 
+from cli.connections import connections_app, tenants_app
+from lab.local import LaunchError, local_kafka, local_postgres
 from reconciler.cli import reconcile as reconcile_command
 from schemas import TOPICS
-from stocksync.cli_connections import connections_app, tenants_app
 from stocksync.db import migrate as apply_migrations
 from stocksync.kafka import ensure_topics
-from stocksync.local import LaunchError, local_kafka, local_postgres
 from stocksync.settings import KafkaSettings, PostgresSettings
 
 T = TypeVar("T")
@@ -58,7 +58,7 @@ def demo(
 ) -> None:
     """A flash sale on nine marketplaces through the real pipeline (local Kafka + PostgreSQL), and the same
     orders through a polling baseline: oversells, propagation and calls, as tables, JSON and a PNG."""
-    from stocksync.demo import DemoOptions, run_demo
+    from lab.demo import DemoOptions, run_demo
 
     try:
         options = DemoOptions(
@@ -94,7 +94,7 @@ def bench(
     out: Annotated[str, typer.Option(help="Where to write the JSON results.")] = "reports/bench.json",
 ) -> None:
     """Gateway, processor and end-to-end benchmarks in one run; JSON and tables."""
-    from stocksync.bench import BenchConfig, print_tables, run_bench, write_report
+    from lab.bench import BenchConfig, print_tables, run_bench, write_report
 
     config = BenchConfig(
         gateway_seconds=gateway_seconds,
@@ -308,9 +308,9 @@ def dlq_replay(
     ] = None,
 ) -> None:
     """Set each dead-lettered (connection, SKU) to what the master allows now; safe to run again."""
+    from channels.connection_store import load_all
     from fanout.dlq import read_dead_letters
     from fanout.dlq import replay as run_replay
-    from stocksync.connections import load_all
 
     database_url = PostgresSettings().database_url
     letters = read_dead_letters(KafkaSettings(), connection=connection)

@@ -50,8 +50,7 @@ import psycopg
 from rich.console import Console
 
 from channels.connection import Connection, to_toml
-from schemas import TOPICS, inventory_events, stock_changed
-from stocksync.bench import (
+from lab.bench import (
     BenchConfig,
     RawHttp,
     Usage,
@@ -60,14 +59,15 @@ from stocksync.bench import (
     shopify_event_id,
     shopify_order,
 )
+from lab.local.kafka import KafkaEndpoint
+from lab.local.postgres import PostgresEndpoint, create_database, drop_database
+from lab.local.process import eventually, make_run_dir, wait_until
+from lab.local.stack import Stack
+from lab.local.traffic import as_records, stock_counts
+from lab.marketplaces import Marketplace, marketplaces, stack_config
+from schemas import TOPICS, inventory_events, stock_changed
 from stocksync.db import migrate
 from stocksync.kafka import AsyncProducer, delete_prefixed_topics, ensure_topics, producer_config, read_to_end
-from stocksync.local.kafka import KafkaEndpoint
-from stocksync.local.marketplaces import Marketplace, marketplaces, stack_config
-from stocksync.local.postgres import PostgresEndpoint, create_database, drop_database
-from stocksync.local.process import eventually, make_run_dir, wait_until
-from stocksync.local.stack import Stack
-from stocksync.local.traffic import as_records, stock_counts
 from stocksync.settings import KafkaSettings
 
 TENANT = "bench"

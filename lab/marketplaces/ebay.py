@@ -64,7 +64,7 @@ def signing_key_for(connection: Connection) -> tuple[str, ec.EllipticCurvePrivat
     if kid is None:
         raise ValueError(
             f"connection {connection.id!r} has a webhook_secret this simulator did not issue; "
-            "build the connection with channels.ebay.simulator.sample_connection"
+            "build the connection with lab.marketplaces.ebay.sample_connection"
         )
     return kid, _PRIVATE_KEYS[kid]
 

@@ -5,7 +5,7 @@ separate processes, and a simulator of each marketplace on loopback. The seller 
 SKU; then thousands of buyers order across the channels, most of them for a few popular SKUs. A storefront
 takes an order only while it shows enough units (its own count, which the fan-out keeps set to the master),
 takes them off its own count and posts the signed webhook, as the real channel does; the master refuses any
-sale beyond the stock. The same orders are then played against the polling baseline (``stocksync.polling``):
+sale beyond the stock. The same orders are then played against the polling baseline (``lab.polling``):
 every channel sells from its own count, and a sync job copies the master out every N minutes.
 
 The sale lasts ``sale_minutes`` of simulated time, played in ``seconds`` of real time (every gap between two
@@ -41,17 +41,17 @@ from rich.table import Table
 from channels.connection import ConnectionRegistry, Listing
 from fanout.dlq import read_dead_letters
 from fanout.dlq import replay as dlq_replay
+from lab.local import local_kafka, local_postgres
+from lab.local.postgres import create_database, drop_database
+from lab.local.process import eventually, make_run_dir, wait_until
+from lab.local.stack import Stack
+from lab.local.traffic import as_records, stock_counts
+from lab.marketplaces import BUILDERS, Marketplace, marketplaces, stack_config
+from lab.polling import Order, PollingResult, simulate_polling
 from schemas import TOPICS, inventory_events
 from stocksync.db import migrate
 from stocksync.kafka import AsyncProducer, delete_prefixed_topics, ensure_topics, producer_config
-from stocksync.local import local_kafka, local_postgres
-from stocksync.local.marketplaces import BUILDERS, Marketplace, marketplaces, stack_config
-from stocksync.local.postgres import create_database, drop_database
-from stocksync.local.process import eventually, make_run_dir, wait_until
-from stocksync.local.stack import Stack
-from stocksync.local.traffic import as_records, stock_counts
 from stocksync.metrics import bucket_growth, quantile
-from stocksync.polling import Order, PollingResult, simulate_polling
 from stocksync.settings import KafkaSettings
 
 TENANT = "demo"

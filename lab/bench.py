@@ -9,7 +9,7 @@ Three parts, each against real Kafka and PostgreSQL with the services as their o
   meanwhile and summarises where its time goes.
 - **processor**: one Faust worker over a pre-filled topic at batch sizes 1, 100 and 1,000, the same events
   applied straight into PostgreSQL, and a bare confluent-kafka consume of the same topic (the ratio).
-- **end to end** (``stocksync.multibench``): gateway, processor and one fan-out process for all nine channel
+- **end to end** (``lab.multibench``): gateway, processor and one fan-out process for all nine channel
   simulators, at 50 orders a minute, 200/s and 2,000/s; latency from the webhook POST until every channel
   confirmed a count that includes the order, oversells and duplicates.
 
@@ -47,17 +47,17 @@ from rich.console import Console
 from rich.table import Table
 
 from channels.connection import Connection
-from channels.shopify.simulator import order_webhook
+from lab.local.kafka import KafkaEndpoint
+from lab.local.postgres import PostgresEndpoint, create_database, drop_database
+from lab.local.process import eventually, free_port, make_run_dir, wait_until
+from lab.local.stack import Stack, StackConfig
+from lab.local.traffic import as_records, synthetic_stream
+from lab.marketplaces.shopify import order_webhook
 from processor.store import apply_batch
 from schemas import TOPICS, inventory_events
 from schemas.inventory_events import AnyInventoryEvent
 from stocksync.db import migrate
 from stocksync.kafka import AsyncProducer, delete_prefixed_topics, ensure_topics, producer_config
-from stocksync.local.kafka import KafkaEndpoint
-from stocksync.local.postgres import PostgresEndpoint, create_database, drop_database
-from stocksync.local.process import eventually, free_port, make_run_dir, wait_until
-from stocksync.local.stack import Stack, StackConfig
-from stocksync.local.traffic import as_records, synthetic_stream
 from stocksync.settings import KafkaSettings
 
 
@@ -652,8 +652,8 @@ def machine() -> dict[str, Any]:
 
 
 async def run_bench(console: Console, config: BenchConfig) -> dict[str, Any]:
-    from stocksync.local import local_kafka, local_postgres
-    from stocksync.multibench import SKUS, e2e_part, nine_marketplaces
+    from lab.local import local_kafka, local_postgres
+    from lab.multibench import SKUS, e2e_part, nine_marketplaces
 
     console.rule("stocksync bench")
     started = time.monotonic()

@@ -81,7 +81,7 @@ class EtsySimulator:
         if "api_key" not in connection.options or "shop_id" not in connection.options:
             raise ValueError(
                 f"connection {connection.id!r} needs options.api_key and options.shop_id; "
-                "build it with channels.etsy.simulator.sample_connection"
+                "build it with lab.marketplaces.etsy.sample_connection"
             )
         sim = cls(
             api_key=connection.options["api_key"],

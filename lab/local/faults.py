@@ -6,7 +6,7 @@ directory and the port) and ``resume`` (the same server started again on that da
 wrote to ``postmaster.opts`` when it started (what ``pg_ctl restart`` reuses).
 
 ``ServerThread`` runs those starts and stops on one long-lived thread. A server started here gets a
-parent-death signal bound to the *thread* that spawned it (see ``stocksync.local.process``): started from a
+parent-death signal bound to the *thread* that spawned it (see ``lab.local.process``): started from a
 thread that exits, it would be killed with it; started from the event loop's thread, its start-up (seconds of
 waiting for it to answer) would stall every coroutine, the simulators and the load generator included. On the
 server thread it does neither, and it still dies with this process.
@@ -26,8 +26,8 @@ from typing import TypeVar
 
 import psycopg
 
-from stocksync.local.postgres import EmbeddedPostgres
-from stocksync.local.process import LaunchError, spawn, stop, wait_until
+from lab.local.postgres import EmbeddedPostgres
+from lab.local.process import LaunchError, spawn, stop, wait_until
 
 T = TypeVar("T")
 

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stocksync.local.process import LaunchError, free_port, log_tail, make_run_dir, spawn, stop, wait_until
+from lab.local.process import LaunchError, free_port, log_tail, make_run_dir, spawn, stop, wait_until
 
 
 @dataclass(frozen=True)

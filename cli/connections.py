@@ -22,7 +22,7 @@ from channels.connection import (
     known_options,
     unknown_options,
 )
-from stocksync.connections import add_tenant, load_database, save_connection
+from channels.connection_store import add_tenant, load_database, save_connection
 from stocksync.settings import PostgresSettings
 
 connections_app = typer.Typer(help="Channel connections kept in the database.", no_args_is_help=True)

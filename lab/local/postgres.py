@@ -28,7 +28,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from stocksync.local.process import (
+from lab.local.process import (
     RUN_ROOT,
     LaunchError,
     free_port,
