@@ -36,11 +36,12 @@ from psycopg_pool import AsyncConnectionPool
 from pydantic import ValidationError
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
+from processor.emit import Result, dead_letter
 from processor.isolation import apply_isolating
 from processor.metrics import ProcessorMetrics
 from processor.ops import ops_app
 from processor.settings import ProcessorSettings
-from processor.store import DEFAULT_SKEW, Result, dead_letter
+from processor.store import DEFAULT_SKEW
 from schemas import inventory_events, processor_dlq
 from stocksync import logs
 from stocksync.db import open_pool

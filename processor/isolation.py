@@ -17,8 +17,8 @@ import psycopg
 from psycopg import AsyncConnection
 from psycopg.errors import UniqueViolation
 
-from processor.store import DEFAULT_SKEW, Result, apply_batch, dead_letter, record_invalid
-from schemas import inventory_events, processor_dlq
+from processor.emit import Result, invalid
+from processor.store import DEFAULT_SKEW, apply_batch, record_invalid
 from schemas.inventory_events import AnyInventoryEvent
 
 log = logging.getLogger(__name__)
@@ -93,5 +93,4 @@ async def _invalid(conn: AsyncConnection, event: AnyInventoryEvent, reason: str)
             raise
         # Not even the ledger can hold it: the dead letter alone keeps it (a redelivery dead-letters again).
         log.error("event %s cannot be recorded in the ledger either: %s", event.event_id, describe(exc))
-        payload = dead_letter(inventory_events.encode(event), "invalid", reason, event)
-        return Result(event, "invalid", processor_dlq.TOPIC, payload)
+        return invalid(event, reason)

@@ -1,4 +1,4 @@
-"""Processor metrics. Outcome label values are the fixed set of processor.store.Outcome, and "undecodable"."""
+"""Processor metrics. Outcome label values are the fixed set of processor.emit.Outcome, and "undecodable"."""
 
 from __future__ import annotations
 

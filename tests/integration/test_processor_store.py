@@ -281,3 +281,12 @@ async def test_the_skew_window_is_a_setting(database_url: str) -> None:
         async with conn.transaction():
             [narrow] = await apply_batch(conn, [sale(2, 1, at=at)], skew=timedelta(0))
     assert (wide.outcome, narrow.outcome) == ("applied", "stale")
+
+
+async def test_a_duplicate_re_emits_the_exact_bytes_of_the_first_delivery(database_url: str) -> None:
+    await run(database_url, count(1, 10, as_of=T0 - timedelta(hours=1)))
+    first = await run(database_url, sale(1, 2))
+    again = await run(database_url, sale(1, 2))
+    assert (first.outcome, again.outcome) == ("applied", "duplicate")
+    assert first.payload is not None
+    assert (again.topic, again.payload) == (first.topic, first.payload)  # byte for byte, not re-serialised

@@ -1,0 +1,121 @@
+"""What the processor publishes for each decision, serialised once: ``stock.changed`` for an applied change,
+``stock.rejected`` for a refused sale, ``processor.dlq`` for an event that could not be applied.
+
+Pure (no I/O): the store keeps the exact bytes made here beside the event id, so a redelivered event re-emits
+them unchanged instead of being serialised again.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal
+
+from schemas import inventory_events, processor_dlq, stock_changed, stock_rejected
+from schemas.base import partition_key
+from schemas.inventory_events import AnyInventoryEvent, OrderPlaced
+from schemas.processor_dlq import EventDeadLettered
+from schemas.stock_changed import StockChanged
+from schemas.stock_rejected import StockRejected
+
+Outcome = Literal[
+    "applied", "duplicate", "rejected", "unknown_sku", "stale", "ignored", "observed", "invalid"
+]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the master rules decided for one event (processor.store), before anything is serialised."""
+
+    event: AnyInventoryEvent
+    outcome: Outcome
+    after: int | None = None
+    version: int | None = None
+
+
+@dataclass(frozen=True)
+class Result:
+    """What happened to one event, and the record to publish for it (topic name without prefix)."""
+
+    event: AnyInventoryEvent
+    outcome: Outcome
+    topic: str | None
+    payload: bytes | None
+    after: int | None = None
+    version: int | None = None
+
+    @property
+    def key(self) -> bytes:
+        return partition_key(self.event.tenant, self.event.sku)
+
+
+def emit(decision: Decision, *, now: datetime | None = None) -> Result:
+    """The Result of a fresh decision, its record serialised (none for stale, ignored and observed)."""
+    e, outcome, after, version = decision.event, decision.outcome, decision.after, decision.version
+    now = now or datetime.now(UTC)
+    topic: str | None = None
+    payload: bytes | None = None
+    if outcome == "applied" and after is not None and version is not None:
+        topic = stock_changed.TOPIC
+        payload = (
+            StockChanged(
+                tenant=e.tenant,
+                sku=e.sku,
+                available=after,
+                version=version,
+                cause_event_id=e.event_id,
+                origin_connection_id=e.connection_id,
+                occurred_at=e.occurred_at,
+                received_at=e.received_at,
+                committed_at=now,
+            )
+            .model_dump_json()
+            .encode()
+        )
+    elif outcome in ("rejected", "unknown_sku") and isinstance(e, OrderPlaced):
+        topic = stock_rejected.TOPIC
+        payload = (
+            StockRejected(
+                tenant=e.tenant,
+                sku=e.sku,
+                requested=e.quantity,
+                available=after,
+                version=version,
+                reason="unknown_sku" if outcome == "unknown_sku" else "out_of_stock",
+                cause_event_id=e.event_id,
+                origin_connection_id=e.connection_id,
+                order_id=e.order_id,
+                occurred_at=e.occurred_at,
+                received_at=e.received_at,
+                rejected_at=now,
+            )
+            .model_dump_json()
+            .encode()
+        )
+    return Result(e, outcome, topic, payload, after=after, version=version)
+
+
+def dead_letter(
+    raw: bytes, problem: processor_dlq.Problem, reason: str, event: AnyInventoryEvent | None = None
+) -> bytes:
+    """The ``processor.dlq`` record of an event that could not be applied (`raw` is its record value)."""
+    return (
+        EventDeadLettered(
+            problem=problem,
+            reason=reason,
+            event_id=event.event_id if event else None,
+            tenant=event.tenant if event else None,
+            sku=event.sku if event else None,
+            value_b64=base64.b64encode(raw).decode(),
+            dead_lettered_at=datetime.now(UTC),
+        )
+        .model_dump_json()
+        .encode()
+    )
+
+
+def invalid(event: AnyInventoryEvent, reason: str) -> Result:
+    """The Result of an event that cannot be applied: its dead letter."""
+    payload = dead_letter(inventory_events.encode(event), "invalid", reason, event)
+    return Result(event, "invalid", processor_dlq.TOPIC, payload)
