@@ -25,6 +25,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -177,8 +179,15 @@ async def prune_processed(pool: AsyncConnectionPool, older_than: timedelta, *, c
             return total
 
 
-def build_app(settings: ProcessorSettings, *, registry: CollectorRegistry | None = None) -> faust.App:
-    """The processor's Faust app; connects to nothing until it is started."""
+def build_app(
+    settings: ProcessorSettings,
+    *,
+    registry: CollectorRegistry | None = None,
+    producer: AsyncProducer | None = None,
+    pool: AsyncConnectionPool | None = None,
+) -> faust.App:
+    """The processor's Faust app: the only place that knows the real results producer and PostgreSQL pool
+    (pass either in to share it; what is passed in is not closed here). Connects to nothing until started."""
     kafka = settings.kafka
     brokers = ";".join(f"kafka://{b.strip()}" for b in kafka.bootstrap_servers.split(","))
     app = faust.App(
@@ -225,23 +234,32 @@ def build_app(settings: ProcessorSettings, *, registry: CollectorRegistry | None
         progress.stalled_since = None
         metrics.stalled.set(0)
 
+    @asynccontextmanager
+    async def resources() -> AsyncIterator[tuple[AsyncConnectionPool, AsyncProducer]]:
+        # Results go out through librdkafka (idempotent, acks=all): Faust consumes, we publish.
+        results = producer or AsyncProducer(producer_config(kafka))
+        try:
+            if pool is not None:
+                yield pool, results
+            else:
+                async with open_pool(settings.postgres, name="processor") as own:
+                    yield own, results
+        finally:
+            if producer is None:
+                await results.close()
+
     @app.agent(source, name="apply-inventory-events")
     async def apply_events(stream: faust.StreamT[bytes]) -> None:
-        # Results go out through librdkafka (idempotent, acks=all): Faust consumes, we publish.
-        producer = AsyncProducer(producer_config(kafka))
-        try:
-            async with open_pool(settings.postgres, name="processor") as pool:
-                async for values in stream.take(settings.batch_max, within=settings.batch_within_s):
-                    # handle() never raises (see the module docstring); shielded, so a cancellation lets it
-                    # finish the started batch before take() acknowledges it.
-                    task = asyncio.ensure_future(handle(pool, producer, list(values)))
-                    try:
-                        await asyncio.shield(task)
-                    except asyncio.CancelledError:
-                        await task
-                        raise
-        finally:
-            await producer.close()
+        async with resources() as (db, results):
+            async for values in stream.take(settings.batch_max, within=settings.batch_within_s):
+                # handle() never raises (see the module docstring); shielded, so a cancellation lets it
+                # finish the started batch before take() acknowledges it.
+                task = asyncio.ensure_future(handle(db, results, list(values)))
+                try:
+                    await asyncio.shield(task)
+                except asyncio.CancelledError:
+                    await task
+                    raise
 
     async def ops() -> None:
         """The ops HTTP server and the processed_events retention, on a small pool of their own."""
