@@ -16,9 +16,9 @@ from multidict import CIMultiDictProxy
 
 from channels.connection import Connection
 from channels.errors import ChannelError, PayloadError, error_for_status
-from channels.orders import OrderBatch
 from channels.payload import LineEvent, LinesRefused
 from channels.ratelimit import TokenBucket
+from channels.spec import OrderBatch
 
 PAGE_SIZE_OPTION = "orders_page_size"
 

@@ -33,3 +33,19 @@ RATE_LIMIT_PER_S = 5.0
 RATE_BURST = 5
 MAX_BATCH = 1
 REPLAY_WINDOW_S = 300
+
+# The parts import the constants above, so the spec is built after them.
+from channels.amazon import client, orders, webhooks  # noqa: E402
+from channels.spec import ChannelSpec  # noqa: E402
+
+SPEC = ChannelSpec(
+    name=CHANNEL,
+    verify=webhooks.verify,
+    normalise=webhooks.normalise,
+    auth_headers=webhooks.AUTH_HEADERS,
+    client=client.AmazonInventoryClient,
+    rate_limit_per_s=RATE_LIMIT_PER_S,
+    rate_burst=RATE_BURST,
+    max_batch=MAX_BATCH,
+    list_orders=orders.list_orders,
+)

@@ -34,9 +34,9 @@ from channels.amazon import webhooks
 from channels.connection import Connection
 from channels.errors import ChannelError, PayloadError
 from channels.orderlist import fetch, high_water, one_order, page_size, require_aware
-from channels.orders import OrderBatch
 from channels.payload import Lines, iso_time
 from channels.ratelimit import TokenBucket
+from channels.spec import OrderBatch
 from schemas.inventory_events import OrderCancelled, OrderPlaced
 
 DEFAULT_MARKETPLACE = "ATVPDKIKX0DER"

@@ -67,7 +67,7 @@ TOPIC_ARN_HEADER = "x-amz-sns-topic-arn"
 SUBSCRIPTION_ARN_HEADER = "x-amz-sns-subscription-arn"
 # The signature is in the body; these are the headers verify reads (each must match the body): the gateway
 # refuses a request with two of one.
-AUTH_HEADERS = (MESSAGE_TYPE_HEADER, MESSAGE_ID_HEADER, TOPIC_ARN_HEADER)
+AUTH_HEADERS: tuple[str, ...] = (MESSAGE_TYPE_HEADER, MESSAGE_ID_HEADER, TOPIC_ARN_HEADER)
 
 NOTIFICATION = "Notification"
 SUBSCRIPTION_CONFIRMATION = "SubscriptionConfirmation"

@@ -29,3 +29,20 @@ RATE_LIMIT_PER_S = 5.0  # 150 requests / 30 s (Standard, Plus), shared with the 
 RATE_BURST = 10.0
 MAX_BATCH = 50  # variants per PUT /v3/catalog/variants; 51 is answered 413
 CANCELLED_STATUS_IDS = frozenset({4, 5})  # Refunded, Cancelled: the units go back to stock
+
+# The parts import the constants above, so the spec is built after them.
+from channels.bigcommerce import client, orders, webhooks  # noqa: E402
+from channels.spec import ChannelSpec  # noqa: E402
+
+SPEC = ChannelSpec(
+    name=CHANNEL,
+    verify=webhooks.verify,
+    normalise=webhooks.normalise,
+    auth_headers=webhooks.AUTH_HEADERS,
+    client=client.BigCommerceInventoryClient,
+    rate_limit_per_s=RATE_LIMIT_PER_S,
+    rate_burst=RATE_BURST,
+    max_batch=MAX_BATCH,
+    list_orders=orders.list_orders,
+    expand=webhooks.expand,
+)

@@ -22,9 +22,9 @@ from channels.bigcommerce import CANCELLED_STATUS_IDS, api, webhooks
 from channels.connection import Connection
 from channels.errors import ChannelError, PayloadError
 from channels.orderlist import fetch, high_water, one_order, page_size, require_aware
-from channels.orders import OrderBatch
 from channels.payload import token_id
 from channels.ratelimit import TokenBucket
+from channels.spec import OrderBatch
 
 MAX_PAGE = 250  # v2's largest limit
 INCOMPLETE = 0

@@ -36,7 +36,9 @@ from channels.payload import (
 from schemas.inventory_events import OrderCancelled, OrderPlaced
 
 SECRET_HEADER = "X-Webhook-Secret"  # noqa: S105 - a header name; set it on the subscription
-AUTH_HEADERS = (SECRET_HEADER,)  # what verify reads: the gateway refuses a request with two of one
+AUTH_HEADERS: tuple[str, ...] = (
+    SECRET_HEADER,
+)  # what verify reads: the gateway refuses a request with two of one
 CREATED = "store/order/created"
 STATUS_UPDATED = "store/order/statusUpdated"
 # order scopes that never change stock by themselves: accepted, no events

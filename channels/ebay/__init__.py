@@ -32,3 +32,19 @@ RATE_LIMIT_PER_S: Final = 10.0
 RATE_BURST: Final = 20
 MAX_BATCH: Final = 25
 MAX_REVISIONS_PER_DAY: Final = 250
+
+# The parts import the constants above, so the spec is built after them.
+from channels.ebay import client, orders, webhooks  # noqa: E402
+from channels.spec import ChannelSpec  # noqa: E402
+
+SPEC = ChannelSpec(
+    name=CHANNEL,
+    verify=webhooks.verify,
+    normalise=webhooks.normalise,
+    auth_headers=webhooks.AUTH_HEADERS,
+    client=client.EbayInventoryClient,
+    rate_limit_per_s=RATE_LIMIT_PER_S,
+    rate_burst=RATE_BURST,
+    max_batch=MAX_BATCH,
+    list_orders=orders.list_orders,
+)

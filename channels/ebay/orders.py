@@ -25,9 +25,9 @@ from channels.connection import Connection
 from channels.ebay import webhooks
 from channels.errors import ChannelError, PayloadError
 from channels.orderlist import fetch, high_water, one_order, page_size, require_aware
-from channels.orders import OrderBatch
 from channels.payload import iso_time
 from channels.ratelimit import TokenBucket
+from channels.spec import OrderBatch
 from schemas.inventory_events import OrderCancelled, OrderPlaced
 
 FULFILLMENT_API_PATH = "/sell/fulfillment/v1"

@@ -46,7 +46,9 @@ from channels.payload import (
 from schemas.inventory_events import OrderCancelled, OrderPlaced
 
 SIGNATURE_HEADER = "X-EBAY-SIGNATURE"
-AUTH_HEADERS = (SIGNATURE_HEADER,)  # what verify reads: the gateway refuses a request with two of one
+AUTH_HEADERS: tuple[str, ...] = (
+    SIGNATURE_HEADER,
+)  # what verify reads: the gateway refuses a request with two of one
 ORDER_TOPIC = "ORDER_CONFIRMATION"
 _PEM_BEGIN = "-----BEGIN PUBLIC KEY-----"
 _PEM_END = "-----END PUBLIC KEY-----"

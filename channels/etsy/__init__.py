@@ -34,3 +34,20 @@ RATE_BURST: Final = 10
 MAX_BATCH: Final = 1
 MAX_QUANTITY: Final = 999
 REPLAY_WINDOW_S: Final = 300
+
+# The parts import the constants above, so the spec is built after them.
+from channels.etsy import client, orders, webhooks  # noqa: E402
+from channels.spec import ChannelSpec  # noqa: E402
+
+SPEC = ChannelSpec(
+    name=CHANNEL,
+    verify=webhooks.verify,
+    normalise=webhooks.normalise,
+    auth_headers=webhooks.AUTH_HEADERS,
+    client=client.EtsyInventoryClient,
+    rate_limit_per_s=RATE_LIMIT_PER_S,
+    rate_burst=RATE_BURST,
+    max_batch=MAX_BATCH,
+    list_orders=orders.list_orders,
+    expand=webhooks.expand,
+)

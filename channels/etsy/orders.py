@@ -22,9 +22,9 @@ from channels.errors import ChannelError
 from channels.etsy import API_PATH, webhooks
 from channels.etsy.client import api_headers
 from channels.orderlist import fetch, high_water, one_order, page_size, require_aware
-from channels.orders import OrderBatch
 from channels.payload import require_object
 from channels.ratelimit import TokenBucket
+from channels.spec import OrderBatch
 from schemas.inventory_events import OrderCancelled, OrderPlaced
 
 MAX_PAGE = 100  # getShopReceipts' largest limit

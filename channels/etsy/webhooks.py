@@ -50,7 +50,7 @@ ID_HEADER = "webhook-id"
 TIMESTAMP_HEADER = "webhook-timestamp"
 SIGNATURE_HEADER = "webhook-signature"
 # what verify reads (all three are signed or the signature): the gateway refuses a request with two of one
-AUTH_HEADERS = (SIGNATURE_HEADER, ID_HEADER, TIMESTAMP_HEADER)
+AUTH_HEADERS: tuple[str, ...] = (SIGNATURE_HEADER, ID_HEADER, TIMESTAMP_HEADER)
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the documented prefix, not a secret
 PAID = frozenset({"order.paid", "ORDER_PAID"})
 CANCELED = frozenset({"order.canceled", "ORDER_CANCELED"})

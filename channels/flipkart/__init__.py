@@ -32,3 +32,20 @@ CHANNEL = "flipkart"
 RATE_LIMIT_PER_S = 1.5  # unpublished: ~100 requests/minute as integrators report it
 RATE_BURST = 5.0
 MAX_BATCH = 10  # SKUs per /listings/v3/update/inventory call (and per GET /listings/v3/{skus})
+
+# The parts import the constants above, so the spec is built after them.
+from channels.flipkart import client, orders, webhooks  # noqa: E402
+from channels.spec import ChannelSpec  # noqa: E402
+
+SPEC = ChannelSpec(
+    name=CHANNEL,
+    verify=webhooks.verify,
+    normalise=webhooks.normalise,
+    auth_headers=webhooks.AUTH_HEADERS,
+    client=client.FlipkartInventoryClient,
+    rate_limit_per_s=RATE_LIMIT_PER_S,
+    rate_burst=RATE_BURST,
+    max_batch=MAX_BATCH,
+    list_orders=orders.list_orders,
+    expand=webhooks.expand,
+)

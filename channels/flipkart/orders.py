@@ -47,9 +47,9 @@ from channels.connection import Connection
 from channels.errors import ChannelError, PayloadError
 from channels.flipkart import api, webhooks
 from channels.orderlist import fetch, high_water, one_order, page_size, require_aware
-from channels.orders import OrderBatch
 from channels.payload import parse_iso
 from channels.ratelimit import TokenBucket
+from channels.spec import OrderBatch
 
 DEFAULT_PAGE = api.SEARCH_MAX_PAGE
 

@@ -58,7 +58,7 @@ SIGNATURE_HEADER = "X-Flipkart-Signature"  # invented
 FK_DATE_HEADER = "X_Date"  # published
 FK_AUTH_HEADER = "X_Authorization"  # published
 # what verify reads: the gateway refuses a request with two of one (verify_fklogin is not wired, see above)
-AUTH_HEADERS = (SIGNATURE_HEADER, TIMESTAMP_HEADER)
+AUTH_HEADERS: tuple[str, ...] = (SIGNATURE_HEADER, TIMESTAMP_HEADER)
 TOLERANCE = timedelta(minutes=5)
 SHIPMENT_CREATED = "shipment_created"
 SHIPMENT_CANCELLED = "shipment_cancelled"

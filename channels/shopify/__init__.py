@@ -9,3 +9,19 @@ API_VERSION = "2026-01"
 RATE_LIMIT_PER_S = 10.0
 RATE_BURST = 100.0
 MAX_BATCH = 250  # quantities per inventorySetQuantities call
+
+# The parts import the constants above, so the spec is built after them.
+from channels.shopify import client, orders, webhooks  # noqa: E402
+from channels.spec import ChannelSpec  # noqa: E402
+
+SPEC = ChannelSpec(
+    name=CHANNEL,
+    verify=webhooks.verify,
+    normalise=webhooks.normalise,
+    auth_headers=webhooks.AUTH_HEADERS,
+    client=client.ShopifyInventoryClient,
+    rate_limit_per_s=RATE_LIMIT_PER_S,
+    rate_burst=RATE_BURST,
+    max_batch=MAX_BATCH,
+    list_orders=orders.list_orders,
+)

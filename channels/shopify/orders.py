@@ -24,10 +24,10 @@ import aiohttp
 from channels.connection import Connection
 from channels.errors import ChannelError, PayloadError
 from channels.orderlist import fetch, high_water, one_order, page_size, require_aware
-from channels.orders import OrderBatch
 from channels.payload import Lines
 from channels.ratelimit import TokenBucket
 from channels.shopify import API_VERSION, webhooks
+from channels.spec import OrderBatch
 
 MAX_PAGE = 250  # Shopify's largest `first`
 MAX_LINES = 250  # line items fetched with each order; an order with more is quarantined, not truncated

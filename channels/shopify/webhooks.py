@@ -48,7 +48,9 @@ from schemas.base import MAX_QUANTITY
 from schemas.inventory_events import ChannelEvent, OrderCancelled, OrderPlaced, StockObserved
 
 SIGNATURE_HEADER = "X-Shopify-Hmac-SHA256"
-AUTH_HEADERS = (SIGNATURE_HEADER,)  # what verify reads: the gateway refuses a request with two of one
+AUTH_HEADERS: tuple[str, ...] = (
+    SIGNATURE_HEADER,
+)  # what verify reads: the gateway refuses a request with two of one
 TOPIC_HEADER = "X-Shopify-Topic"
 HANDLED_TOPICS = ("orders/create", "orders/cancelled", "refunds/create", "inventory_levels/update")
 RESTOCKING = frozenset({"cancel", "return", "legacy_restock"})  # refund line items that put units back

@@ -33,3 +33,21 @@ RATE_BURST = 10.0
 # One call updates the SKUs of one product; no per-call cap is published, so a product's SKUs are sent in
 # chunks of this size to stay small.
 MAX_BATCH = 50
+
+# The parts import the constants above, so the spec is built after them.
+from channels.spec import ChannelSpec  # noqa: E402
+from channels.tiktok import client, orders, webhooks  # noqa: E402
+
+SPEC = ChannelSpec(
+    name=CHANNEL,
+    verify=webhooks.verify,
+    normalise=webhooks.normalise,
+    auth_headers=webhooks.AUTH_HEADERS,
+    client=client.TikTokInventoryClient,
+    rate_limit_per_s=RATE_LIMIT_PER_S,
+    rate_burst=RATE_BURST,
+    max_batch=MAX_BATCH,
+    list_orders=orders.list_orders,
+    expand=webhooks.expand,
+    verifier=webhooks.verifier,
+)

@@ -23,9 +23,9 @@ import aiohttp
 from channels.connection import Connection
 from channels.errors import ChannelError, PayloadError
 from channels.orderlist import high_water, one_order, page_size, require_aware
-from channels.orders import OrderBatch
 from channels.payload import epoch_seconds
 from channels.ratelimit import TokenBucket
+from channels.spec import OrderBatch
 from channels.tiktok import api, webhooks
 
 MAX_PAGE = 100  # Get Order List's largest page_size

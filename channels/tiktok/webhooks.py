@@ -40,7 +40,9 @@ from channels.tiktok import CHANNEL, api
 from schemas.inventory_events import OrderCancelled, OrderPlaced
 
 SIGNATURE_HEADER = "Authorization"
-AUTH_HEADERS = (SIGNATURE_HEADER,)  # what verify reads: the gateway refuses a request with two of one
+AUTH_HEADERS: tuple[str, ...] = (
+    SIGNATURE_HEADER,
+)  # what verify reads: the gateway refuses a request with two of one
 ORDER_STATUS_CHANGE = 1
 CANCELLED = "CANCELLED"
 

@@ -31,3 +31,21 @@ FEED_THRESHOLD: Final = 500
 MAX_BATCH: Final = 10_000  # items per feed: ~1 MB of JSON, well inside the 5 MB (50,000-item) feed limit
 TOKEN_LIFETIME_S: Final = 900
 SERVICE_NAME: Final = "Walmart Marketplace"
+
+# The parts import the constants above, so the spec is built after them.
+from channels.spec import ChannelSpec  # noqa: E402
+from channels.walmart import client, orders, webhooks  # noqa: E402
+
+SPEC = ChannelSpec(
+    name=CHANNEL,
+    verify=webhooks.verify,
+    normalise=webhooks.normalise,
+    auth_headers=webhooks.AUTH_HEADERS,
+    client=client.WalmartInventoryClient,
+    rate_limit_per_s=RATE_LIMIT_PER_S,
+    rate_burst=RATE_BURST,
+    # One PUT per SKU, each charged to the budget: the bulk feed (MAX_BATCH items, 10 an hour, ~30 min to
+    # apply) suits full pushes of FEED_THRESHOLD items or more, not fan-out's latency.
+    max_batch=1,
+    list_orders=orders.list_orders,
+)

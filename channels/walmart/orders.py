@@ -26,8 +26,8 @@ import aiohttp
 from channels.connection import Connection
 from channels.errors import ChannelError
 from channels.orderlist import high_water, one_order, page_size, require_aware
-from channels.orders import OrderBatch
 from channels.ratelimit import TokenBucket
+from channels.spec import OrderBatch
 from channels.walmart import webhooks
 from channels.walmart.client import WalmartInventoryClient
 

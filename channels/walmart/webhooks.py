@@ -46,7 +46,9 @@ from channels.payload import (
 from schemas.inventory_events import OrderCancelled, OrderPlaced
 
 AUTH_HEADER = "Authorization"
-AUTH_HEADERS = (AUTH_HEADER,)  # what verify reads: the gateway refuses a request with two of one
+AUTH_HEADERS: tuple[str, ...] = (
+    AUTH_HEADER,
+)  # what verify reads: the gateway refuses a request with two of one
 
 SALE_EVENTS = frozenset({"PO_CREATED"})
 CANCEL_EVENTS = frozenset({"PO_LINE_AUTOCANCELLED", "FRAUD_CANCEL"})

@@ -24,3 +24,20 @@ API_NAMESPACE: Final = "wc/v3"
 RATE_LIMIT_PER_S: Final = 2.0
 RATE_BURST: Final = 5.0
 MAX_BATCH: Final = 100  # WooCommerce's default ``woocommerce_rest_batch_items_limit``
+
+# The parts import the constants above, so the spec is built after them.
+from channels.spec import ChannelSpec  # noqa: E402
+from channels.woocommerce import client, orders, webhooks  # noqa: E402
+
+SPEC = ChannelSpec(
+    name=CHANNEL,
+    verify=webhooks.verify,
+    normalise=webhooks.normalise,
+    auth_headers=webhooks.AUTH_HEADERS,
+    client=client.WooCommerceInventoryClient,
+    rate_limit_per_s=RATE_LIMIT_PER_S,
+    rate_burst=RATE_BURST,
+    max_batch=MAX_BATCH,
+    list_orders=orders.list_orders,
+    ping=webhooks.is_ping,
+)

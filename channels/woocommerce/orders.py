@@ -23,8 +23,8 @@ import aiohttp
 from channels.connection import Connection
 from channels.errors import ChannelError
 from channels.orderlist import fetch, high_water, one_order, page_size, require_aware
-from channels.orders import OrderBatch
 from channels.ratelimit import TokenBucket
+from channels.spec import OrderBatch
 from channels.woocommerce import API_NAMESPACE, webhooks
 
 MAX_PAGE = 100  # WordPress's largest per_page

@@ -48,7 +48,9 @@ EVENT_HEADER = "X-WC-Webhook-Event"
 WEBHOOK_ID_HEADER = "X-WC-Webhook-ID"
 DELIVERY_ID_HEADER = "X-WC-Webhook-Delivery-ID"
 SOURCE_HEADER = "X-WC-Webhook-Source"
-AUTH_HEADERS = (SIGNATURE_HEADER,)  # what verify reads: the gateway refuses a request with two of one
+AUTH_HEADERS: tuple[str, ...] = (
+    SIGNATURE_HEADER,
+)  # what verify reads: the gateway refuses a request with two of one
 
 HANDLED_TOPICS = ("order.created", "order.updated")
 RESTOCK_STATUSES = frozenset({"cancelled", "refunded"})

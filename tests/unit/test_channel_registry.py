@@ -1,23 +1,56 @@
-"""Every marketplace in the schema has a webhook adapter and an outbound client with a budget."""
+"""Every marketplace in the schema has one ChannelSpec with every part, and the services' views
+(channels.inbound, channels.outbound, channels.orders) give the registry's own objects."""
 
 from __future__ import annotations
 
+import importlib
 from typing import get_args
 
-from channels.inbound import ADAPTERS
-from channels.outbound import CHANNELS
+import pytest
+
+from channels import inbound, orders, outbound
+from channels.registry import SPECS, spec
+from channels.spec import ChannelSpec
 from schemas.base import Channel
 
 MARKETPLACES = {c for c in get_args(Channel) if c != "admin"}
 
 
-def test_both_directions_cover_every_marketplace() -> None:
-    assert set(ADAPTERS) == MARKETPLACES
-    assert set(CHANNELS) == MARKETPLACES
+def test_the_registry_and_the_schema_agree() -> None:
+    assert set(SPECS) == MARKETPLACES
+
+
+@pytest.mark.parametrize("name", sorted(MARKETPLACES))
+def test_each_package_exports_its_spec_with_every_part(name: str) -> None:
+    package = importlib.import_module(f"channels.{name}")
+    assert package.SPEC is SPECS[name] is spec(name)
+    s: ChannelSpec = package.SPEC
+    assert s.name == name
+    assert all(callable(part) for part in (s.verify, s.normalise, s.client, s.list_orders))
+    assert s.auth_headers
+    assert all(isinstance(h, str) and h for h in s.auth_headers)
+    assert s.list_orders is importlib.import_module(f"channels.{name}.orders").list_orders
+    assert s.normalise is importlib.import_module(f"channels.{name}.webhooks").normalise
 
 
 def test_budgets_and_batches_are_sane() -> None:
-    for spec in CHANNELS.values():
-        assert 0 < spec.rate_limit_per_s <= 100, spec
-        assert spec.rate_burst >= 1, spec
-        assert spec.max_batch >= 1, spec
+    for s in SPECS.values():
+        assert 0 < s.rate_limit_per_s <= 100, s
+        assert s.rate_burst >= 1, s
+        assert s.max_batch >= 1, s
+
+
+def test_an_unknown_channel_is_named() -> None:
+    with pytest.raises(ValueError, match=r"unknown channel 'nope'; known: amazon, bigcommerce"):
+        spec("nope")
+    with pytest.raises(ValueError, match="unknown channel 'nope'"):
+        orders.order_source("nope")
+
+
+def test_the_views_give_the_registrys_objects() -> None:
+    for name, s in SPECS.items():
+        assert inbound.ADAPTERS[name] is s
+        assert outbound.CHANNELS[name] is s
+        assert outbound.outbound(name) is s
+        assert orders.order_source(name) is s.list_orders
+    assert inbound.ADAPTERS is not SPECS  # the gateway's dict: a test may patch it alone
