@@ -40,8 +40,8 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from ingest.state import CONNECTIONS, METRICS, POOL, PRODUCER, SETTINGS, publish_all
-from schemas.base import Count, Quantity, Sku, Tenant, partition_key
-from schemas.inventory_events import TOPIC, StockCounted, StockReceived, encode
+from schemas.base import Count, Quantity, Sku, Tenant
+from schemas.inventory_events import TOPIC, StockCounted, StockReceived, encode, headers, key
 from stocksync.kafka import DeliveryError
 
 log = logging.getLogger(__name__)
@@ -146,9 +146,9 @@ class AdminApi:
         settings, metrics = self.app[SETTINGS], self.app[METRICS]
         record = (
             settings.kafka.topic(TOPIC),
-            partition_key(event.tenant, event.sku),
+            key(event),
             encode(event),
-            {"channel": "admin", "type": event.type},
+            headers(event),
         )
         try:
             await publish_all(self.app[PRODUCER], [record], settings.ack_timeout_s)

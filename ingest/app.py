@@ -33,7 +33,6 @@ from ingest.metrics import IngestMetrics
 from ingest.settings import IngestSettings
 from ingest.state import CONNECTIONS, HTTP, METRICS, POOL, PRODUCER, SETTINGS, Directory, publish_all
 from schemas import inventory_events, quarantine
-from schemas.base import partition_key
 from stocksync import health, logs
 from stocksync.kafka import AsyncProducer, DeliveryError, producer_config
 from stocksync.metrics import metrics_handler
@@ -187,9 +186,9 @@ async def _webhook(request: web.Request) -> web.Response:
     records: list[Record] = [
         (
             topic,
-            partition_key(e.tenant, e.sku),
+            inventory_events.key(e),
             inventory_events.encode(e),
-            {"channel": channel, "type": e.type},
+            inventory_events.headers(e),
         )
         for e in events
     ]

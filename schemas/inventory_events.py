@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, Field, TypeAdapter
 
-from schemas.base import Channel, Count, Event, EventId, Quantity, Sku, Tenant, Text
+from schemas.base import Channel, Count, Event, EventId, Quantity, Sku, Tenant, Text, partition_key
 
 TOPIC = "inventory.events"
 
@@ -113,3 +113,13 @@ def decode(raw: bytes) -> AnyInventoryEvent:
 
 def encode(event: AnyInventoryEvent) -> bytes:
     return event.model_dump_json().encode()
+
+
+def key(event: AnyInventoryEvent) -> bytes:
+    """The record key of `event`: its tenant/SKU, so a SKU's events share a partition and keep their order."""
+    return partition_key(event.tenant, event.sku)
+
+
+def headers(event: AnyInventoryEvent, **extra: str) -> dict[str, str]:
+    """The record headers every publisher sets: the event's channel and type (plus `extra`)."""
+    return {"channel": event.channel, "type": event.type, **extra}
