@@ -1,5 +1,6 @@
 """``stocksync connections …`` and ``stocksync tenants …``: manage channel connections and admin tokens in the
-database (``DATABASE_URL``), beside the TOML connections file."""
+database (``DATABASE_URL``), beside the TOML connections file. PostgreSQL's errors are answered by the
+CLI's boundary (cli.errors)."""
 
 from __future__ import annotations
 
@@ -88,10 +89,8 @@ def list_connections(
         if file is not None:
             rows += [("file", c) for c in ConnectionRegistry.from_file(file)]
         rows += [("table", c) for c in load_database(_database_url())]
-    except (psycopg.Error, ConnectionsFileError) as exc:
-        raise _fail(
-            f"cannot list connections: {str(exc).strip()}\nCheck DATABASE_URL (and `stocksync migrate`)."
-        ) from exc
+    except ConnectionsFileError as exc:  # PostgreSQL's errors are answered by cli.errors
+        raise _fail(f"cannot list connections: {str(exc).strip()}") from exc
     table = Table("id", "tenant", "channel", "enabled", "listings", "API base URL", "buffer", "source")
     for source, c in rows:
         table.add_row(
@@ -166,12 +165,7 @@ def add_connection(
             f"[yellow]warning: {connection.channel} reads no option {', '.join(unknown)} (stored anyway; "
             f"check the spelling). Options {connection.channel} reads: {known}[/]"
         )
-    try:
-        new = save_connection(_database_url(), connection)
-    except psycopg.Error as exc:
-        raise _fail(
-            f"cannot save the connection: {str(exc).strip()}\nCheck DATABASE_URL (and `stocksync migrate`)."
-        ) from exc
+    new = save_connection(_database_url(), connection)
     console.print(
         f"{'added' if new else 'replaced'} connection [bold]{id}[/] ({channel}, tenant {tenant}); "
         f"point the channel's webhooks at [bold]/webhooks/{id}[/] on the gateway"
@@ -193,7 +187,7 @@ def import_connections(file: Annotated[Path, typer.Argument(help="A TOML connect
                        ON CONFLICT (id) DO UPDATE SET admin_token_sha256 = EXCLUDED.admin_token_sha256""",
                     (t.id, t.admin_token_sha256),
                 )
-    except (psycopg.Error, ConnectionsFileError) as exc:
+    except ConnectionsFileError as exc:  # PostgreSQL's errors are answered by cli.errors
         raise _fail(f"import stopped: {str(exc).strip()}") from exc
     console.print(
         f"imported {len(list(registry))} connections and {len(registry.tenants)} tenants from {file}"
@@ -207,9 +201,5 @@ def add_tenant_command(tenant: Annotated[str, typer.Argument(help="Tenant id (th
         token = add_tenant(_database_url(), tenant)
     except ValidationError as exc:
         raise _fail(f"invalid tenant id {tenant!r}:\n{exc}") from exc
-    except psycopg.Error as exc:
-        raise _fail(
-            f"cannot save the tenant: {str(exc).strip()}\nCheck DATABASE_URL (and `stocksync migrate`)."
-        ) from exc
     console.print(f"admin token for tenant [bold]{tenant}[/] (shown once; only its SHA-256 is kept):")
     typer.echo(token)  # plain, so it can be piped into a secret store

@@ -1,4 +1,9 @@
-"""``stocksync``: the operator's command line (demo, benchmark, local infrastructure, topics, migrations)."""
+"""``stocksync``: the operator's command line (topics, migrations, audit, replay, dead letters, connections;
+and, with the lab installed, the demo, the benchmark and local infrastructure).
+
+Errors are answered in cli.errors (one or two lines, exit 1 or 2; ``--debug`` for the traceback). The lab is
+imported only inside its commands, so a deployment without it runs every other command.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ import contextlib
 import os
 import signal
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -18,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cli.connections import connections_app, tenants_app
-from lab.local import LaunchError, local_kafka, local_postgres
+from cli.errors import BoundaryGroup, LabMissing, kafka_reachable
 from reconciler.cli import reconcile as reconcile_command
 from schemas import TOPICS
 from stocksync.db import migrate as apply_migrations
@@ -28,7 +33,11 @@ from stocksync.settings import KafkaSettings, PostgresSettings
 T = TypeVar("T")
 
 app = typer.Typer(
-    help="Event-driven multichannel inventory sync.", no_args_is_help=True, add_completion=False
+    cls=BoundaryGroup,
+    help="Event-driven multichannel inventory sync.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,  # --debug shows a plain traceback: rich's would print locals (secrets)
 )
 console = Console(emoji=False)  # ids such as "admin:receipt:R-1" must print as they are, not as 🧾
 app.add_typer(connections_app, name="connections")
@@ -36,14 +45,31 @@ app.add_typer(tenants_app, name="tenants")
 app.command("reconcile")(reconcile_command)
 
 
+@app.callback()
+def root(
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug", envvar="STOCKSYNC_DEBUG", help="Show the traceback of an error, not a short answer."
+        ),
+    ] = False,
+) -> None:
+    """Event-driven multichannel inventory sync."""
+
+
+@contextlib.contextmanager
+def lab_required(command: str) -> Iterator[None]:
+    """Import the lab inside this block: a missing lab (or extra) becomes a one-line answer (exit 2)."""
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        raise LabMissing(command, (exc.name or "lab").split(".")[0]) from exc
+
+
 def on_local_infra(main: Coroutine[Any, Any, T]) -> T:
     """Run `main` (which starts local Kafka and PostgreSQL) on uvloop: the load it generates and the
-    simulators it serves share the machine with what they measure. Exit 2 if the servers cannot start."""
-    try:
-        return uvloop.run(main)
-    except LaunchError as exc:
-        console.print(f"[red]could not start local infrastructure:[/] {exc}")
-        raise typer.Exit(2) from exc
+    simulators it serves share the machine with what they measure. LaunchError is answered by the boundary."""
+    return uvloop.run(main)
 
 
 @app.command()
@@ -58,7 +84,8 @@ def demo(
 ) -> None:
     """A flash sale on nine marketplaces through the real pipeline (local Kafka + PostgreSQL), and the same
     orders through a polling baseline: oversells, propagation and calls, as tables, JSON and a PNG."""
-    from lab.demo import DemoOptions, run_demo
+    with lab_required("demo"):
+        from lab.demo import DemoOptions, run_demo
 
     try:
         options = DemoOptions(
@@ -94,7 +121,8 @@ def bench(
     out: Annotated[str, typer.Option(help="Where to write the JSON results.")] = "reports/bench.json",
 ) -> None:
     """Gateway, processor and end-to-end benchmarks in one run; JSON and tables."""
-    from lab.bench import BenchConfig, print_tables, run_bench, write_report
+    with lab_required("bench"):
+        from lab.bench import BenchConfig, print_tables, run_bench, write_report
 
     config = BenchConfig(
         gateway_seconds=gateway_seconds,
@@ -115,6 +143,9 @@ def bench(
 @app.command()
 def infra() -> None:
     """Start local Kafka and PostgreSQL, print their addresses, and keep them up until Ctrl-C."""
+    with lab_required("infra"):
+        from lab.local import local_kafka, local_postgres
+
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with local_postgres() as pg, local_kafka() as kafka:
@@ -130,7 +161,7 @@ def infra() -> None:
 @app.command()
 def topics() -> None:
     """Create the pipeline's topics (KAFKA_* settings) if they are missing."""
-    settings = KafkaSettings()
+    settings = kafka_reachable(KafkaSettings())
     created = ensure_topics(settings, TOPICS)
     console.print(f"created: {', '.join(created) or 'none (all exist)'}")
 
@@ -156,7 +187,7 @@ def replay(
     from processor.replay import replay as run_replay
     from processor.settings import ProcessorSettings
 
-    kafka, live = KafkaSettings(), PostgresSettings().database_url
+    kafka, live = kafka_reachable(KafkaSettings()), PostgresSettings().database_url
     skew = timedelta(
         seconds=ProcessorSettings().clock_skew_s
     )  # the live processor's rule, for an equal result
@@ -249,7 +280,7 @@ def dlq_events(tenant: Annotated[str | None, typer.Option(help="Only this tenant
     from stocksync.kafka import read_to_end
 
     letters = []
-    for msg in read_to_end(KafkaSettings(), processor_dlq.TOPIC, missing_ok=True):
+    for msg in read_to_end(kafka_reachable(KafkaSettings()), processor_dlq.TOPIC, missing_ok=True):
         try:
             letter = processor_dlq.decode(msg.value() or b"")
         except ValueError:
@@ -278,7 +309,7 @@ def dlq_list(connection: Annotated[str | None, typer.Option(help="Only this conn
     """Every dead-lettered update, oldest first, with the error that stopped it."""
     from fanout.dlq import read_dead_letters
 
-    letters = read_dead_letters(KafkaSettings(), connection=connection)
+    letters = read_dead_letters(kafka_reachable(KafkaSettings()), connection=connection)
     table = Table(title=f"{len(letters)} dead-lettered updates")
     for col in ("failed at", "connection", "sku", "quantity", "version", "attempts", "status", "last error"):
         table.add_column(col)
@@ -313,7 +344,7 @@ def dlq_replay(
     from fanout.dlq import replay as run_replay
 
     database_url = PostgresSettings().database_url
-    letters = read_dead_letters(KafkaSettings(), connection=connection)
+    letters = read_dead_letters(kafka_reachable(KafkaSettings()), connection=connection)
     connections = load_all(connections_file, database_url, setting="FANOUT_CONNECTIONS_FILE")
     results = asyncio.run(run_replay(letters, connections, database_url))
     table = Table(title=f"replayed {len(results)} (connection, SKU) pairs from {len(letters)} dead letters")
@@ -329,5 +360,6 @@ def dlq_replay(
 
 
 def main() -> None:
+    """The ``stocksync`` entry point; errors are answered by the app's BoundaryGroup (cli.errors)."""
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     app()
