@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 
 from channels.connection_store import connections_or_exit
+from fanout.app import run_fanout
 from fanout.settings import FanoutSettings
-from fanout.worker import run_fanout
 from stocksync import logs
 from stocksync.lifecycle import run_until_signalled
 

@@ -1,0 +1,227 @@
+"""Delivery of targets to one channel's connections: the client calls under the retry policy, single
+compare-and-set writes or bulk calls, and the dead-letter record of what still failed.
+
+Knows nothing about Kafka. Every call returns what it did (the targets the channel confirmed, the failures
+with their real attempt counts); a connection's ``confirmed`` moves only on the channel's 2xx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from channels.connection import Connection
+from channels.errors import ChannelError, CompareMismatch
+from channels.outbound import InventoryClient
+from channels.ratelimit import TokenBucket
+from fanout.metrics import FanoutMetrics
+from fanout.plan import Precedence, Record, Target, latest_per_sku, target_for
+from schemas import stock_changed, stock_rejected
+from schemas.fanout_dlq import UpdateDeadLettered
+from stocksync.retry import Outcome, RetryPolicy
+
+
+def call_result(exc: BaseException | None) -> str:
+    """The `result` label of one channel call (fanout.metrics.RESULTS)."""
+    if exc is None:
+        return "ok"
+    if isinstance(exc, CompareMismatch):
+        return "conflict"
+    if isinstance(exc, ChannelError) and exc.status is not None:
+        return (
+            "rate_limited" if exc.status == 429 else "server_error" if exc.status >= 500 else "client_error"
+        )
+    return "network" if not isinstance(exc, ChannelError) else "client_error"
+
+
+@dataclass
+class ConnectionSync:
+    """One connection's client, budget, and what it last confirmed per SKU."""
+
+    connection: Connection
+    client: InventoryClient
+    bucket: TokenBucket
+    max_batch: int
+    confirmed: dict[str, tuple[Precedence, int]] = field(default_factory=dict)
+
+    def due(self, target: Target) -> bool:
+        last = self.confirmed.get(target.sku)
+        return last is None or target.precedence > last[0]
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A target the channel did not confirm: the last error after `attempts` calls."""
+
+    target: Target
+    attempts: int
+    error: BaseException
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """What a push did: the targets the channel confirmed, and the failures."""
+
+    confirmed: list[Target] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+
+    def __add__(self, other: Delivered) -> Delivered:
+        return Delivered(self.confirmed + other.confirmed, self.failures + other.failures)
+
+    @staticmethod
+    def merge(parts: Iterable[Delivered]) -> Delivered:
+        out = Delivered()
+        for p in parts:
+            out += p
+        return out
+
+
+class Delivery:
+    """Sends targets to the connections of one channel under one retry policy."""
+
+    def __init__(self, channel: str, policy: RetryPolicy, metrics: FanoutMetrics) -> None:
+        self.channel, self.policy, self.metrics = channel, policy, metrics
+
+    async def _send(self, sync: ConnectionSync, send: Callable[[], Awaitable[None]]) -> Outcome:
+        """Run `send` under the policy; each attempt's result and budget wait go to the metrics (the client
+        charges the connection's budget for each HTTP request `send` makes)."""
+
+        async def measured() -> None:
+            waited_before = sync.bucket.waited_s
+            try:
+                await send()
+            except BaseException as exc:
+                self.metrics.calls.labels(self.channel, call_result(exc)).inc()
+                raise
+            finally:
+                if waited := sync.bucket.waited_s - waited_before:
+                    self.metrics.rate_limit_wait.labels(self.channel).inc(waited)
+            self.metrics.calls.labels(self.channel, "ok").inc()
+
+        return await self.policy.attempt(measured)
+
+    async def single(self, sync: ConnectionSync, target: Target, reference: str) -> Failure | None:
+        """One compare-and-set write (against what the connection last confirmed); None once confirmed."""
+        last = sync.confirmed.get(target.sku)
+        quantity = target.quantity
+        first = await self._send(
+            sync,
+            lambda: sync.client.set_available(
+                target.sku, quantity, change_from=last[1] if last else None, reference=reference
+            ),
+        )
+        attempts, error = first.attempts, first.error
+        if isinstance(error, CompareMismatch):
+            # The channel's count moved without us (a sale we have not heard of yet, or an edit): never show
+            # more than it holds now; the master's next change or the reconciler settles the rest.
+            current = error.current
+            quantity = min(quantity, current) if current is not None else quantity
+            again = await self._send(
+                sync,
+                lambda: sync.client.set_available(
+                    target.sku, quantity, change_from=current, reference=reference
+                ),
+            )
+            attempts, error = attempts + again.attempts, again.error
+        if error is not None:
+            return Failure(target, attempts, error)
+        sync.confirmed[target.sku] = (target.precedence, quantity)
+        return None
+
+    async def bulk(self, sync: ConnectionSync, targets: list[Target], reference: str) -> Delivered:
+        """One bulk call for `targets` (at most the connection's max_batch): all confirmed or all failed."""
+        items = [(t.sku, t.quantity) for t in targets]
+        outcome = await self._send(sync, lambda: sync.client.set_many(items, reference=reference))
+        if outcome.error is not None:
+            return Delivered(failures=[Failure(t, outcome.attempts, outcome.error) for t in targets])
+        for t in targets:
+            sync.confirmed[t.sku] = (t.precedence, t.quantity)
+        return Delivered(confirmed=list(targets))
+
+    async def push(self, sync: ConnectionSync, targets: list[Target]) -> Delivered:
+        """Send `targets` to one connection: single compare-and-set writes, or bulk calls for several."""
+        if len(targets) == 1 or sync.max_batch == 1:
+            done = Delivered()
+            for t in targets:
+                ref = f"stocksync://{t.cause.tenant}/{t.sku}?version={t.precedence[0]}"
+                failure = await self.single(sync, t, ref)
+                done += Delivered(failures=[failure]) if failure else Delivered(confirmed=[t])
+            return done
+        reference = f"stocksync://{sync.connection.tenant}/batch-{int(time.time() * 1000)}"
+        step = sync.max_batch
+        return Delivered.merge(
+            [await self.bulk(sync, targets[i : i + step], reference) for i in range(0, len(targets), step)]
+        )
+
+
+class ChannelFanout:
+    """Makes every connection of one channel show the newest of a batch of records."""
+
+    def __init__(
+        self,
+        delivery: Delivery,
+        syncs: list[ConnectionSync],
+        metrics: FanoutMetrics,
+        *,
+        pause_on_rejection: bool,
+    ) -> None:
+        self.delivery, self.syncs, self.metrics = delivery, syncs, metrics
+        self.pause_on_rejection = pause_on_rejection
+        self.channel = delivery.channel
+
+    def plan(self, latest: list[Record]) -> list[tuple[ConnectionSync, list[Target]]]:
+        """Each connection's targets that are due (newer than what it last confirmed)."""
+        per_sync: list[tuple[ConnectionSync, list[Target]]] = []
+        for sync in self.syncs:
+            conn = sync.connection
+            targets = []
+            for record in latest:
+                if record.tenant != conn.tenant or record.sku not in conn.listings:
+                    continue
+                target = target_for(
+                    record,
+                    conn.id,
+                    buffer=conn.safety_buffer,
+                    allocation=conn.allocation,
+                    pause_on_rejection=self.pause_on_rejection,
+                )
+                if target is not None and sync.due(target):
+                    targets.append(target)
+            if targets:
+                per_sync.append((sync, targets))
+        return per_sync
+
+    async def apply(self, records: list[Record]) -> Delivered:
+        """Coalesce `records`, push every connection's targets concurrently; return what was delivered."""
+        latest = latest_per_sku(records)
+        self.metrics.coalesced.labels(self.channel).inc(len(records) - len(latest))
+        pushes = [self.delivery.push(sync, targets) for sync, targets in self.plan(latest)]
+        done = Delivered.merge(await asyncio.gather(*pushes))
+        now = datetime.now(UTC)
+        for t in done.confirmed:
+            self.metrics.sync_lag.labels(self.channel).observe(
+                max(0.0, (now - t.cause.received_at).total_seconds())
+            )
+        return done
+
+
+def dead_letter(channel: str, failure: Failure) -> UpdateDeadLettered:
+    """The ``fanout.dlq`` record of a failed target (enough to replay it: see fanout/dlq.py)."""
+    t, exc = failure.target, failure.error
+    return UpdateDeadLettered(
+        connection_id=t.connection_id,
+        channel=channel,
+        tenant=t.cause.tenant,
+        sku=t.sku,
+        quantity=t.quantity,
+        version=t.precedence[0],
+        original_topic=stock_changed.TOPIC if t.cause.type == "stock_changed" else stock_rejected.TOPIC,
+        original=t.cause.model_dump(mode="json"),
+        attempts=failure.attempts,
+        status=exc.status if isinstance(exc, ChannelError) else None,
+        last_error=f"{type(exc).__name__}: {exc}",
+        failed_at=datetime.now(UTC),
+    )
