@@ -12,17 +12,17 @@ a live list shift as WooCommerce's pages do (see channels.woocommerce.orders).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import aiohttp
 
 from channels.connection import Connection
-from channels.errors import ChannelError
+from channels.errors import ChannelError, PayloadError
 from channels.etsy import API_PATH, webhooks
 from channels.etsy.client import api_headers
 from channels.orderlist import fetch, high_water, one_order, page_size, require_aware
-from channels.payload import require_object
+from channels.payload import epoch_seconds, require_object
 from channels.ratelimit import TokenBucket
 from channels.spec import OrderBatch
 from schemas.inventory_events import OrderCancelled, OrderPlaced
@@ -45,10 +45,12 @@ def events_of(
 
 
 def _updated(receipt: Any) -> datetime | None:
-    stamp = receipt.get("update_timestamp") if isinstance(receipt, dict) else None
-    if not isinstance(stamp, int) or isinstance(stamp, bool) or stamp <= 0:
+    if not isinstance(receipt, dict):
         return None
-    return datetime.fromtimestamp(stamp, UTC)
+    try:
+        return epoch_seconds(receipt.get("update_timestamp"), "update_timestamp")
+    except PayloadError:  # no usable stamp: this receipt does not move the page's high water
+        return None
 
 
 async def list_orders(

@@ -36,6 +36,7 @@ from channels.etsy import API_PATH, CHANNEL, REPLAY_WINDOW_S
 from channels.etsy.client import api_headers
 from channels.payload import (
     Lines,
+    epoch_seconds,
     header,
     line_event,
     load_json,
@@ -169,15 +170,6 @@ async def expand(
     return json.dumps({**payload, "receipt": receipt}).encode()
 
 
-def _epoch(value: Any, what: str) -> datetime:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise PayloadError(f"{what} {value!r} is not a unix timestamp in seconds")
-    try:
-        return datetime.fromtimestamp(value, UTC)
-    except (OverflowError, OSError, ValueError) as exc:
-        raise PayloadError(f"{what} {value!r} is out of range for a timestamp") from exc
-
-
 def _sku_for(connection: Connection, transaction: dict[str, Any], line_id: str) -> str:
     """Master SKU of a transaction: by listing id, told apart by the Etsy SKU when a listing has several
     mapped products; else the Etsy SKU itself if it is a master SKU of the connection."""
@@ -224,7 +216,7 @@ def receipt_events(
     receipt = require_object(receipt, "'receipt'")
     receipt_id = _id(receipt.get("receipt_id"), "receipt_id")
     stamp = "update_timestamp" if cancel else "create_timestamp"
-    occurred_at = _epoch(receipt.get(stamp), f"receipt {receipt_id} {stamp}")
+    occurred_at = epoch_seconds(receipt.get(stamp), f"receipt {receipt_id} {stamp}")
     transactions = receipt.get("transactions")
     if not isinstance(transactions, list):
         raise PayloadError(f"receipt {receipt_id}: 'transactions' is missing or not a list")

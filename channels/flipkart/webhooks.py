@@ -44,10 +44,10 @@ from channels.errors import ChannelError, PayloadError
 from channels.flipkart import CHANNEL, api
 from channels.payload import (
     Lines,
+    iso_time,
     line_event,
     load_object,
     master_sku,
-    parse_iso,
     positive_quantity,
     token_id,
 )
@@ -146,12 +146,6 @@ def _object(body: bytes) -> dict[str, Any]:
     return load_object(body, "a Flipkart notification")
 
 
-def _time(value: Any, what: str) -> datetime:
-    if not isinstance(value, str):
-        raise PayloadError(f"{what} {value!r} is not an ISO-8601 timestamp")
-    return parse_iso(value, what)
-
-
 def _master_sku(connection: Connection, item: dict[str, Any], line_id: str) -> str:
     seller_sku = item.get("sku")
     return master_sku(
@@ -206,7 +200,7 @@ def _item_event(
         line_id=line_id,
         sku=sku,
         quantity=units,
-        occurred_at=_time(when, what_time),
+        occurred_at=iso_time(when, what_time),
         received_at=received_at,
         cancelled=cancelled,
         where=f"order item {line_id}",

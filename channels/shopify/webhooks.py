@@ -35,6 +35,7 @@ from channels.connection import Connection
 from channels.errors import PayloadError
 from channels.payload import (
     Lines,
+    iso_time,
     line_event,
     load_json,
     load_object,
@@ -67,16 +68,6 @@ def verify(secret: str, body: bytes, headers: Mapping[str, str]) -> bool:
     if not given:
         return False
     return hmac.compare_digest(sign(secret, body).encode(), given.strip().encode())
-
-
-def _parse_time(value: Any, what: str) -> datetime:
-    try:
-        parsed = datetime.fromisoformat(str(value))
-    except ValueError as exc:
-        raise PayloadError(f"{what} {value!r} is not an ISO-8601 timestamp") from exc
-    if parsed.tzinfo is None:
-        raise PayloadError(f"{what} {value!r} has no UTC offset")
-    return parsed
 
 
 def normalise(
@@ -121,7 +112,7 @@ def level_events(connection: Connection, level: dict[str, Any], received_at: dat
         raise PayloadError(
             f"inventory item {item}: available {available!r} is not a whole number from 0 to {MAX_QUANTITY}"
         )
-    occurred_at = _parse_time(level.get("updated_at"), f"inventory item {item}: updated_at")
+    occurred_at = iso_time(level.get("updated_at"), f"inventory item {item}: updated_at")
     synced_location = _gid_tail(str(connection.options.get("location_id", "gid://shopify/Location/1")))
     sku = next(
         (s for s, listing in connection.listings.items() if _gid_tail(listing.inventory_ref or "") == item),
@@ -155,7 +146,7 @@ def refund_events(
     refund = require_object(refund, "refund")
     refund_id = token_id(refund.get("id"), "refund id")
     order = order_id or token_id(refund.get("order_id"), f"refund {refund_id}: order_id")
-    occurred_at = _parse_time(refund.get("created_at"), f"refund {refund_id}: created_at")
+    occurred_at = iso_time(refund.get("created_at"), f"refund {refund_id}: created_at")
     items = refund.get("refund_line_items")
     if not isinstance(items, list):
         raise PayloadError(f"refund {refund_id}: 'refund_line_items' is missing or not a list")
@@ -210,7 +201,7 @@ def order_events(
     LinesRefused (with the other lines' events) if some lines make no valid event."""
     if not isinstance(order, dict) or "id" not in order or not isinstance(order.get("line_items"), list):
         raise PayloadError("body is not a Shopify order: it needs an 'id' and a 'line_items' list")
-    occurred_at = _parse_time(order.get("created_at"), "created_at")
+    occurred_at = iso_time(order.get("created_at"), "created_at")
     lines = Lines()
     for line in order["line_items"]:
         if not isinstance(line, dict) or "id" not in line:

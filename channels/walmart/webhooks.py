@@ -37,11 +37,12 @@ from channels.payload import (
     Lines,
     header,
     line_event,
-    load_json,
+    load_object,
     master_sku,
     parse_iso,
     positive_int,
     positive_quantity,
+    require_object,
 )
 from schemas.inventory_events import OrderCancelled, OrderPlaced
 
@@ -81,12 +82,6 @@ def verify(secret: str, body: bytes, headers: Mapping[str, str], *, now: datetim
     except Exception:  # noqa: BLE001 - a malformed header is a failed check, never a crash
         return False
     return as_base64 or as_hex
-
-
-def _object(value: Any, what: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise PayloadError(f"{what} is not an object but {type(value).__name__}")
-    return value
 
 
 def _text_id(value: Any, what: str) -> str:
@@ -137,15 +132,11 @@ def _is_cancelled(line: Mapping[str, Any]) -> bool:
     return not isinstance(status, str) or status.strip().upper() in _CANCELLED
 
 
-def _load(body: bytes) -> dict[str, Any]:
-    return _object(load_json(body), "the body")
-
-
 def _route(event: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """(concrete event type, payload, order object) of a notification."""
-    source = _object(event.get("source"), "'source'")
+    source = require_object(event.get("source"), "'source'")
     kind = source.get("eventType")
-    payload = _object(event.get("payload"), "'payload'")
+    payload = require_object(event.get("payload"), "'payload'")
     if kind != ENVELOPE_EVENT:
         return str(kind), payload, payload
     meta = payload.get("meta")
@@ -153,14 +144,14 @@ def _route(event: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any]]:
     if sub is None and isinstance(meta, dict):
         sub = meta.get("subEventType")
     order = payload.get("order", payload)
-    return str(sub), payload, _object(order, "'payload.order'")
+    return str(sub), payload, require_object(order, "'payload.order'")
 
 
 def normalise(
     connection: Connection, body: bytes, headers: Mapping[str, str], received_at: datetime
 ) -> list[OrderPlaced | OrderCancelled]:
     """Canonical events for one verified notification; raises PayloadError (only) if it is not usable."""
-    event = _load(body)
+    event = load_object(body, "a Walmart notification")
     kind, payload, order = _route(event)
     if kind in IGNORED_EVENTS:
         return []
@@ -186,7 +177,7 @@ def listed_order_events(
     ``PO_CREATED`` makes them, then a cancellation per cancelled line, as ``PO_LINE_AUTOCANCELLED`` makes
     them (same event ids), dated by the latest cancelled line's ``statusDate``. PayloadError if unusable;
     LinesRefused (with the other lines' events) if some lines make no valid event."""
-    order = _object(order, "the purchase order")
+    order = require_object(order, "the purchase order")
     # The Orders API answers for the connection's own seller account: its partner is the connection's.
     partner = connection.options.get("partner_id")
     lines = Lines()

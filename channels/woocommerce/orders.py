@@ -21,8 +21,9 @@ from datetime import UTC, datetime, timedelta
 import aiohttp
 
 from channels.connection import Connection
-from channels.errors import ChannelError
+from channels.errors import ChannelError, PayloadError
 from channels.orderlist import fetch, high_water, one_order, page_size, require_aware
+from channels.payload import parse_iso
 from channels.ratelimit import TokenBucket
 from channels.spec import OrderBatch
 from channels.woocommerce import API_NAMESPACE, webhooks
@@ -33,10 +34,9 @@ MAX_PAGE = 100  # WordPress's largest per_page
 def _modified(order: object) -> datetime | None:
     value = order.get("date_modified_gmt") if isinstance(order, dict) else None
     try:
-        at = datetime.fromisoformat(str(value))
-    except ValueError:
+        return parse_iso(value, "date_modified_gmt", assume_utc=True) if isinstance(value, str) else None
+    except PayloadError:
         return None
-    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 async def list_orders(

@@ -33,7 +33,7 @@ from channels.payload import (
     Lines,
     header,
     line_event,
-    load_json,
+    load_object,
     master_sku,
     parse_iso,
     positive_int,
@@ -108,13 +108,6 @@ def _master_sku(connection: Connection, line: Mapping[str, Any], line_id: str) -
     )
 
 
-def _load(body: bytes) -> dict[str, Any]:
-    order = load_json(body)
-    if not isinstance(order, dict):
-        raise PayloadError(f"body is not a WooCommerce order object but {type(order).__name__}")
-    return order
-
-
 def normalise(
     connection: Connection, body: bytes, headers: Mapping[str, str], received_at: datetime
 ) -> list[OrderPlaced | OrderCancelled]:
@@ -125,7 +118,7 @@ def normalise(
             f"webhook topic {topic!r} is not handled (only {', '.join(HANDLED_TOPICS)}); "
             "remove that webhook from the store or point it elsewhere"
         )
-    return order_events(connection, _load(body), received_at)
+    return order_events(connection, load_object(body, "a WooCommerce order"), received_at)
 
 
 def order_events(

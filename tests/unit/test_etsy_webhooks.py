@@ -201,7 +201,8 @@ def _top(edit: Any) -> bytes:
         (_top(lambda p: p.update(receipt=[])), "'receipt'"),
         (_receipt(lambda r: r.pop("receipt_id")), "receipt_id"),
         (_receipt(lambda r: r.update(receipt_id=-3)), "receipt_id"),
-        (_receipt(lambda r: r.update(create_timestamp="2026-11-23T12:00:00")), "unix timestamp"),
+        (_receipt(lambda r: r.update(create_timestamp="2026-11-23T12:00:00")), "Unix timestamp"),
+        (_receipt(lambda r: r.update(create_timestamp=0)), "Unix timestamp"),  # as payload.epoch_seconds
         (_receipt(lambda r: r.update(create_timestamp=10**30)), "out of range"),
         (_receipt(lambda r: r.update(transactions={})), "not a list"),
         (_receipt(lambda r: r.update(transactions=[])), "no transactions"),

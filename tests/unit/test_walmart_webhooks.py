@@ -186,11 +186,15 @@ def test_intent_to_cancel_changes_nothing_yet() -> None:
         ("PO_CREATED", po(purchaseOrderId="../x"), "purchaseOrderId"),
         ("PO_CREATED", po(partnerId="99999999"), "partnerId"),
         ("PO_CREATED", {k: v for k, v in po().items() if k != "orderLines"}, "no 'orderLines' list"),
-        ("PO_CREATED", [po()], "'payload' is not an object"),
+        ("PO_CREATED", [po()], "'payload' is missing or not a JSON object"),
         ("PO_LINE_AUTOCANCELLED", po(lines=[line(1, status="SHIPPED")]), "no cancelled lines"),
         ("OFFER_UNPUBLISHED", po(), "not handled"),
         ("ORDER_UPDATES", {"subEventType": "SHIPPED", "order": po()}, "not handled"),
-        ("ORDER_UPDATES", {"subEventType": "PO_CREATED", "order": "9"}, "'payload.order' is not an object"),
+        (
+            "ORDER_UPDATES",
+            {"subEventType": "PO_CREATED", "order": "9"},
+            "'payload.order' is missing or not a JSON object",
+        ),
     ],
 )
 def test_unusable_events_are_refused_with_a_reason(event_type: str, payload: Any, complaint: str) -> None:
@@ -205,9 +209,9 @@ def test_non_json_and_envelope_problems_are_refused() -> None:
         (b"{nope", "not JSON"),
         (b"\xff", "not JSON"),
         (b"[" * 100_000, "not JSON"),
-        (b"[]", "the body is not an object"),
-        (b'{"payload": {}}', "'source' is not an object"),
-        (b'{"source": {"eventType": "PO_CREATED"}}', "'payload' is not an object"),
+        (b"[]", "not a Walmart notification: expected a JSON object"),
+        (b'{"payload": {}}', "'source' is missing or not a JSON object"),
+        (b'{"source": {"eventType": "PO_CREATED"}}', "'payload' is missing or not a JSON object"),
     ]:
         with pytest.raises(PayloadError, match=complaint):
             webhooks.normalise(CONN, body, headers, NOW)

@@ -181,7 +181,7 @@ def test_checkout_drafts_are_not_orders() -> None:
         (order(date_created_gmt=None), "no date_created_gmt"),
         (order(date_created_gmt="yesterday"), "not an ISO-8601 timestamp"),
         (order(status="cancelled", date_modified_gmt=None), "no date_modified_gmt"),
-        ([order()], "not a WooCommerce order object"),
+        ([order()], "not a WooCommerce order: expected a JSON object"),
     ],
 )
 def test_unusable_orders_are_refused_with_a_reason(payload: Any, complaint: str) -> None:
