@@ -4,7 +4,6 @@ per-test settings whose topic prefix isolates each test; that test's topics are 
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from typing import Protocol, TypeVar
@@ -12,7 +11,7 @@ from typing import Protocol, TypeVar
 import pytest
 
 from lab.local import KafkaEndpoint, local_kafka
-from stocksync.kafka import delete_prefixed_topics
+from lab.sandbox import prefixed_topics
 from stocksync.settings import KafkaSettings
 
 
@@ -50,9 +49,6 @@ def kafka_endpoint(pytestconfig: pytest.Config) -> Iterator[KafkaEndpoint]:
 
 @pytest.fixture
 def kafka(kafka_endpoint: KafkaEndpoint) -> Iterator[KafkaSettings]:
-    prefix = f"t{uuid.uuid4().hex[:10]}."
-    settings = KafkaSettings(
-        bootstrap_servers=kafka_endpoint.bootstrap_servers, topic_prefix=prefix, partitions=4
-    )
-    yield settings
-    delete_prefixed_topics(settings)
+    """Settings with a topic prefix of this test's own (no topic created yet); its topics deleted after."""
+    with prefixed_topics(kafka_endpoint.bootstrap_servers, "t", topics=()) as settings:
+        yield settings

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 
 import pytest
 
 from lab.local import PostgresEndpoint, local_postgres
-from lab.local.postgres import create_database, drop_database
+from lab.sandbox import fresh_database
 from stocksync.db import migrate
 from tests.fix_kafka import announced
 
@@ -20,16 +21,8 @@ def pg_server(pytestconfig: pytest.Config) -> Iterator[PostgresEndpoint]:
 @pytest.fixture
 def new_database(pg_server: PostgresEndpoint) -> Iterator[Callable[[], str]]:
     """Makes new, empty databases on the session's server; all dropped, with their connections, after."""
-    made: list[str] = []
-
-    def make() -> str:
-        name, url = create_database(pg_server.url, "t")
-        made.append(name)
-        return url
-
-    yield make
-    for name in made:
-        drop_database(pg_server.url, name)
+    with ExitStack() as made:
+        yield lambda: made.enter_context(fresh_database(pg_server.url, "t", migrated=False))
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,13 +9,11 @@ from pathlib import Path
 import pytest
 
 from channels.connection import Connection, to_toml
-from lab.local.stack import Stack, StackConfig
+from lab.local.stack import Stack
 from lab.marketplaces.serve import serve
 from lab.marketplaces.shopify import ShopifySimulator, sample_connection
-from schemas import TOPICS
-from stocksync.kafka import ensure_topics
+from lab.sandbox import Sandbox
 from stocksync.settings import KafkaSettings
-from tests.helpers import eventually
 
 
 @dataclass
@@ -50,20 +47,5 @@ async def pipeline(
     kafka: KafkaSettings, database_url: str, shopify_world: ShopifyWorld
 ) -> AsyncIterator[Stack]:
     """ingest + processor + fan-out(shopify) as separate processes on the test's topics and database."""
-    ensure_topics(kafka, TOPICS)
-    stack = Stack(
-        StackConfig(
-            bootstrap_servers=kafka.bootstrap_servers,
-            database_url=database_url,
-            connections_file=shopify_world.connections_file,
-            topic_prefix=kafka.topic_prefix,
-            partitions=kafka.partitions,
-        )
-    )
-    try:
-        stack.start_all()
-        await eventually(stack.ready, timeout_s=30, what="the ingest gateway to answer /healthz")
-        yield stack
-    finally:
-        # stopped off the event loop, which keeps serving the simulator to the stopping fan-out
-        await asyncio.to_thread(stack.close)
+    async with Sandbox(kafka, database_url) as box:
+        yield await box.start(shopify_world.connections_file, ready_timeout_s=30)

@@ -15,7 +15,6 @@ with no lag.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import secrets
 from collections.abc import AsyncIterator, Callable
@@ -28,14 +27,14 @@ import psycopg
 import pytest
 
 from channels.connection import Connection, TenantToken, to_toml, token_digest
-from lab.local.stack import Stack, StackConfig
+from lab.local.stack import Stack
 from lab.marketplaces.serve import serve
 from lab.marketplaces.shopify import ShopifySimulator, sample_connection
+from lab.sandbox import Sandbox
 from processor.checksum import checksum
 from processor.replay import replay
-from schemas import TOPICS, inventory_events, processor_dlq, quarantine
+from schemas import inventory_events, processor_dlq, quarantine
 from schemas.base import MAX_QUANTITY
-from stocksync.kafka import ensure_topics
 from stocksync.settings import KafkaSettings
 from tests.e2e.reconcile_kit import deliver, reconcile, reconciler_settings, seed_counts
 from tests.helpers import eventually, group_caught_up, read_topic
@@ -67,7 +66,6 @@ class World:
 @pytest.fixture
 async def world(kafka: KafkaSettings, database_url: str, tmp_path: Path) -> AsyncIterator[World]:
     """Two tenants, each with a Shopify store of its own, an admin token, and ingest + processor."""
-    ensure_topics(kafka, TOPICS)
     sellers: dict[str, Seller] = {}
     simulators = {t: ShopifySimulator(access_token="") for t in TENANTS}
     async with serve(simulators["acme"].app()) as acme_url, serve(simulators["zeta"].app()) as zeta_url:
@@ -84,16 +82,8 @@ async def world(kafka: KafkaSettings, database_url: str, tmp_path: Path) -> Asyn
             TenantToken(id=s.tenant, admin_token_sha256=token_digest(s.token)) for s in sellers.values()
         ]
         path.write_text(to_toml([s.connection for s in sellers.values()], tokens))
-        config = StackConfig(
-            kafka.bootstrap_servers, database_url, path, kafka.topic_prefix, kafka.partitions
-        )
-        stack = Stack(config)
-        try:
-            stack.start_all(fanout=False)
-            await eventually(stack.ready, timeout_s=30, what="the ingest gateway to answer /healthz")
-            yield World(stack, sellers)
-        finally:
-            await asyncio.to_thread(stack.close)
+        async with Sandbox(kafka, database_url) as box:
+            yield World(await box.start(path, fanout=False, ready_timeout_s=30), sellers)
 
 
 def outcomes(database_url: str) -> dict[str, tuple[str, str | None]]:

@@ -28,16 +28,17 @@ from psycopg.conninfo import conninfo_to_dict
 
 from lab.local import PostgresEndpoint
 from lab.local.process import free_port
-from lab.local.stack import Service, Stack, StackConfig
+from lab.local.stack import Service, Stack
 from lab.local.traffic import as_records, synthetic_stream
+from lab.sandbox import Sandbox
 from processor.checksum import TableSum, checksum
 from processor.replay import replay
 from processor.store import apply_batch
-from schemas import TOPICS, inventory_events, processor_dlq, stock_changed
+from schemas import inventory_events, processor_dlq, stock_changed
 from schemas.base import MAX_QUANTITY
 from schemas.inventory_events import AnyInventoryEvent, OrderPlaced, StockCounted, StockReceived
 from stocksync.db import migrate
-from stocksync.kafka import AsyncProducer, ensure_topics, producer_config
+from stocksync.kafka import AsyncProducer, producer_config
 from stocksync.settings import KafkaSettings
 from tests.helpers import eventually, group_caught_up, read_topic
 
@@ -104,15 +105,8 @@ class Processors:
 async def processors(
     kafka: KafkaSettings, database_url: str, new_database: Callable[[], str], tmp_path: Path
 ) -> AsyncIterator[Processors]:
-    ensure_topics(kafka, TOPICS)
-    config = StackConfig(
-        kafka.bootstrap_servers, database_url, tmp_path / "unused.toml", kafka.topic_prefix, 4
-    )
-    stack = Stack(config)
-    try:
-        yield Processors(kafka, database_url, stack, new_database)
-    finally:
-        stack.close()
+    async with Sandbox(kafka, database_url) as box:
+        yield Processors(kafka, database_url, box.stack(tmp_path / "unused.toml"), new_database)
 
 
 def reached(processors: Processors, rows: int) -> Callable[[], bool]:

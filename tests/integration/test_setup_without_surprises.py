@@ -25,13 +25,12 @@ from channels.tiktok import webhooks as tiktok_webhooks
 from cli.main import app
 from ingest.state import Directory
 from lab.local.process import free_port, spawn, stop
-from lab.local.stack import Service, Stack, StackConfig
+from lab.local.stack import Service, Stack
 from lab.marketplaces.shopify import order_webhook
 from lab.marketplaces.shopify import sample_connection as shopify_connection
 from lab.marketplaces.tiktok import sample_connection as tiktok_connection
 from lab.marketplaces.tiktok import status_notification
-from schemas import TOPICS
-from stocksync.kafka import ensure_topics
+from lab.sandbox import Sandbox
 from stocksync.settings import KafkaSettings
 from tests.helpers import eventually
 
@@ -41,18 +40,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def stack(kafka: KafkaSettings, database_url: str, tmp_path: Path) -> Iterator[Stack]:
     """A stack whose connections file is named but never written (tmp_path/missing.toml)."""
-    ensure_topics(kafka, TOPICS)
-    s = Stack(
-        StackConfig(
-            bootstrap_servers=kafka.bootstrap_servers,
-            database_url=database_url,
-            connections_file=tmp_path / "missing.toml",
-            topic_prefix=kafka.topic_prefix,
-            partitions=kafka.partitions,
-        )
-    )
-    yield s
-    s.close()
+    with Sandbox(kafka, database_url) as box:
+        yield box.stack(tmp_path / "missing.toml")
 
 
 def start_gateway(stack: Stack, *, file_named: bool) -> Service:
