@@ -50,24 +50,19 @@ import psycopg
 from rich.console import Console
 
 from channels.connection import Connection, to_toml
-from lab.bench import (
-    BenchConfig,
-    RawHttp,
-    Usage,
-    ms,
-    percentile,
-    shopify_event_id,
-    shopify_order,
-)
+from lab.bench.config import BenchConfig
+from lab.bench.load import RawHttp, shopify_event_id, shopify_order
+from lab.bench.stats import ms
+from lab.bench.usage import Usage
 from lab.local.kafka import KafkaEndpoint
-from lab.local.postgres import PostgresEndpoint, create_database, drop_database
-from lab.local.process import eventually, make_run_dir, wait_until
+from lab.local.postgres import PostgresEndpoint
+from lab.local.process import eventually, make_run_dir
 from lab.local.stack import Stack
 from lab.local.traffic import as_records, stock_counts
 from lab.marketplaces import Marketplace, marketplaces, stack_config
-from schemas import TOPICS, inventory_events, stock_changed
-from stocksync.db import migrate
-from stocksync.kafka import AsyncProducer, delete_prefixed_topics, ensure_topics, producer_config, read_to_end
+from lab.sandbox import sandbox
+from schemas import inventory_events, stock_changed
+from stocksync.kafka import AsyncProducer, producer_config, read_to_end
 from stocksync.settings import KafkaSettings
 
 TENANT = "bench"
@@ -455,21 +450,13 @@ async def e2e_part(
     connections_file: Path,
     infra: dict[str, int],
 ) -> tuple[dict[str, Any], dict[str, dict[str, dict[str, float]]]]:
-    name, url = create_database(pg.url, "benche2e")
-    kafka = KafkaSettings(
-        bootstrap_servers=kafka_endpoint.bootstrap_servers,
-        topic_prefix=f"benche2e-{uuid.uuid4().hex[:6]}.",
-        partitions=4,
-    )
+    """The three load levels through one pipeline (every fan-out in one process) on a sandbox of its own."""
     usage: dict[str, dict[str, dict[str, float]]] = {}
-    try:
-        migrate(url)
-        ensure_topics(kafka, TOPICS)
-        stack = Stack(stack_config(markets, kafka, url, connections_file))
+    async with sandbox(kafka_endpoint.bootstrap_servers, pg.url, label="benche2e") as box:
+        kafka, url = box.kafka, box.database_url
+        stack = await box.start(stack_config(markets, kafka, url, connections_file))
         producer = AsyncProducer(producer_config(kafka))
         try:
-            stack.start_all()
-            await asyncio.to_thread(wait_until, stack.ready, timeout_s=60, what="the gateway")
             pipeline = Pipeline(stack, kafka, url, markets, producer)
             pids = {n: s.proc.pid for n, s in stack.services.items()}
             rows = []
@@ -479,22 +466,15 @@ async def e2e_part(
                     async with sampler.measure():
                         rows.append(await run_level(console, pipeline, session, level, 1_000_000 * (n + 1)))
                     usage[f"e2e {level.name}"] = sampler.result
-            return {
-                "e2e": rows,
-                "e2e_setup": {
-                    "skus": len(SKUS),
-                    "stock_per_sku": AMPLE_STOCK,
-                    "scarce_skus": {s: SCARCE_STOCK for s in SCARCE},
-                    "channels": list(markets),
-                    "fanout": "one process, one consumer group per channel",
-                },
-            }, usage
         finally:
             await producer.close()
-            await asyncio.to_thread(stack.close)
-    finally:
-        delete_prefixed_topics(kafka)
-        drop_database(pg.url, name)
-
-
-__all__ = ["SKUS", "e2e_part", "nine_marketplaces", "percentile"]
+    return {
+        "e2e": rows,
+        "e2e_setup": {
+            "skus": len(SKUS),
+            "stock_per_sku": AMPLE_STOCK,
+            "scarce_skus": {s: SCARCE_STOCK for s in SCARCE},
+            "channels": list(markets),
+            "fanout": "one process, one consumer group per channel",
+        },
+    }, usage
