@@ -11,16 +11,30 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TaskID, TextColumn
 from rich.table import Table
 
+if TYPE_CHECKING:
+    from reconciler.report import RunReport
+
 EXIT_LOCKED = 75  # EX_TEMPFAIL
 
 console = Console()
+
+
+def _markup(text: str) -> str:
+    """A phase as the bars show it: outcomes in colour (reconciler.progress names them)."""
+    from reconciler.progress import COMPARED, DONE, FAILED, PROCESSOR_BEHIND
+
+    if text in (DONE, COMPARED):
+        return f"[green]{text}[/]"
+    if text == PROCESSOR_BEHIND or text.startswith(FAILED.split("{", 1)[0]):
+        return f"[red]{text}[/]"
+    return text
 
 
 class _Bars:
@@ -33,7 +47,7 @@ class _Bars:
         }
 
     def phase(self, connection_id: str, text: str, total: int | None = None) -> None:
-        self._progress.update(self._tasks[connection_id], phase=text, total=total, completed=0)
+        self._progress.update(self._tasks[connection_id], phase=_markup(text), total=total, completed=0)
 
     def advance(self, connection_id: str, n: int = 1) -> None:
         self._progress.advance(self._tasks[connection_id], n)
@@ -61,8 +75,7 @@ def reconcile(
 
     from channels.connection import ConnectionsFileError
     from channels.connection_store import load_for_service
-    from reconciler.metrics import ReconcilerMetrics
-    from reconciler.run import Reconciler
+    from reconciler.app import build_reconciler
     from reconciler.settings import ReconcilerSettings
     from reconciler.store import AlreadyRunning
     from stocksync.db import migrate
@@ -105,11 +118,15 @@ def reconcile(
     )
     with Progress(*columns, console=console, transient=False) as progress:
         bars = _Bars(progress, [c.id for c in chosen])
-        reconciler = Reconciler(
-            settings, chosen, metrics=ReconcilerMetrics(CollectorRegistry()), progress=bars
-        )
+
+        async def run_once() -> RunReport:
+            async with build_reconciler(
+                settings, connections=chosen, registry=CollectorRegistry(), progress=bars, publish=not dry_run
+            ) as reconciler:
+                return await reconciler.run(dry_run=dry_run, report_path=report)
+
         try:
-            result = asyncio.run(reconciler.run(dry_run=dry_run, report_path=report))
+            result = asyncio.run(run_once())
         except AlreadyRunning as exc:
             progress.stop()
             console.print(f"[yellow]{exc}[/]")

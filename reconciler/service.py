@@ -15,8 +15,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from channels.connection import ConnectionRegistry
-from reconciler.metrics import ReconcilerMetrics
-from reconciler.run import Reconciler
+from reconciler.app import build_reconciler
 from reconciler.settings import ReconcilerSettings
 from reconciler.store import AlreadyRunning
 from stocksync.metrics import metrics_handler
@@ -48,11 +47,14 @@ async def serve_ops(
 async def run_service(
     settings: ReconcilerSettings, connections: ConnectionRegistry, stop: asyncio.Event
 ) -> None:
+    """Build the reconciler, serve its ops endpoints and run on the schedule until `stop`."""
     registry = CollectorRegistry()
-    metrics = ReconcilerMetrics(registry)
-    reconciler = Reconciler(settings, list(connections), metrics=metrics)
     status: dict[str, Any] = {"last_run": None}
-    async with serve_ops(settings, registry, status) as port:
+    async with (
+        build_reconciler(settings, connections=list(connections), registry=registry) as reconciler,
+        serve_ops(settings, registry, status) as port,
+    ):
+        metrics = reconciler.metrics
         log.info(
             "reconciler: %d connections, a run every %.0f s; metrics on port %d",
             len(reconciler.connections),

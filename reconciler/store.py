@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from psycopg import AsyncConnection
+
+from reconciler.drift import MasterRow
 
 LOCK_KEY = 0x5EC0C1  # advisory lock id for "one reconcile run at a time"
 
@@ -88,15 +89,6 @@ async def known_ids(conn: AsyncConnection[Any], ids: Iterable[str]) -> set[str]:
         (wanted, wanted),
     )
     return {r[0] for r in await cur.fetchall()}
-
-
-@dataclass(frozen=True)
-class MasterRow:
-    sku: str
-    available: int
-    version: int
-    updated_at: datetime
-    paused: bool  # the newest decision about the SKU was a refused sale (fan-out shows 0 until it changes)
 
 
 async def master_rows(conn: AsyncConnection[Any], tenant: str, skus: list[str]) -> dict[str, MasterRow]:

@@ -15,9 +15,8 @@ from prometheus_client import CollectorRegistry
 
 from channels.connection import Connection
 from lab.local.traffic import as_records, stock_counts
-from reconciler.metrics import ReconcilerMetrics
+from reconciler.app import build_reconciler
 from reconciler.report import RunReport
-from reconciler.run import Reconciler
 from reconciler.settings import ReconcilerSettings
 from stocksync.kafka import AsyncProducer, producer_config
 from stocksync.settings import KafkaSettings, PostgresSettings
@@ -45,8 +44,10 @@ async def reconcile(
     settings: ReconcilerSettings, connections: list[Connection], *, dry_run: bool = False
 ) -> tuple[RunReport, CollectorRegistry]:
     registry = CollectorRegistry()
-    reconciler = Reconciler(settings, connections, metrics=ReconcilerMetrics(registry))
-    return await reconciler.run(dry_run=dry_run), registry
+    async with build_reconciler(
+        settings, connections=connections, registry=registry, publish=not dry_run
+    ) as reconciler:
+        return await reconciler.run(dry_run=dry_run), registry
 
 
 async def seed_counts(kafka: KafkaSettings, tenant: str, counts: dict[str, int]) -> None:
