@@ -24,9 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-import psycopg
-
-from lab.local.postgres import EmbeddedPostgres
+from lab.local.postgres import EmbeddedPostgres, accepts_connections
 from lab.local.process import LaunchError, spawn, stop, wait_until
 
 T = TypeVar("T")
@@ -46,14 +44,6 @@ class ServerThread:
     def close(self) -> None:
         """Let the thread go; stop the servers first: any still running get their parent-death signal."""
         self._pool.shutdown(wait=True)
-
-
-def _accepts(url: str) -> bool:
-    try:
-        with psycopg.connect(url, connect_timeout=1):
-            return True
-    except psycopg.OperationalError:
-        return False
 
 
 class RestartablePostgres(EmbeddedPostgres):
@@ -102,7 +92,7 @@ class RestartablePostgres(EmbeddedPostgres):
             death_signal=signal.SIGINT,
         )
         wait_until(
-            lambda: _accepts(self.url),
+            lambda: accepts_connections(self.url),
             timeout_s=timeout_s,
             proc=self._proc,
             what="PostgreSQL server (restarted)",

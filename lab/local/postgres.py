@@ -59,7 +59,8 @@ def server_version(url: str) -> str:
     return str(row[0]) if row else "unknown"
 
 
-def _answers(url: str) -> bool:
+def accepts_connections(url: str) -> bool:
+    """True when the server at `url` accepts a connection within a second."""
     try:
         with psycopg.connect(url, connect_timeout=1):
             return True
@@ -191,7 +192,7 @@ class EmbeddedPostgres:
         )
         self.url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
         wait_until(
-            lambda: _answers(self.url),
+            lambda: accepts_connections(self.url),
             timeout_s=timeout_s,
             proc=self._proc,
             what="PostgreSQL server",
@@ -231,7 +232,7 @@ def local_postgres() -> Iterator[PostgresEndpoint]:
     """Yield a server URL; stop and remove whatever was started here when the block ends."""
     external = os.environ.get("DATABASE_URL")
     if external:
-        if not _answers(external):
+        if not accepts_connections(external):
             raise LaunchError(
                 "DATABASE_URL is set but that server does not accept connections. Start it, fix the URL, "
                 "or unset DATABASE_URL to let the project start its own PostgreSQL."
