@@ -27,6 +27,7 @@ from pydantic import SecretStr
 from channels.bigcommerce import MAX_BATCH, RATE_BURST, RATE_LIMIT_PER_S, api, webhooks
 from channels.connection import Connection, Listing
 from channels.ratelimit import TokenBucket
+from lab.marketplaces.base import MarketplaceSimulator, retry_after
 
 
 def _number(value: str) -> int | str:
@@ -46,7 +47,7 @@ class VariantWrite:
 
 
 @dataclass
-class BigCommerceSimulator:
+class BigCommerceSimulator(MarketplaceSimulator):
     store_hash: str = ""
     access_token: str = ""
     available: dict[str, int] = field(default_factory=dict)  # inventory_level by variant id
@@ -57,11 +58,7 @@ class BigCommerceSimulator:
     order_list_calls: int = 0  # order-list pages answered
     calls: list[VariantWrite] = field(default_factory=list)
     writes: int = 0  # batch requests that reached the handler
-    failures: list[int] = field(default_factory=list)
-    rate_limited: int = 0
     bucket: TokenBucket = field(default_factory=lambda: TokenBucket(RATE_LIMIT_PER_S, RATE_BURST))
-    failing_until: float = 0.0
-    failing_status: int = 503
 
     def adopt(self, connection: Connection, initial: int = 0) -> None:
         """Take the connection's store hash and token and list its variants with `initial` units each."""
@@ -80,13 +77,6 @@ class BigCommerceSimulator:
         app.router.add_get("/stores/{store_hash}/v3/catalog/products/{product_id}/variants", self._variants)
         return app
 
-    def fail_next(self, status: int, times: int = 1) -> None:
-        self.failures.extend([status] * times)
-
-    def fail_for(self, status: int, seconds: float) -> None:
-        """Answer every request with `status` for the next `seconds` (an outage)."""
-        self.failing_status, self.failing_until = status, time.monotonic() + seconds
-
     @staticmethod
     def _error(status: int, title: str) -> web.Response:
         return web.json_response(
@@ -94,31 +84,31 @@ class BigCommerceSimulator:
             status=status,
         )
 
-    def _guard(self, request: web.Request) -> web.Response | None:
+    def refuse_credentials(self, request: web.Request) -> web.Response | None:
         if request.headers.get(api.AUTH_HEADER) != self.access_token:
             return self._error(401, "You are not authorized to access this resource: check X-Auth-Token")
         if request.match_info["store_hash"] != self.store_hash:
             return self._error(404, "Store not found")
-        wait = self.bucket.take()
-        if wait > 0:
-            self.rate_limited += 1
-            reset_ms = max(1, math.ceil(wait * 1000))
-            return web.json_response(
-                {"status": 429, "title": "Too many requests"},
-                status=429,
-                headers={
-                    "Retry-After": f"{max(1, math.ceil(wait))}",
-                    api.RESET_HEADER: str(reset_ms),
-                    "X-Rate-Limit-Time-Window-Ms": "30000",
-                    "X-Rate-Limit-Requests-Left": "0",
-                    "X-Rate-Limit-Requests-Quota": "150",
-                },
-            )
-        if time.monotonic() < self.failing_until:
-            return self._error(self.failing_status, "injected outage")
-        if self.failures:
-            return self._error(self.failures.pop(0), "injected failure")
         return None
+
+    def throttled(self, wait: float) -> web.Response:
+        return web.json_response(
+            {"status": 429, "title": "Too many requests"},
+            status=429,
+            headers={
+                "Retry-After": retry_after(wait),
+                api.RESET_HEADER: str(max(1, math.ceil(wait * 1000))),
+                "X-Rate-Limit-Time-Window-Ms": "30000",
+                "X-Rate-Limit-Requests-Left": "0",
+                "X-Rate-Limit-Requests-Quota": "150",
+            },
+        )
+
+    def injected(self, status: int, *, outage: bool) -> web.Response:
+        return self._error(status, "injected outage" if outage else "injected failure")
+
+    def _guard(self, request: web.Request) -> web.Response | None:
+        return self.gate(request, self.bucket)
 
     async def _order_products(self, request: web.Request) -> web.Response:
         if refused := self._guard(request):

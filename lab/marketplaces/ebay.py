@@ -16,7 +16,6 @@ inclusive, either end optional; ``limit`` 1-200, default 50; ``offset``; newest 
 from __future__ import annotations
 
 import json
-import math
 import re
 import secrets
 import time
@@ -42,6 +41,7 @@ from channels.ebay import (
 )
 from channels.ebay.orders import FULFILLMENT_API_PATH
 from channels.ratelimit import TokenBucket
+from lab.marketplaces.base import MarketplaceSimulator, retry_after
 
 _FILTER = re.compile(r"^(lastmodifieddate|creationdate):\[(.*?)\.\.(.*?)\]$")
 # kid -> private key, and public PEM -> kid: the keys this process's simulated eBay signs with.
@@ -96,7 +96,7 @@ def _error(error_id: int, message: str, *, category: str = "REQUEST") -> dict[st
 
 
 @dataclass
-class EbaySimulator:
+class EbaySimulator(MarketplaceSimulator):
     """Simulated eBay seller account. ``available``: ship-to-home quantity by SKU; ``offers``: offer id ->
     SKU; ``calls``: every item written; ``bulk_sizes``: items per bulk call; ``revisions``: (offer id, day)
     -> revisions that day; ``today`` is injectable so tests can cross midnight without waiting."""
@@ -106,8 +106,6 @@ class EbaySimulator:
     offers: dict[str, str] = field(default_factory=dict)
     calls: list[UpdateCall] = field(default_factory=list)
     bulk_sizes: list[int] = field(default_factory=list)
-    failures: list[int] = field(default_factory=list)
-    rate_limited: int = 0
     revisions: dict[tuple[str, date], int] = field(default_factory=dict)
     revision_limit: int = MAX_REVISIONS_PER_DAY
     today: Callable[[], date] = _utc_today
@@ -139,9 +137,6 @@ class EbaySimulator:
         app.router.add_get(f"{FULFILLMENT_API_PATH}/order", self._get_orders)
         return app
 
-    def fail_next(self, status: int, times: int = 1) -> None:
-        self.failures.extend([status] * times)
-
     def _refuse(self, status: int, error_id: int, message: str) -> web.Response:
         headers = {}
         if status == 429:
@@ -151,8 +146,7 @@ class EbaySimulator:
             {"errors": [_error(error_id, message, category=category)]}, status=status, headers=headers
         )
 
-    def _guard(self, request: web.Request) -> web.Response | None:
-        """Auth, budget and injected failures, in that order; None lets the call through."""
+    def refuse_credentials(self, request: web.Request) -> web.Response | None:
         if request.headers.get("Authorization") != f"Bearer {self.access_token}":
             body = {
                 "errors": [
@@ -167,18 +161,21 @@ class EbaySimulator:
                 ]
             }
             return web.json_response(body, status=401)
-        wait = self.bucket.take()
-        if wait > 0:
-            self.rate_limited += 1
-            response = self._refuse(
-                429, 2001, "Too many requests. The request limit has been reached for the resource."
-            )
-            response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
-            return response
-        if self.failures:
-            status = self.failures.pop(0)
-            return self._refuse(status, 25001 if status >= 500 else 25002, "injected failure")
         return None
+
+    def throttled(self, wait: float) -> web.Response:
+        response = self._refuse(
+            429, 2001, "Too many requests. The request limit has been reached for the resource."
+        )
+        response.headers["Retry-After"] = retry_after(wait)
+        return response
+
+    def injected(self, status: int, *, outage: bool) -> web.Response:
+        return self._refuse(status, 25001 if status >= 500 else 25002, "injected failure")
+
+    def _guard(self, request: web.Request) -> web.Response | None:
+        """Auth, budget and injected failures, in that order; None lets the call through."""
+        return self.gate(request, self.bucket)
 
     async def _bulk_update(self, request: web.Request) -> web.Response:
         refused = self._guard(request)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import itertools
 import json
-import math
 import secrets
 import time
 from collections.abc import Mapping
@@ -31,6 +30,7 @@ from pydantic import SecretStr
 from channels.connection import Connection, Listing
 from channels.etsy import API_PATH, MAX_QUANTITY, RATE_BURST, RATE_LIMIT_PER_S, webhooks
 from channels.ratelimit import TokenBucket
+from lab.marketplaces.base import MarketplaceSimulator, retry_after
 
 PUBLIC_HOST = "https://openapi.etsy.com"
 VARIATION_PROPERTY_ID = 513  # Etsy's id for a seller-defined custom variation property
@@ -51,7 +51,7 @@ class InventoryCall:
 
 
 @dataclass
-class EtsySimulator:
+class EtsySimulator(MarketplaceSimulator):
     """Simulated Etsy shop. ``available``/``prices``: by product SKU on Etsy; ``listings``: listing id -> its
     product SKUs; ``product_ids``: product SKU -> current (product, offering, property value) ids;
     ``receipts``: by receipt id; ``calls``: every inventory write."""
@@ -64,8 +64,6 @@ class EtsySimulator:
     prices: dict[str, int] = field(default_factory=dict)
     receipts: dict[str, dict[str, Any]] = field(default_factory=dict)
     calls: list[InventoryCall] = field(default_factory=list)
-    failures: list[int] = field(default_factory=list)
-    rate_limited: int = 0
     bucket: TokenBucket = field(default_factory=lambda: TokenBucket(RATE_LIMIT_PER_S, RATE_BURST))
     receipt_list_calls: int = 0  # getShopReceipts pages answered 200
     product_ids: dict[str, tuple[int, int, int]] = field(default_factory=dict, init=False)
@@ -106,9 +104,6 @@ class EtsySimulator:
         app.router.add_get(f"{API_PATH}/shops/{{shop_id}}/receipts", self._list_receipts)
         return app
 
-    def fail_next(self, status: int, times: int = 1) -> None:
-        self.failures.extend([status] * times)
-
     def _renumber(self, skus: list[str]) -> None:
         """New product, offering and property-value ids, as Etsy assigns on every inventory write."""
         for sku in skus:
@@ -117,23 +112,26 @@ class EtsySimulator:
     def _refuse(self, status: int, message: str) -> web.Response:
         return web.json_response({"error": message}, status=status)
 
-    def _guard(self, request: web.Request) -> web.Response | None:
-        """Credentials, budget and injected failures, in that order; None lets the call through."""
+    def refuse_credentials(self, request: web.Request) -> web.Response | None:
         if request.headers.get("x-api-key") != self.api_key:
             return self._refuse(403, "Invalid API key: x-api-key must be '<keystring>:<shared secret>'.")
         if request.headers.get("Authorization") != f"Bearer {self.access_token}":
             return self._refuse(401, "invalid_token")
-        wait = self.bucket.take()
-        if wait > 0:
-            self.rate_limited += 1
-            response = self._refuse(429, "You have exceeded your quota of requests per second.")
-            response.headers["retry-after"] = str(max(1, math.ceil(wait)))
-            response.headers["x-limit-per-second"] = str(int(RATE_LIMIT_PER_S))
-            response.headers["x-remaining-this-second"] = "0"
-            return response
-        if self.failures:
-            return self._refuse(self.failures.pop(0), "injected failure")
         return None
+
+    def throttled(self, wait: float) -> web.Response:
+        response = self._refuse(429, "You have exceeded your quota of requests per second.")
+        response.headers["retry-after"] = retry_after(wait)
+        response.headers["x-limit-per-second"] = str(int(RATE_LIMIT_PER_S))
+        response.headers["x-remaining-this-second"] = "0"
+        return response
+
+    def injected(self, status: int, *, outage: bool) -> web.Response:
+        return self._refuse(status, "injected failure")
+
+    def _guard(self, request: web.Request) -> web.Response | None:
+        """Credentials, budget and injected failures, in that order; None lets the call through."""
+        return self.gate(request, self.bucket)
 
     def _inventory(self, listing_id: str) -> dict[str, Any]:
         skus = self.listings[listing_id]

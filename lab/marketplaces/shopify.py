@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import math
 import operator
 import re
 import secrets
@@ -29,6 +28,7 @@ from pydantic import SecretStr
 from channels.connection import Connection, Listing
 from channels.ratelimit import TokenBucket
 from channels.shopify import RATE_BURST, RATE_LIMIT_PER_S, webhooks
+from lab.marketplaces.base import MarketplaceSimulator, retry_after
 
 DEFAULT_LOCATION = "gid://shopify/Location/1"
 MAX_PAGE = 250  # Shopify's largest `first` on a connection
@@ -118,16 +118,12 @@ class SetCall:
 
 
 @dataclass
-class ShopifySimulator:
+class ShopifySimulator(MarketplaceSimulator):
     access_token: str
     location_id: str = DEFAULT_LOCATION
     available: dict[str, int] = field(default_factory=dict)
     calls: list[SetCall] = field(default_factory=list)
-    failures: list[int] = field(default_factory=list)
-    rate_limited: int = 0  # requests answered 429: over the budget
     bucket: TokenBucket = field(default_factory=lambda: TokenBucket(RATE_LIMIT_PER_S, RATE_BURST))
-    failing_until: float = 0.0
-    failing_status: int = 503
     orders: dict[int, BookedOrder] = field(default_factory=dict)
     order_list_calls: int = 0  # order-list queries answered 200
 
@@ -136,32 +132,28 @@ class ShopifySimulator:
         app.router.add_post("/admin/api/{version}/graphql.json", self._graphql)
         return app
 
-    def fail_next(self, status: int, times: int = 1) -> None:
-        self.failures.extend([status] * times)
+    def refuse_credentials(self, request: web.Request) -> web.Response | None:
+        if request.headers.get("X-Shopify-Access-Token") != self.access_token:
+            return self._error(
+                401, "[API] Invalid API key or access token (unrecognized login or wrong password)"
+            )
+        return None
 
-    def fail_for(self, status: int, seconds: float) -> None:
-        """Answer every request with `status` for the next `seconds` (an outage)."""
-        self.failing_status, self.failing_until = status, time.monotonic() + seconds
+    def throttled(self, wait: float) -> web.Response:
+        return web.json_response(
+            {"errors": "Throttled"}, status=429, headers={"Retry-After": retry_after(wait)}
+        )
+
+    def injected(self, status: int, *, outage: bool) -> web.Response:
+        return self._error(status, "injected outage" if outage else "injected failure")
 
     def _error(self, status: int, message: str) -> web.Response:
         headers = {"Retry-After": "1"} if status == 429 else {}
         return web.json_response({"errors": message}, status=status, headers=headers)
 
     async def _graphql(self, request: web.Request) -> web.Response:
-        if request.headers.get("X-Shopify-Access-Token") != self.access_token:
-            return self._error(
-                401, "[API] Invalid API key or access token (unrecognized login or wrong password)"
-            )
-        wait = self.bucket.take()
-        if wait > 0:
-            self.rate_limited += 1
-            return web.json_response(
-                {"errors": "Throttled"}, status=429, headers={"Retry-After": f"{max(1, math.ceil(wait))}"}
-            )
-        if time.monotonic() < self.failing_until:
-            return self._error(self.failing_status, "injected outage")
-        if self.failures:
-            return self._error(self.failures.pop(0), "injected failure")
+        if (refused := self.gate(request, self.bucket)) is not None:
+            return refused
         try:
             payload: dict[str, Any] = await request.json()
         except json.JSONDecodeError:

@@ -29,6 +29,7 @@ from pydantic import SecretStr
 from channels.connection import Connection, Listing
 from channels.ratelimit import TokenBucket
 from channels.woocommerce import MAX_BATCH, RATE_BURST, RATE_LIMIT_PER_S, webhooks
+from lab.marketplaces.base import MarketplaceSimulator, retry_after
 
 PREFIX = "/wp-json/wc/v3"
 
@@ -46,14 +47,14 @@ class StockWrite:
 
 
 @dataclass
-class WooCommerceSimulator:
+class WooCommerceSimulator(MarketplaceSimulator):
+    FAILURES_BEFORE_BUDGET = True
+
     consumer_key: str = ""
     consumer_secret: str = ""
     available: dict[str, int] = field(default_factory=dict)
     parents: dict[str, str] = field(default_factory=dict)  # variation id -> parent product id
     calls: list[StockWrite] = field(default_factory=list)
-    failures: list[int] = field(default_factory=list)
-    rate_limited: int = 0
     orders: dict[int, dict[str, Any]] = field(default_factory=dict)
     order_list_calls: int = 0  # order-list pages answered 200
     rate_per_s: float = RATE_LIMIT_PER_S
@@ -93,9 +94,6 @@ class WooCommerceSimulator:
         app.router.add_get(PREFIX + "/orders", self._orders)
         return app
 
-    def fail_next(self, status: int, times: int = 1) -> None:
-        self.failures.extend([status] * times)
-
     # -- REST API -------------------------------------------------------------------------------------------
 
     @staticmethod
@@ -103,26 +101,25 @@ class WooCommerceSimulator:
         body = {"code": code, "message": message, "data": {"status": status}}
         return web.json_response(body, status=status, headers=headers)
 
-    def _gate(self, request: web.Request) -> web.Response | None:
-        """Auth, injected failures and the budget, in that order; None lets the request through."""
+    def refuse_credentials(self, request: web.Request) -> web.Response | None:
         if _basic_credentials(request.headers.get("Authorization", "")) != (
             self.consumer_key,
             self.consumer_secret,
         ):
             return self._error(401, "woocommerce_rest_cannot_view", "Sorry, you cannot list resources.")
-        if self.failures:
-            status = self.failures.pop(0)
-            return self._error(status, "injected_failure", "injected failure")
-        wait = self.bucket.take()
-        if wait > 0:
-            self.rate_limited += 1
-            return self._error(
-                429,
-                "rest_too_many_requests",
-                "Too many requests; slow down.",
-                {"Retry-After": str(max(1, math.ceil(wait)))},
-            )
         return None
+
+    def throttled(self, wait: float) -> web.Response:
+        return self._error(
+            429, "rest_too_many_requests", "Too many requests; slow down.", {"Retry-After": retry_after(wait)}
+        )
+
+    def injected(self, status: int, *, outage: bool) -> web.Response:
+        return self._error(status, "injected_failure", "injected failure")
+
+    def _gate(self, request: web.Request) -> web.Response | None:
+        """Auth, injected failures and the budget, in that order; None lets the request through."""
+        return self.gate(request, self.bucket)
 
     def _known(self, item: str, parent: str | None) -> bool:
         return item in self.available and self.parents.get(item) == parent
