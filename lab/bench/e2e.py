@@ -41,7 +41,7 @@ from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -302,10 +302,15 @@ class Pipeline:
 
     async def seed(self, level: Level) -> dict[str, int]:
         counts = {s: SCARCE_STOCK if s in SCARCE else AMPLE_STOCK for s in SKUS}
+        # As of the next whole second: some channels stamp sales in whole seconds, and a count within the
+        # second of such a sale is taken not to hold it (the sale would come off the fresh count again).
+        as_of = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1)
         await self.producer.send_batch(
             self.kafka.topic(inventory_events.TOPIC),
-            as_records(stock_counts(TENANT, counts, tag=uuid.uuid4().hex[:8])),
+            as_records(stock_counts(TENANT, counts, tag=uuid.uuid4().hex[:8], at=as_of)),
         )
+        # The level's first sale must come after that moment, or the count would hold it.
+        await eventually(lambda: datetime.now(UTC) > as_of, timeout_s=5, what="the count's as-of time")
         await eventually(lambda: self.master() == counts, timeout_s=60, what=f"the {level.name} counts")
         await self.everywhere(counts, timeout_s=120, what=f"the {level.name} counts on all nine channels")
         return counts
