@@ -2,8 +2,8 @@
 
 Transient failures (network, timeouts, an error whose ``retryable`` is true) are retried with exponential
 backoff and full jitter, or after the server's ``retry_after_s`` when it gave one, until an attempt limit or a
-deadline; a wait that would end past the deadline is not started. Errors are classified by duck typing, so
-this module knows no channel.
+deadline (no attempt starts once a failed one ended past it; the wait the server asked for is honoured).
+Errors are classified by duck typing, so this module knows no channel.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from tenacity import (
     RetryCallState,
     retry_if_exception,
     stop_after_attempt,
-    stop_before_delay,
+    stop_after_delay,
     stop_never,
 )
 from tenacity.stop import stop_base
@@ -83,7 +83,7 @@ class RetryPolicy:
 
     def retrying(self) -> AsyncRetrying:
         """A tenacity loop with this policy; the last failure is re-raised as it was."""
-        stop: stop_base = stop_before_delay(self.deadline_s)
+        stop: stop_base = stop_after_delay(self.deadline_s)
         stop = stop | (stop_after_attempt(self.max_attempts) if self.max_attempts else stop_never)
         return AsyncRetrying(
             retry=retry_if_exception(is_retryable), wait=self.wait, stop=stop, sleep=self.sleep, reraise=True

