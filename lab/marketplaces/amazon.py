@@ -51,6 +51,7 @@ from channels.connection import Connection, Listing
 from channels.errors import PayloadError
 from channels.payload import iso_time
 from channels.ratelimit import TokenBucket
+from lab.marketplaces.base import MarketplaceSimulator, retry_after
 
 DEFAULT_MARKETPLACE = "ATVPDKIKX0DER"
 REGION = "us-east-1"
@@ -269,15 +270,15 @@ class PatchCall:
 
 
 @dataclass
-class AmazonSimulator:
+class AmazonSimulator(MarketplaceSimulator):
+    FAILURES_BEFORE_BUDGET = True  # Amazon: token, injected failures, then the operation's budget
+
     access_token: str
     seller_id: str = ""
     marketplace_id: str = DEFAULT_MARKETPLACE
     signer: SnsSigner = field(default_factory=default_signer)
     available: dict[str, int] = field(default_factory=dict)
     calls: list[PatchCall] = field(default_factory=list)
-    failures: list[int] = field(default_factory=list)
-    rate_limited: int = 0
     orders: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
     # The order book getOrders serves: order id -> {status, purchased, updated, marketplace}.
     order_book: dict[int, dict[str, Any]] = field(default_factory=dict)
@@ -306,9 +307,6 @@ class AmazonSimulator:
             for listing in connection.listings.values():
                 self.available[listing.listing_id] = initial
 
-    def fail_next(self, status: int, times: int = 1) -> None:
-        self.failures.extend([status] * times)
-
     def _error(self, status: int, code: str, message: str) -> web.Response:
         headers = {"x-amzn-RequestId": str(uuid.uuid4())}
         if status == 429:
@@ -317,9 +315,26 @@ class AmazonSimulator:
             {"errors": [{"code": code, "message": message}]}, status=status, headers=headers
         )
 
+    def refuse_credentials(self, request: web.Request) -> web.Response | None:
+        if request.headers.get("x-amz-access-token") != self.access_token:
+            return self._error(403, "Unauthorized", "Access to requested resource is denied.")
+        return None
+
+    def throttled(self, wait: float) -> web.Response:
+        response = self._error(429, "QuotaExceeded", "You exceeded your quota for the requested resource.")
+        response.headers["Retry-After"] = retry_after(wait)
+        return response
+
+    def injected(self, status: int, *, outage: bool) -> web.Response:
+        return self._error(
+            status,
+            "InternalFailure" if status >= 500 else "InvalidInput",
+            "injected outage" if outage else "injected failure",
+        )
+
     def _gate(self, request: web.Request, budget: TokenBucket) -> web.Response | None:
-        """Auth, injected failures, the rate budget, seller and marketplace: an error answer or None."""
-        refused = self._admit(request, budget)
+        """Auth, injected failures, the operation's budget, then seller and marketplace: an error or None."""
+        refused = self.gate(request, budget)
         if refused is not None:
             return refused
         if request.match_info["seller_id"] != self.seller_id:
@@ -329,30 +344,11 @@ class AmazonSimulator:
             return self._error(400, "InvalidInput", f"marketplaceIds must include {self.marketplace_id}")
         return None
 
-    def _admit(self, request: web.Request, budget: TokenBucket) -> web.Response | None:
-        """Auth, injected failures and the operation's rate budget: an error answer or None."""
-        if request.headers.get("x-amz-access-token") != self.access_token:
-            return self._error(403, "Unauthorized", "Access to requested resource is denied.")
-        if self.failures:
-            status = self.failures.pop(0)
-            return self._error(
-                status, "InternalFailure" if status >= 500 else "InvalidInput", "injected failure"
-            )
-        wait = budget.take()
-        if wait > 0:
-            self.rate_limited += 1
-            response = self._error(
-                429, "QuotaExceeded", "You exceeded your quota for the requested resource."
-            )
-            response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
-            return response
-        return None
-
     async def _get_orders(self, request: web.Request) -> web.Response:
         """getOrders: orders of the marketplace created (``CreatedAfter``) or last updated
         (``LastUpdatedAfter``) at or after a time, oldest first by that time, ``MaxResultsPerPage`` a page
         (default and most 100); ``NextToken`` continues (with ``MarketplaceIds``, other filters ignored)."""
-        refused = self._admit(request, self.orders_budget)
+        refused = self.gate(request, self.orders_budget)
         if refused is not None:
             return refused
         query = request.query
@@ -422,7 +418,7 @@ class AmazonSimulator:
 
     async def _get_order_items(self, request: web.Request) -> web.Response:
         """getOrderItems: every item of one order (all on one page here)."""
-        refused = self._admit(request, self.order_items_budget)
+        refused = self.gate(request, self.order_items_budget)
         if refused is not None:
             return refused
         wanted = request.match_info["order_id"]

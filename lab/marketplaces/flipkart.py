@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import math
 import secrets
 import time
 import uuid
@@ -34,6 +33,7 @@ from pydantic import SecretStr
 from channels.connection import Connection, Listing
 from channels.flipkart import MAX_BATCH, RATE_BURST, RATE_LIMIT_PER_S, api, webhooks
 from channels.ratelimit import TokenBucket
+from lab.marketplaces.base import MarketplaceSimulator, retry_after
 
 PREFIX = "/sellers"
 DEFAULT_LOCATION = "LOC8bdd7abceca4423a839d935584ee6f19"
@@ -62,7 +62,7 @@ class InventoryWrite:
 
 
 @dataclass
-class FlipkartSimulator:
+class FlipkartSimulator(MarketplaceSimulator):
     access_token: str = ""
     location_id: str = DEFAULT_LOCATION
     available: dict[str, int] = field(default_factory=dict)  # by seller SKU id
@@ -73,11 +73,7 @@ class FlipkartSimulator:
     searches: int = 0  # Search Shipments calls answered (first pages and next pages)
     calls: list[InventoryWrite] = field(default_factory=list)
     writes: int = 0
-    failures: list[int] = field(default_factory=list)
-    rate_limited: int = 0
     bucket: TokenBucket = field(default_factory=lambda: TokenBucket(RATE_LIMIT_PER_S, RATE_BURST))
-    failing_until: float = 0.0
-    failing_status: int = 503
 
     def adopt(self, connection: Connection, initial: int = 0) -> None:
         """Take the connection's token and location and list its SKUs with `initial` units each."""
@@ -97,34 +93,27 @@ class FlipkartSimulator:
             app.router.add_get(PREFIX + path, self._search_next)
         return app
 
-    def fail_next(self, status: int, times: int = 1) -> None:
-        self.failures.extend([status] * times)
-
-    def fail_for(self, status: int, seconds: float) -> None:
-        """Answer every request with `status` for the next `seconds` (an outage)."""
-        self.failing_status, self.failing_until = status, time.monotonic() + seconds
-
-    def _guard(self, request: web.Request) -> web.Response | None:
+    def refuse_credentials(self, request: web.Request) -> web.Response | None:
         if request.headers.get("Authorization") != f"Bearer {self.access_token}":
             return web.json_response(
                 {"error": "invalid_token", "error_description": "Invalid access token"}, status=401
             )
-        wait = self.bucket.take()
-        if wait > 0:
-            self.rate_limited += 1
-            return web.json_response(
-                {"errors": [{"severity": "ERROR", "code": 429, "description": "Request rate exceeded"}]},
-                status=429,
-                headers={"Retry-After": f"{max(1, math.ceil(wait))}"},
-            )
-        if time.monotonic() < self.failing_until:
-            return web.json_response(
-                {"errors": [{"description": "injected outage"}]}, status=self.failing_status
-            )
-        if self.failures:
-            status = self.failures.pop(0)
-            return web.json_response({"errors": [{"description": "injected failure"}]}, status=status)
         return None
+
+    def throttled(self, wait: float) -> web.Response:
+        return web.json_response(
+            {"errors": [{"severity": "ERROR", "code": 429, "description": "Request rate exceeded"}]},
+            status=429,
+            headers={"Retry-After": retry_after(wait)},
+        )
+
+    def injected(self, status: int, *, outage: bool) -> web.Response:
+        description = "injected outage" if outage else "injected failure"
+        return web.json_response({"errors": [{"description": description}]}, status=status)
+
+    def _guard(self, request: web.Request) -> web.Response | None:
+        """Token, budget, then injected failures; None lets the request through."""
+        return self.gate(request, self.bucket)
 
     async def _update_inventory(self, request: web.Request) -> web.Response:
         if refused := self._guard(request):

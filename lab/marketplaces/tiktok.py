@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import math
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from pydantic import SecretStr
 from channels.connection import Connection, Listing
 from channels.ratelimit import TokenBucket
 from channels.tiktok import API_VERSION, RATE_BURST, RATE_LIMIT_PER_S, api, webhooks
+from lab.marketplaces.base import MarketplaceSimulator, retry_after
 
 MAX_ORDER_PAGE = 100  # Get Order List's largest page_size
 
@@ -49,7 +49,7 @@ class InventoryCall:
 
 
 @dataclass
-class TikTokSimulator:
+class TikTokSimulator(MarketplaceSimulator):
     app_key: str = ""
     app_secret: str = ""
     access_token: str = ""
@@ -60,11 +60,10 @@ class TikTokSimulator:
     orders: dict[str, dict[str, Any]] = field(default_factory=dict)
     calls: list[InventoryCall] = field(default_factory=list)
     writes: int = 0  # Update Inventory requests that reached the handler
-    failures: list[int] = field(default_factory=list)
-    rate_limited: int = 0
     buckets: dict[str, TokenBucket] = field(default_factory=dict)  # per API, made on first use
-    failing_until: float = 0.0
-    failing_status: int = 503
+    # The body of the request being gated, for the sign check: `_guard` sets it and gates with no await
+    # in between, so concurrent requests cannot mix their bodies up.
+    _signed_body: bytes = field(default=b"", init=False, repr=False, compare=False)
 
     def adopt(self, connection: Connection, initial: int = 0) -> None:
         """Take the connection's credentials and list its SKUs with `initial` units each."""
@@ -91,13 +90,6 @@ class TikTokSimulator:
         )
         return app
 
-    def fail_next(self, status: int, times: int = 1) -> None:
-        self.failures.extend([status] * times)
-
-    def fail_for(self, status: int, seconds: float) -> None:
-        """Answer every request with `status` for the next `seconds` (an outage)."""
-        self.failing_status, self.failing_until = status, time.monotonic() + seconds
-
     @staticmethod
     def _reply(code: int, message: str, data: Any = None, *, status: int = 200) -> web.Response:
         headers = {"Retry-After": "1"} if status == 429 else {}
@@ -110,28 +102,31 @@ class TikTokSimulator:
             self.buckets[api_name] = TokenBucket(RATE_LIMIT_PER_S, RATE_BURST)
         return self.buckets[api_name]
 
-    async def _guard(self, request: web.Request, api_name: str) -> web.Response | None:
-        """The checks every endpoint makes, in TikTok's order; None when the request may proceed."""
+    def refuse_credentials(self, request: web.Request) -> web.Response | None:
+        """The access token, then the app key and the request's ``sign`` (over the body `_guard` read)."""
         if request.headers.get(api.TOKEN_HEADER) != self.access_token:
             return self._reply(105002, "Access token is invalid", status=401)
         params = dict(request.query)
-        body = await request.read()
-        expected = api.sign_request(self.app_secret, request.path, params, body)
+        expected = api.sign_request(self.app_secret, request.path, params, self._signed_body)
         if params.get("app_key") != self.app_key or params.get("sign") != expected:
             return self._reply(106001, "signature is invalid", status=401)
-        wait = self.bucket(api_name).take()
-        if wait > 0:
-            self.rate_limited += 1
-            return web.json_response(
-                {"code": 36009004, "message": "Too many requests", "request_id": secrets.token_hex(8)},
-                status=429,
-                headers={"Retry-After": f"{max(1, math.ceil(wait))}"},
-            )
-        if time.monotonic() < self.failing_until:
-            return self._reply(36009003, "injected outage", status=self.failing_status)
-        if self.failures:
-            return self._reply(36009003, "injected failure", status=self.failures.pop(0))
         return None
+
+    def throttled(self, wait: float) -> web.Response:
+        return web.json_response(
+            {"code": 36009004, "message": "Too many requests", "request_id": secrets.token_hex(8)},
+            status=429,
+            headers={"Retry-After": retry_after(wait)},
+        )
+
+    def injected(self, status: int, *, outage: bool) -> web.Response:
+        return self._reply(36009003, "injected outage" if outage else "injected failure", status=status)
+
+    async def _guard(self, request: web.Request, api_name: str) -> web.Response | None:
+        """The checks every endpoint makes, in TikTok's order (token, sign, the API's budget, injected
+        failures); None when the request may proceed."""
+        self._signed_body = await request.read()  # the sign covers the body
+        return self.gate(request, self.bucket(api_name))
 
     async def _order_detail(self, request: web.Request) -> web.Response:
         if refused := await self._guard(request, "order_detail"):

@@ -32,6 +32,7 @@ from pydantic import SecretStr
 from channels.connection import Connection, Listing
 from channels.ratelimit import TokenBucket
 from channels.walmart import FEEDS_PER_HOUR, RATE_BURST, RATE_LIMIT_PER_S, TOKEN_LIFETIME_S, webhooks
+from lab.marketplaces.base import MarketplaceSimulator, retry_after
 
 DEFAULT_PARTNER_ID = "10001234567"
 MAX_ORDERS_PER_PAGE = 200
@@ -51,14 +52,14 @@ class InventoryWrite:
 
 
 @dataclass
-class WalmartSimulator:
+class WalmartSimulator(MarketplaceSimulator):
+    FAILURES_BEFORE_BUDGET = True  # Walmart: token and headers, injected failures, then the budget
+
     client_id: str = ""
     client_secret: str = ""
     partner_id: str = DEFAULT_PARTNER_ID
     available: dict[str, int] = field(default_factory=dict)
     calls: list[InventoryWrite] = field(default_factory=list)
-    failures: list[int] = field(default_factory=list)
-    rate_limited: int = 0
     feeds: dict[str, dict[str, Any]] = field(default_factory=dict)
     orders: dict[str, dict[str, Any]] = field(default_factory=dict)
     order_created: dict[str, datetime] = field(default_factory=dict)  # purchase order -> orderDate
@@ -95,9 +96,6 @@ class WalmartSimulator:
         app.router.add_get("/v3/orders", self._list_orders)
         return app
 
-    def fail_next(self, status: int, times: int = 1) -> None:
-        self.failures.extend([status] * times)
-
     def revoke_tokens(self) -> None:
         """Every issued access token stops working (as when one expires early)."""
         self.tokens.clear()
@@ -130,8 +128,8 @@ class WalmartSimulator:
             {"access_token": token, "token_type": "Bearer", "expires_in": TOKEN_LIFETIME_S}
         )
 
-    def _gate(self, request: web.Request, bucket: TokenBucket) -> web.Response | None:
-        """Token and required headers, injected failures, then the budget; None lets the request through."""
+    def refuse_credentials(self, request: web.Request) -> web.Response | None:
+        """The access token (issued and not expired on `clock`) and the headers every call must carry."""
         token = request.headers.get("WM_SEC.ACCESS_TOKEN", "")
         if self.tokens.get(token, -math.inf) <= self.clock():
             return self._error(
@@ -142,18 +140,20 @@ class WalmartSimulator:
                 return self._error(
                     400, "INVALID_REQUEST_HEADER.GMP_GATEWAY_API", f"{required} header is required"
                 )
-        if self.failures:
-            return self._error(self.failures.pop(0), "INJECTED.GMP_INVENTORY_API", "injected failure")
-        wait = bucket.take()
-        if wait > 0:
-            self.rate_limited += 1
-            return self._error(
-                429,
-                "REQUEST_THRESHOLD_VIOLATED.GMP_GATEWAY_API",
-                "Too many requests",
-                {"Retry-After": str(max(1, math.ceil(wait)))},
-            )
         return None
+
+    def throttled(self, wait: float) -> web.Response:
+        return self._error(
+            429,
+            "REQUEST_THRESHOLD_VIOLATED.GMP_GATEWAY_API",
+            "Too many requests",
+            {"Retry-After": retry_after(wait)},
+        )
+
+    def injected(self, status: int, *, outage: bool) -> web.Response:
+        return self._error(
+            status, "INJECTED.GMP_INVENTORY_API", "injected outage" if outage else "injected failure"
+        )
 
     def _record(self, sku: str, quantity: Any, via: str, feed_id: str | None = None) -> str | None:
         """Apply and record one write; the error description, or None when it was applied."""
@@ -170,7 +170,7 @@ class WalmartSimulator:
         return error
 
     async def _put(self, request: web.Request) -> web.Response:
-        if (refused := self._gate(request, self.bucket)) is not None:
+        if (refused := self.gate(request, self.bucket)) is not None:
             return refused
         sku = request.query.get("sku", "")
         try:
@@ -191,7 +191,7 @@ class WalmartSimulator:
         return web.json_response({"sku": sku, "quantity": {"unit": "EACH", "amount": self.available[sku]}})
 
     async def _get(self, request: web.Request) -> web.Response:
-        if (refused := self._gate(request, self.bucket)) is not None:
+        if (refused := self.gate(request, self.bucket)) is not None:
             return refused
         sku = request.query.get("sku", "")
         if sku not in self.available:
@@ -199,7 +199,7 @@ class WalmartSimulator:
         return web.json_response({"sku": sku, "quantity": {"unit": "EACH", "amount": self.available[sku]}})
 
     async def _feed(self, request: web.Request) -> web.Response:
-        if (refused := self._gate(request, self.feed_bucket)) is not None:
+        if (refused := self.gate(request, self.feed_bucket)) is not None:
             return refused
         if request.query.get("feedType") != "inventory":
             return self._error(
@@ -250,7 +250,7 @@ class WalmartSimulator:
         return web.json_response({"feedId": feed_id})
 
     async def _feed_status(self, request: web.Request) -> web.Response:
-        if (refused := self._gate(request, self.bucket)) is not None:
+        if (refused := self.gate(request, self.bucket)) is not None:
             return refused
         feed = self.feeds.get(request.match_info["feed_id"])
         if feed is None:
@@ -263,7 +263,7 @@ class WalmartSimulator:
         """``GET /v3/orders``: purchase orders created/modified at or after the given dates, oldest change
         first, ``limit`` (default 100, at most 200) a page; ``meta.nextCursor`` is the query string of the
         next page (the filters plus where the page ended), null on the last page."""
-        if (refused := self._gate(request, self.bucket)) is not None:
+        if (refused := self.gate(request, self.bucket)) is not None:
             return refused
         query = request.query
         limit_text = query.get("limit", "100")
