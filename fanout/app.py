@@ -14,7 +14,7 @@ from confluent_kafka import Consumer
 from prometheus_client import CollectorRegistry
 
 from channels.connection import ConnectionRegistry
-from channels.outbound import outbound
+from channels.registry import spec as channel_spec
 from fanout.delivery import ChannelFanout, ConnectionSync, Delivery
 from fanout.loop import FanoutWorker
 from fanout.metrics import FanoutMetrics
@@ -41,7 +41,7 @@ def channel_fanout(
     metrics: FanoutMetrics,
 ) -> ChannelFanout:
     """One channel's delivery to its enabled connections, each with its client and budget."""
-    spec = outbound(channel)
+    spec = channel_spec(channel)
     syncs = []
     for c in connections.for_channel(channel):
         budget = spec.budget(c)

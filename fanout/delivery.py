@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 
 from channels.connection import Connection
 from channels.errors import ChannelError, CompareMismatch
-from channels.outbound import InventoryClient
 from channels.ratelimit import TokenBucket
+from channels.spec import InventoryClient
 from fanout.metrics import FanoutMetrics
 from fanout.plan import Precedence, Record, Target, latest_per_sku, target_for
 from schemas import stock_changed, stock_rejected

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from channels.connection import ConnectionRegistry, channel_quantity
 from channels.errors import ChannelError
-from channels.outbound import client_for
+from channels.registry import spec
 from schemas import fanout_dlq
 from schemas.fanout_dlq import UpdateDeadLettered
 from stocksync.kafka import read_to_end
@@ -65,7 +65,7 @@ async def replay(
                 out.append(Replayed(conn_id, sku, "not_in_master", None, None))
                 continue
             allows = channel_quantity(row, buffer=conn.safety_buffer, allocation=conn.allocation)
-            client = client_for(session, conn)
+            client = spec(conn.channel).client(session, conn)
             try:
                 had = (await client.get_available([sku])).get(sku)
                 if had == allows:

@@ -26,8 +26,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from channels.connection import Connection, ConnectionRegistry
 from channels.errors import ChannelError, PayloadError
-from channels.inbound import ADAPTERS
 from channels.payload import LinesRefused, RefusedLine
+from channels.registry import SPECS
 from ingest import admin
 from ingest.metrics import IngestMetrics
 from ingest.settings import IngestSettings
@@ -134,7 +134,7 @@ async def _webhook(request: web.Request) -> web.Response:
             404, f"no enabled connection {connection_id!r}: check the webhook URL set on the channel"
         )
     channel = connection.channel
-    adapter = ADAPTERS.get(channel)
+    adapter = SPECS.get(channel)
     if adapter is None:
         metrics.requests.labels(channel, "unknown_connection").inc()
         return _error(404, f"channel {channel!r} has no webhook support in this version")

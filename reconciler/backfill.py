@@ -20,8 +20,8 @@ import aiohttp
 from psycopg import AsyncConnection
 
 from channels.connection import Connection
-from channels.orders import ListOrders, OrderBatch
 from channels.ratelimit import TokenBucket
+from channels.spec import ListOrders, OrderBatch
 from reconciler import store
 from reconciler.progress import Progress
 from reconciler.report import ConnectionReport

@@ -14,7 +14,7 @@ from psycopg import AsyncConnection
 
 from channels.connection import Connection
 from channels.errors import CompareMismatch
-from channels.outbound import InventoryClient
+from channels.spec import InventoryClient
 from reconciler import store
 from reconciler.progress import Progress
 from reconciler.report import CORRECTED, SKIPPED_CHANNEL_MOVED, SKIPPED_MASTER_MOVED, Drift

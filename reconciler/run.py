@@ -26,9 +26,8 @@ from psycopg import AsyncConnection
 
 from channels.connection import Connection
 from channels.errors import ChannelError
-from channels.orders import order_source
-from channels.outbound import outbound
 from channels.ratelimit import TokenBucket
+from channels.registry import spec as channel_spec
 from reconciler import store
 from reconciler.backfill import Learned, PublishError, list_missed, publish_learned, wait_applied
 from reconciler.correction import read_counts, write_back
@@ -125,7 +124,7 @@ class Reconciler:
             ConnectionReport(connection_id=c.id, channel=c.channel, tenant=c.tenant) for c in self.connections
         ]
         report.connections = reps
-        budgets = {c.id: outbound(c.channel).budget(c) for c in self.connections}
+        budgets = {c.id: channel_spec(c.channel).budget(c) for c in self.connections}
         pairs = list(zip(self.connections, reps, strict=True))
         learned = await asyncio.gather(
             *(self._backfill(report, c, rep, db, budgets[c.id]) for c, rep in pairs)
@@ -183,7 +182,7 @@ class Reconciler:
         budget: TokenBucket,
     ) -> Learned:
         try:
-            source = order_source(conn.channel)
+            source = channel_spec(conn.channel).list_orders
         except ValueError:
             rep.backfill = "unavailable"
             log.warning(
@@ -210,7 +209,7 @@ class Reconciler:
         """What the channel shows before the backfill is published: the drift the missed orders caused, even
         where the fan-out fixes it (from the backfilled events) before the correction phase looks."""
         self.progress.phase(conn.id, "reading the channel before the backfill", total=len(conn.listings))
-        spec = outbound(conn.channel)
+        spec = channel_spec(conn.channel)
         try:
             learned.shown_before = await read_counts(
                 conn,
@@ -254,7 +253,7 @@ class Reconciler:
         net: dict[tuple[str, str], int],
         shown_before: dict[str, int] | None,
     ) -> None:
-        spec = outbound(conn.channel)
+        spec = channel_spec(conn.channel)
         client = spec.client(self.session, conn, budget=budget)
         skus = list(conn.listings)
         rep.skus_checked = len(skus)

@@ -18,7 +18,7 @@ import aiohttp
 from aiohttp import web
 
 from channels.connection import Connection, to_toml
-from channels.outbound import client_for
+from channels.registry import spec
 from lab.local.process import free_port
 from lab.local.stack import StackConfig
 from lab.marketplaces import amazon as amazon
@@ -85,7 +85,7 @@ class Marketplace:
 
     async def shows(self, session: aiohttp.ClientSession, skus: list[str]) -> dict[str, int]:
         """What the channel shows now, read through its outbound client (costs one call per read batch)."""
-        return await client_for(session, self.connection).get_available(skus)
+        return await spec(self.channel).client(session, self.connection).get_available(skus)
 
 
 @asynccontextmanager

@@ -15,8 +15,8 @@ from channels.amazon import webhooks
 from channels.amazon.orders import list_orders
 from channels.connection import Connection
 from channels.errors import ChannelError
-from channels.orders import OrderBatch
 from channels.ratelimit import TokenBucket
+from channels.spec import OrderBatch
 from lab.marketplaces.amazon import AmazonSimulator, amazon_order_id, sample_connection
 from lab.marketplaces.serve import serve
 from schemas.inventory_events import OrderCancelled, OrderPlaced

@@ -14,8 +14,8 @@ from channels.bigcommerce import webhooks
 from channels.bigcommerce.orders import list_orders
 from channels.connection import Connection
 from channels.orderlist import PAGE_SIZE_OPTION
-from channels.orders import OrderBatch
 from channels.ratelimit import TokenBucket
+from channels.spec import OrderBatch
 from lab.local.process import free_port
 from lab.marketplaces.bigcommerce import BigCommerceSimulator, sample_connection
 from lab.marketplaces.serve import serve

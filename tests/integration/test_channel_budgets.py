@@ -12,8 +12,8 @@ import asyncio
 import aiohttp
 import pytest
 
-from channels.outbound import CHANNELS, client_for
 from channels.ratelimit import TokenBucket
+from channels.registry import SPECS
 from lab.marketplaces import BUILDERS, Marketplace, marketplaces
 from lab.marketplaces.tiktok import TikTokSimulator
 
@@ -24,7 +24,7 @@ SKUS = tuple(f"BUDGET-{n:02d}" for n in range(24))
 
 
 async def write_and_read_back(session: aiohttp.ClientSession, market: Marketplace) -> dict[str, int]:
-    client = client_for(session, market.connection)
+    client = SPECS[market.channel].client(session, market.connection)
     await client.set_many([(sku, 7) for sku in SKUS], reference="budget-test")
     await client.set_many([(sku, 3) for sku in SKUS[::2]], reference="budget-test")
     return await client.get_available(list(SKUS))
@@ -47,7 +47,7 @@ async def test_a_shared_budget_is_charged_for_every_request_of_a_batch() -> None
         market.simulator.buckets["update_inventory"] = TokenBucket(1000.0, 1000.0)  # the channel allows it
         budget = TokenBucket(1000.0, 1000.0, clock=lambda: 0.0)  # never refills: what is left was spent
         async with aiohttp.ClientSession() as session:
-            client = client_for(session, market.connection, budget=budget)
+            client = SPECS[market.channel].client(session, market.connection, budget=budget)
             await client.set_many([(sku, 1) for sku in SKUS], reference="budget-test")
         products = {listing.listing_id for listing in market.connection.listings.values()}
         assert len(products) == len(SKUS) // 2  # the sample lists two SKUs per product
@@ -56,4 +56,4 @@ async def test_a_shared_budget_is_charged_for_every_request_of_a_batch() -> None
 
 
 def test_every_registered_channel_is_covered() -> None:
-    assert set(BUILDERS) == set(CHANNELS)
+    assert set(BUILDERS) == set(SPECS)

@@ -14,8 +14,8 @@ from channels.connection import Connection
 from channels.ebay.orders import list_orders
 from channels.errors import ChannelError
 from channels.orderlist import PAGE_SIZE_OPTION
-from channels.orders import OrderBatch
 from channels.ratelimit import TokenBucket
+from channels.spec import OrderBatch
 from lab.local.process import free_port
 from lab.marketplaces.ebay import EbaySimulator, order_number, sample_connection
 from lab.marketplaces.serve import serve

@@ -14,8 +14,8 @@ from channels.connection import Connection
 from channels.etsy import webhooks
 from channels.etsy.orders import list_orders
 from channels.orderlist import PAGE_SIZE_OPTION
-from channels.orders import OrderBatch
 from channels.ratelimit import TokenBucket
+from channels.spec import OrderBatch
 from lab.local.process import free_port
 from lab.marketplaces.etsy import EtsySimulator, sample_connection
 from lab.marketplaces.serve import serve

@@ -12,8 +12,8 @@ from channels.connection import Connection
 from channels.errors import ChannelError
 from channels.flipkart import api, webhooks
 from channels.flipkart.orders import SWEEPS, list_orders, next_page_url
-from channels.orders import OrderBatch
 from channels.ratelimit import TokenBucket
+from channels.spec import OrderBatch
 from lab.marketplaces.flipkart import FlipkartSimulator, sample_connection
 from schemas.inventory_events import OrderCancelled, OrderPlaced
 from tests.channel_kit import serving_sample

@@ -16,7 +16,7 @@ from multidict import CIMultiDict
 
 from channels.connection import Connection, ConnectionRegistry
 from channels.etsy import webhooks as etsy_webhooks
-from channels.inbound import ADAPTERS
+from channels.registry import SPECS
 from ingest.app import build_app
 from ingest.settings import IngestSettings
 from lab.local.process import free_port
@@ -112,7 +112,7 @@ async def test_a_signed_thin_webhook_that_names_no_receipt_of_this_shop_is_quara
         async def broken(*_args: object) -> bytes:
             raise TypeError("surprise")
 
-        monkeypatch.setitem(ADAPTERS, "etsy", replace(ADAPTERS["etsy"], expand=broken))
+        monkeypatch.setitem(SPECS, "etsy", replace(SPECS["etsy"], expand=broken))
         odd = etsy_signed(conn, {"event_type": "order.paid"})
         resp = await client.post(f"/webhooks/{conn.id}", data=odd[0], headers=odd[1])
         assert resp.status == 200
@@ -130,7 +130,7 @@ async def test_a_signed_thin_webhook_that_names_no_receipt_of_this_shop_is_quara
     assert "shop" in kept[0].reason
 
 
-@pytest.mark.parametrize("channel", sorted(ADAPTERS))
+@pytest.mark.parametrize("channel", sorted(SPECS))
 async def test_a_request_with_two_of_a_signature_header_is_refused_on_every_channel(
     kafka: KafkaSettings, channel: str
 ) -> None:
@@ -139,7 +139,7 @@ async def test_a_request_with_two_of_a_signature_header_is_refused_on_every_chan
     make_connection, make_simulator = BUILDERS[channel]
     conn = make_connection("http://127.0.0.1:1", skus=("SKU-1",), conn_id=f"{channel}-dup", tenant="acme")
     body, headers = make_simulator(conn).place_order(conn, 5, [("SKU-1", 1)], datetime.now(UTC))
-    declared = ADAPTERS[channel].auth_headers
+    declared = SPECS[channel].auth_headers
     sent = [name for name in declared if name.lower() in {k.lower() for k in headers}]
     assert sent, f"{channel}: none of its auth headers {declared} is in a signed request"
     client = await gateway(kafka, conn)

@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from multidict import CIMultiDict
 
 from channels.connection import ConnectionRegistry
-from channels.inbound import ADAPTERS
+from channels.registry import SPECS
 from ingest.app import build_app
 from ingest.settings import IngestSettings
 from lab.local.process import free_port
@@ -137,7 +137,7 @@ async def test_a_normaliser_that_breaks_still_loses_nothing(
     def broken(*_args: object) -> list[OrderPlaced | OrderCancelled]:
         raise KeyError("surprise")
 
-    monkeypatch.setitem(ADAPTERS, "shopify", replace(ADAPTERS["shopify"], normalise=broken))
+    monkeypatch.setitem(SPECS, "shopify", replace(SPECS["shopify"], normalise=broken))
     body, headers = sale_webhook()
     resp = await client.post("/webhooks/shop-acme", data=body, headers=headers)
     assert resp.status == 200

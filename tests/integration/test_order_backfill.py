@@ -16,10 +16,10 @@ from pydantic import SecretStr
 
 from channels.connection import Connection
 from channels.errors import ChannelError
-from channels.inbound import ADAPTERS
 from channels.orderlist import PAGE_SIZE_OPTION
-from channels.orders import OrderBatch, order_source
 from channels.ratelimit import TokenBucket
+from channels.registry import SPECS
+from channels.spec import OrderBatch
 from lab.marketplaces import BUILDERS, Marketplace, marketplaces
 from schemas.inventory_events import OrderCancelled, OrderPlaced
 
@@ -82,7 +82,7 @@ async def webhook_events(
     session: aiohttp.ClientSession, market: Marketplace, body: bytes, raw_headers: dict[str, str]
 ) -> list[Event]:
     """What the gateway makes of one order's webhook: verify, expand if the channel's are thin, normalise."""
-    adapter, connection = ADAPTERS[market.channel], market.connection
+    adapter, connection = SPECS[market.channel], market.connection
     headers = CIMultiDict(raw_headers)
     assert adapter.verify_for(connection)(connection.webhook_secret.get_secret_value(), body, headers)
     if adapter.expand is not None:
@@ -95,7 +95,7 @@ async def webhook_events(
 async def backfill(
     session: aiohttp.ClientSession, connection: Connection, since: datetime, budget: TokenBucket
 ) -> list[OrderBatch]:
-    source = order_source(connection.channel)
+    source = SPECS[connection.channel].list_orders
     received_at = datetime.now(UTC)
     return [b async for b in source(session, connection, since, budget=budget, received_at=received_at)]
 

@@ -12,10 +12,10 @@ import pytest
 from channels.connection import Connection
 from channels.errors import ChannelError
 from channels.orderlist import PAGE_SIZE_OPTION
-from channels.orders import OrderBatch
 from channels.ratelimit import TokenBucket
 from channels.shopify import API_VERSION, webhooks
 from channels.shopify.orders import list_orders, rest_order, rest_refund
+from channels.spec import OrderBatch
 from lab.local.process import free_port
 from lab.marketplaces.serve import serve
 from lab.marketplaces.shopify import ShopifySimulator, sample_connection

@@ -10,8 +10,8 @@ import pytest
 
 from channels.connection import Connection
 from channels.errors import ChannelError
-from channels.orders import OrderBatch
 from channels.ratelimit import TokenBucket
+from channels.spec import OrderBatch
 from channels.tiktok import webhooks
 from channels.tiktok.orders import list_orders
 from lab.marketplaces.tiktok import TikTokSimulator, sample_connection

@@ -14,9 +14,9 @@ from pydantic import SecretStr
 
 from channels.connection import Connection
 from channels.errors import ChannelError
-from channels.inbound import ADAPTERS
-from channels.orders import OrderBatch
 from channels.ratelimit import TokenBucket
+from channels.registry import SPECS
+from channels.spec import OrderBatch
 from channels.walmart.orders import list_orders
 from lab.marketplaces.serve import serve
 from lab.marketplaces.walmart import WalmartSimulator, sample_connection
@@ -37,7 +37,7 @@ class Shop:
     requests: list[str] = field(default_factory=list)  # every HTTP request the session sent (method path)
 
     def webhook_events(self, body: bytes, headers: dict[str, str]) -> list[OrderPlaced | OrderCancelled]:
-        adapter = ADAPTERS["walmart"]
+        adapter = SPECS["walmart"]
         assert adapter.verify_for(self.connection)(
             self.connection.webhook_secret.get_secret_value(), body, headers
         )

@@ -12,8 +12,8 @@ from multidict import CIMultiDict
 
 from channels.connection import Connection
 from channels.orderlist import PAGE_SIZE_OPTION
-from channels.orders import OrderBatch
 from channels.ratelimit import TokenBucket
+from channels.spec import OrderBatch
 from channels.woocommerce import webhooks
 from channels.woocommerce.orders import list_orders
 from lab.local.process import free_port

@@ -1,5 +1,5 @@
-"""Every marketplace in the schema has one ChannelSpec with every part, and the services' views
-(channels.inbound, channels.outbound, channels.orders) give the registry's own objects."""
+"""Every marketplace in the schema has one ChannelSpec with every part, in the one registry
+(channels.registry) that the gateway, the fan-out and the reconciler read."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from typing import get_args
 
 import pytest
 
-from channels import inbound, orders, outbound
 from channels.registry import SPECS, spec
 from channels.spec import ChannelSpec
 from schemas.base import Channel
@@ -43,14 +42,3 @@ def test_budgets_and_batches_are_sane() -> None:
 def test_an_unknown_channel_is_named() -> None:
     with pytest.raises(ValueError, match=r"unknown channel 'nope'; known: amazon, bigcommerce"):
         spec("nope")
-    with pytest.raises(ValueError, match="unknown channel 'nope'"):
-        orders.order_source("nope")
-
-
-def test_the_views_give_the_registrys_objects() -> None:
-    for name, s in SPECS.items():
-        assert inbound.ADAPTERS[name] is s
-        assert outbound.CHANNELS[name] is s
-        assert outbound.outbound(name) is s
-        assert orders.order_source(name) is s.list_orders
-    assert inbound.ADAPTERS is not SPECS  # the gateway's dict: a test may patch it alone

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from channels.errors import ChannelError, PayloadError
-from channels.inbound import ADAPTERS
+from channels.registry import SPECS
 from lab.marketplaces import BUILDERS
 from tests.channel_kit import json_values, mutate, published
 
@@ -43,7 +43,7 @@ SAMPLES = {channel: realistic(channel) for channel in THIN}
 
 async def expand_then_normalise(channel: str, body: bytes) -> None:
     connection, headers, _ = SAMPLES[channel]
-    adapter = ADAPTERS[channel]
+    adapter = SPECS[channel]
     assert adapter.expand is not None
     timeout = aiohttp.ClientTimeout(total=2)
     async with aiohttp.ClientSession(timeout=timeout) as session:
@@ -93,7 +93,7 @@ def test_an_unparseable_receipt_url_is_a_payload_error_not_a_crash() -> None:
 
     async def run() -> None:
         async with aiohttp.ClientSession() as session:
-            expand = ADAPTERS["etsy"].expand
+            expand = SPECS["etsy"].expand
             assert expand is not None
             with pytest.raises(PayloadError, match="not an Etsy receipt URL"):
                 await expand(session, connection, json.dumps(document).encode(), headers)

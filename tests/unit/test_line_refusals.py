@@ -15,7 +15,6 @@ import aiohttp
 import pytest
 
 from channels.errors import PayloadError
-from channels.inbound import ADAPTERS
 from channels.payload import (
     LineRefused,
     Lines,
@@ -25,6 +24,7 @@ from channels.payload import (
     positive_quantity,
     quantity_problem,
 )
+from channels.registry import SPECS
 from lab.local.process import free_port
 from lab.marketplaces import BUILDERS
 from lab.marketplaces.serve import serve
@@ -196,7 +196,7 @@ TOO_LARGE: dict[str, Callable[[dict[str, Any]], None]] = {
 
 
 def test_every_channel_is_covered() -> None:
-    assert set(TOO_LARGE) == set(ADAPTERS) == set(BUILDERS)
+    assert set(TOO_LARGE) == set(SPECS) == set(BUILDERS)
 
 
 async def _expanded(channel: str) -> tuple[Any, bytes, dict[str, str]]:
@@ -209,7 +209,7 @@ async def _expanded(channel: str) -> tuple[Any, bytes, dict[str, str]]:
     )
     simulator = make_simulator(connection)
     body, headers = simulator.place_order(connection, 77, [("SKU-1", 2), ("SKU-2", 1)], NOW)
-    expand = ADAPTERS[channel].expand
+    expand = SPECS[channel].expand
     if expand is not None:
         async with serve(simulator.app(), port=port), aiohttp.ClientSession() as session:
             body = await expand(session, connection, body, headers)
@@ -219,7 +219,7 @@ async def _expanded(channel: str) -> tuple[Any, bytes, dict[str, str]]:
 @pytest.mark.parametrize("channel", sorted(TOO_LARGE))
 def test_each_channel_refuses_only_the_line_above_the_largest_quantity(channel: str) -> None:
     connection, body, headers = asyncio.run(_expanded(channel))
-    normalise = ADAPTERS[channel].normalise
+    normalise = SPECS[channel].normalise
     fine = normalise(connection, body, headers, NOW)
     assert sorted((e.sku, e.quantity) for e in fine if e.sku == "SKU-2") == [("SKU-2", 1)]
 
