@@ -4,6 +4,8 @@ A subclass supplies its app() and how the channel words its refusals (credential
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 import time
 from dataclasses import dataclass, field
@@ -85,3 +87,15 @@ class MarketplaceSimulator:
         if refused is None and not self.FAILURES_BEFORE_BUDGET:
             refused = self.injected_failure()
         return refused
+
+
+def basic_credentials(value: str) -> tuple[str, str] | None:
+    """(login, password) from an ``Authorization: Basic …`` header value, or None if it is not one."""
+    scheme, _, encoded = value.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        login, sep, password = base64.b64decode(encoded, validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return (login, password) if sep else None

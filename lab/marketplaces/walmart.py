@@ -13,8 +13,6 @@ engine's next push sets the count anyway).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import math
 import secrets
@@ -32,7 +30,7 @@ from pydantic import SecretStr
 from channels.connection import Connection, Listing
 from channels.ratelimit import TokenBucket
 from channels.walmart import FEEDS_PER_HOUR, RATE_BURST, RATE_LIMIT_PER_S, TOKEN_LIFETIME_S, webhooks
-from lab.marketplaces.base import MarketplaceSimulator, retry_after
+from lab.marketplaces.base import MarketplaceSimulator, basic_credentials, retry_after
 
 DEFAULT_PARTNER_ID = "10001234567"
 MAX_ORDERS_PER_PAGE = 200
@@ -110,7 +108,7 @@ class WalmartSimulator(MarketplaceSimulator):
         return web.json_response({"errors": {"error": [entry]}}, status=status, headers=headers)
 
     async def _token(self, request: web.Request) -> web.Response:
-        if _basic_credentials(request.headers.get("Authorization", "")) != (
+        if basic_credentials(request.headers.get("Authorization", "")) != (
             self.client_id,
             self.client_secret,
         ):
@@ -396,17 +394,6 @@ class WalmartSimulator(MarketplaceSimulator):
                 line.update(status="CANCELLED", statusDate=_walmart_time(cancelled_at))
                 line["cancellationReason"] = "Auto-cancelled due to expired ship date"
         return notification(connection, "PO_LINE_AUTOCANCELLED", order, cancelled_at)
-
-
-def _basic_credentials(value: str) -> tuple[str, str] | None:
-    scheme, _, encoded = value.partition(" ")
-    if scheme.lower() != "basic":
-        return None
-    try:
-        login, sep, password = base64.b64decode(encoded, validate=True).decode().partition(":")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-    return (login, password) if sep else None
 
 
 def _epoch_ms(moment: datetime) -> int:

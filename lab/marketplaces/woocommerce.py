@@ -12,8 +12,6 @@ header), whether or not its webhook was delivered.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import math
 import secrets
@@ -29,7 +27,7 @@ from pydantic import SecretStr
 from channels.connection import Connection, Listing
 from channels.ratelimit import TokenBucket
 from channels.woocommerce import MAX_BATCH, RATE_BURST, RATE_LIMIT_PER_S, webhooks
-from lab.marketplaces.base import MarketplaceSimulator, retry_after
+from lab.marketplaces.base import MarketplaceSimulator, basic_credentials, retry_after
 
 PREFIX = "/wp-json/wc/v3"
 
@@ -102,7 +100,7 @@ class WooCommerceSimulator(MarketplaceSimulator):
         return web.json_response(body, status=status, headers=headers)
 
     def refuse_credentials(self, request: web.Request) -> web.Response | None:
-        if _basic_credentials(request.headers.get("Authorization", "")) != (
+        if basic_credentials(request.headers.get("Authorization", "")) != (
             self.consumer_key,
             self.consumer_secret,
         ):
@@ -296,17 +294,6 @@ class WooCommerceSimulator(MarketplaceSimulator):
                 self.available[item] += line["quantity"]
         order.update(status=status, date_modified=_gmt(cancelled_at), date_modified_gmt=_gmt(cancelled_at))
         return order_webhook(connection, order, "order.updated")
-
-
-def _basic_credentials(value: str) -> tuple[str, str] | None:
-    scheme, _, encoded = value.partition(" ")
-    if scheme.lower() != "basic":
-        return None
-    try:
-        login, sep, password = base64.b64decode(encoded, validate=True).decode().partition(":")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-    return (login, password) if sep else None
 
 
 def _item_of(listing: Listing) -> tuple[str, str | None]:
