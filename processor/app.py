@@ -35,11 +35,10 @@ import faust
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from psycopg_pool import AsyncConnectionPool
-from pydantic import ValidationError
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from processor.emit import Result, dead_letter
-from processor.isolation import apply_isolating
+from processor.isolation import apply_isolating, decode_all
 from processor.metrics import ProcessorMetrics
 from processor.ops import ops_app
 from processor.settings import ProcessorSettings
@@ -104,22 +103,6 @@ def outgoing(results: list[Result], undecodable: list[tuple[bytes, str]]) -> lis
         for raw, reason in undecodable
     ]
     return out
-
-
-def decode_all(
-    raw_values: list[bytes],
-) -> tuple[list[inventory_events.AnyInventoryEvent], list[tuple[bytes, str]]]:
-    """The canonical events of a batch, and the records that are none (with why)."""
-    events, undecodable = [], []
-    for raw in raw_values:
-        try:
-            events.append(inventory_events.decode(raw))
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(map(str, e['loc'])) or 'record'}: {e['msg']}" for e in exc.errors()[:3]
-            )
-            undecodable.append((raw, f"not a canonical inventory event: {problems}"[:1000]))
-    return events, undecodable
 
 
 async def commit_batch(

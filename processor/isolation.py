@@ -16,9 +16,11 @@ from datetime import timedelta
 import psycopg
 from psycopg import AsyncConnection
 from psycopg.errors import UniqueViolation
+from pydantic import ValidationError
 
 from processor.emit import Result, invalid
 from processor.store import DEFAULT_SKEW, apply_batch, record_invalid
+from schemas import inventory_events
 from schemas.inventory_events import AnyInventoryEvent
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,22 @@ EVENT_ERRORS: tuple[type[Exception], ...] = (
     ArithmeticError,
     LookupError,
 )
+
+
+def decode_all(
+    raw_values: list[bytes],
+) -> tuple[list[inventory_events.AnyInventoryEvent], list[tuple[bytes, str]]]:
+    """The canonical events of a batch, and the records that are none (with why)."""
+    events, undecodable = [], []
+    for raw in raw_values:
+        try:
+            events.append(inventory_events.decode(raw))
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'record'}: {e['msg']}" for e in exc.errors()[:3]
+            )
+            undecodable.append((raw, f"not a canonical inventory event: {problems}"[:1000]))
+    return events, undecodable
 
 
 def _event_error(exc: BaseException) -> bool:

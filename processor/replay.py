@@ -17,9 +17,8 @@ from datetime import timedelta
 import psycopg
 from confluent_kafka import Consumer, TopicPartition
 from psycopg import AsyncConnection
-from pydantic import ValidationError
 
-from processor.isolation import apply_isolating
+from processor.isolation import apply_isolating, decode_all
 from processor.store import DEFAULT_SKEW
 from schemas import inventory_events
 from stocksync.db import migrate
@@ -94,20 +93,19 @@ async def replay(
                         f"no records from partitions {sorted(pending)} of {topic} "
                         f"for {stall_timeout_s:.0f} s; is the cluster reachable?"
                     )
-                events = []
+                values = []
                 for m in messages:
                     if m.error():
                         continue
                     partition, offset = m.partition() or 0, m.offset() or 0
                     if partition not in pending or offset >= bounds[partition][1]:
                         continue  # written after the replay started: not part of this rebuild
-                    try:
-                        events.append(inventory_events.decode(m.value() or b""))
-                    except ValidationError:
-                        undecodable += 1
+                    values.append(m.value() or b"")
                     done += 1
                     if offset + 1 >= bounds[partition][1]:
                         pending.discard(partition)
+                events, refused = decode_all(values)  # the live processor's rule for what is no event
+                undecodable += len(refused)
                 if events:
                     await apply_isolating(conn, events, skew=skew)
                 if progress:
