@@ -6,6 +6,7 @@ COPY pyproject.toml README.md ./
 COPY stocksync stocksync
 COPY schemas schemas
 COPY channels channels
+COPY allocation allocation
 COPY ingest ingest
 COPY processor processor
 COPY fanout fanout

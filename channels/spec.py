@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Literal, Protocol
 
 import aiohttp
 
@@ -96,6 +96,13 @@ class ChannelSpec:
     max_batch: int
     # Orders listed since a point in time (reconciler backfill).
     list_orders: ListOrders
+    # How a write can raise what a connection shows without undoing a sale it took meanwhile
+    # (allocation/rules.py): "cas" compare-and-set, "relative" an adjustment, "absolute" a plain set.
+    write_mode: Literal["absolute", "cas", "relative"] = "absolute"
+    # Daily caps (None: none published): writes per listing per day (eBay: 250 revisions), calls per day
+    # per connection (Etsy, TikTok: about 10,000). The fan-out tracks both (fanout/budget.py).
+    daily_writes_per_listing: int | None = None
+    daily_calls: int | None = None
     expand: Expand | None = None  # thin payloads: fetch the full order from the channel before normalising
     ping: Callable[[bytes, Mapping[str, str]], bool] | None = None  # unsigned set-up pings that need a 200
     verifier: Callable[[Connection], Verify] | None = None  # a verify that needs more of the connection

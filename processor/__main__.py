@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from channels.connection_store import connections_or_exit
 from processor.app import build_app
 from processor.settings import ProcessorSettings
 from stocksync import logs
@@ -14,7 +15,13 @@ def main() -> None:
     logs.configure("processor")
     settings = ProcessorSettings()
     migrate(settings.postgres.database_url)
-    app = build_app(settings)
+    connections = connections_or_exit(
+        settings.connections_file,
+        settings.postgres.database_url if settings.connections_table else None,
+        service="processor",
+        setting="PROCESSOR_CONNECTIONS_FILE",
+    )
+    app = build_app(settings, connections=connections)
     args = sys.argv[1:] or ["worker", "--loglevel", "info"]
     if args[0] != "worker":
         args = ["worker", *args]

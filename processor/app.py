@@ -37,13 +37,15 @@ from prometheus_client import CollectorRegistry
 from psycopg_pool import AsyncConnectionPool
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
+from channels.connection import ConnectionRegistry
+from processor.allocate import AllocationConfig
 from processor.emit import Result, dead_letter
 from processor.isolation import apply_isolating, decode_all
 from processor.metrics import ProcessorMetrics
 from processor.ops import ops_app
 from processor.settings import ProcessorSettings
 from processor.store import DEFAULT_SKEW
-from schemas import inventory_events, processor_dlq
+from schemas import inventory_events, processor_dlq, stock_allocated
 from stocksync import logs
 from stocksync.db import open_pool
 from stocksync.kafka import AsyncProducer, producer_config
@@ -97,7 +99,12 @@ class Outgoing:
 
 def outgoing(results: list[Result], undecodable: list[tuple[bytes, str]]) -> list[Outgoing]:
     """What a committed batch publishes: each result's record, then the undecodable records' dead letters."""
-    out = [Outgoing(r.topic, r.key, r.payload) for r in results if r.topic is not None and r.payload]
+    out = []
+    for r in results:
+        if r.topic is not None and r.payload:
+            out.append(Outgoing(r.topic, r.key, r.payload))
+        if r.allotment:
+            out.append(Outgoing(stock_allocated.TOPIC, r.key, r.allotment))
     out += [
         Outgoing(processor_dlq.TOPIC, b"undecodable", dead_letter(raw, "undecodable", reason))
         for raw, reason in undecodable
@@ -112,6 +119,7 @@ async def commit_batch(
     *,
     progress: Progress | None = None,
     skew: timedelta = DEFAULT_SKEW,
+    allocation: AllocationConfig | None = None,
 ) -> list[Outgoing]:
     """Decode and apply a batch (isolating what cannot be applied), retried whole on any other error until
     it commits; return what to publish. Raises only CancelledError."""
@@ -126,7 +134,7 @@ async def commit_batch(
         async for attempt in _retrying("applying a batch to PostgreSQL", progress, metrics):
             with attempt:
                 async with pool.connection() as conn:
-                    results = await apply_isolating(conn, events, skew=skew)
+                    results = await apply_isolating(conn, events, skew=skew, allocation=allocation)
         metrics.commit_seconds.observe(time.perf_counter() - started)
         metrics.batch_size.observe(len(events))
     _observe(results, metrics)
@@ -168,6 +176,7 @@ def build_app(
     registry: CollectorRegistry | None = None,
     producer: AsyncProducer | None = None,
     pool: AsyncConnectionPool | None = None,
+    connections: ConnectionRegistry | None = None,
 ) -> faust.App:
     """The processor's Faust app: the only place that knows the real results producer and PostgreSQL pool
     (pass either in to share it; what is passed in is not closed here). Connects to nothing until started."""
@@ -205,12 +214,15 @@ def build_app(
 
     progress = Progress()
     skew = timedelta(seconds=settings.clock_skew_s)
+    allocation = AllocationConfig.of(connections or ConnectionRegistry([]), settings.default_policy)
 
     async def publish(producer: AsyncProducer, records: list[Outgoing]) -> None:
         await asyncio.gather(*(producer.send(kafka.topic(o.topic), o.value, key=o.key) for o in records))
 
     async def handle(pool: AsyncConnectionPool, producer: AsyncProducer, values: list[bytes]) -> None:
-        records = await commit_batch(pool, values, metrics, progress=progress, skew=skew)
+        records = await commit_batch(
+            pool, values, metrics, progress=progress, skew=skew, allocation=allocation
+        )
         async for attempt in _retrying("publishing results to Kafka", progress, metrics):
             with attempt:
                 await publish(producer, records)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
+from allocation.rules import Policy
 from schemas import inventory_events, processor_dlq, stock_changed, stock_rejected
 from schemas.base import partition_key
 from schemas.inventory_events import AnyInventoryEvent, OrderPlaced
@@ -44,14 +45,16 @@ class Result:
     payload: bytes | None
     after: int | None = None
     version: int | None = None
+    allotment: bytes | None = None  # the SKU's stock.allocated record, on the batch's last event of the SKU
 
     @property
     def key(self) -> bytes:
         return partition_key(self.event.tenant, self.event.sku)
 
 
-def emit(decision: Decision, *, now: datetime | None = None) -> Result:
-    """The Result of a fresh decision, its record serialised (none for stale, ignored and observed)."""
+def emit(decision: Decision, *, policy: Policy = "mirror", now: datetime | None = None) -> Result:
+    """The Result of a fresh decision, its record serialised (none for stale, ignored and observed);
+    `policy` is the SKU's allocation policy, which tells the fan-out how to show it."""
     e, outcome, after, version = decision.event, decision.outcome, decision.after, decision.version
     now = now or datetime.now(UTC)
     topic: str | None = None
@@ -69,6 +72,7 @@ def emit(decision: Decision, *, now: datetime | None = None) -> Result:
                 occurred_at=e.occurred_at,
                 received_at=e.received_at,
                 committed_at=now,
+                policy=policy,
             )
             .model_dump_json()
             .encode()
@@ -89,6 +93,7 @@ def emit(decision: Decision, *, now: datetime | None = None) -> Result:
                 occurred_at=e.occurred_at,
                 received_at=e.received_at,
                 rejected_at=now,
+                policy=policy,
             )
             .model_dump_json()
             .encode()

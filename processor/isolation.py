@@ -18,6 +18,7 @@ from psycopg import AsyncConnection
 from psycopg.errors import UniqueViolation
 from pydantic import ValidationError
 
+from processor.allocate import AllocationConfig
 from processor.emit import Result, invalid
 from processor.store import DEFAULT_SKEW, apply_batch, record_invalid
 from schemas import inventory_events
@@ -64,13 +65,17 @@ def describe(exc: BaseException) -> str:
 
 
 async def apply_isolating(
-    conn: AsyncConnection, events: list[AnyInventoryEvent], *, skew: timedelta = DEFAULT_SKEW
+    conn: AsyncConnection,
+    events: list[AnyInventoryEvent],
+    *,
+    skew: timedelta = DEFAULT_SKEW,
+    allocation: AllocationConfig | None = None,
 ) -> list[Result]:
     """Apply `events` in order and commit; one Result per event, ``invalid`` for each event that cannot be
     applied. `conn` must not be inside a transaction. Raises only errors that are not an event's fault."""
     try:
         async with conn.transaction():
-            return await apply_batch(conn, events, skew=skew)
+            return await apply_batch(conn, events, skew=skew, allocation=allocation)
     except Exception as exc:
         if not _event_error(exc):
             raise
@@ -84,7 +89,7 @@ async def apply_isolating(
         for event in events:
             try:
                 async with conn.transaction():
-                    results += await apply_batch(conn, [event], skew=skew)
+                    results += await apply_batch(conn, [event], skew=skew, allocation=allocation)
                 continue
             except Exception as exc:
                 if not _event_error(exc):

@@ -8,6 +8,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from allocation.rules import DEFAULT_POLICY, Policy
+from channels.connection_store import ConnectionsFileSetting
 from stocksync.settings import KafkaSettings, PostgresSettings
 
 
@@ -38,6 +40,18 @@ class ProcessorSettings(BaseSettings):
         "sync): a sale stamped within this (plus 1 s for a whole-second stamp) of a count is applied on "
         "top of it, not taken as counted.",
     )
+    default_policy: Policy = Field(
+        DEFAULT_POLICY,
+        description="Allocation policy of a tenant that set none (`stocksync policy set`): never_cancel "
+        "(escrow: the channels together can never sell more than the master holds) or mirror (every "
+        "channel shows the whole count).",
+    )
+    connections_file: ConnectionsFileSetting = Field(
+        None,
+        description="TOML file of connections (the same as the fan-out's): allocation splits each SKU over "
+        "the connections that list it. Unset: the database's only.",
+    )
+    connections_table: bool = Field(True, description="Also read connections from the database.")
     retention_days: float = Field(30.0, gt=0, description="How long processed_events keeps an event id.")
     retention_interval_s: float = Field(3600.0, gt=0, description="How often old ids are pruned.")
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)

@@ -11,12 +11,16 @@ apply (processor.isolation decides when).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
 from psycopg import AsyncConnection
 
+from allocation.rules import DEFAULT_POLICY
+from processor.allocate import AllocationConfig, rebalance
 from processor.emit import Decision, Result, emit, invalid
+from processor.policy import rules_for
 from schemas.inventory_events import AnyInventoryEvent, OrderCancelled
 
 __all__ = ["DEFAULT_SKEW", "Decision", "Result", "apply_batch", "decide", "record_invalid"]
@@ -63,47 +67,82 @@ async def decide(
     return decisions
 
 
-async def _stored(conn: AsyncConnection, ids: list[str]) -> dict[str, tuple[str | None, bytes | None]]:
+async def _stored(
+    conn: AsyncConnection, ids: list[str]
+) -> dict[str, tuple[str | None, bytes | None, bytes | None]]:
+    """The stored (topic, record, stock.allocated record) of each id."""
     cur = await conn.execute(
-        "SELECT event_id, result_topic, result FROM processed_events WHERE event_id = ANY(%s)", (ids,)
+        "SELECT event_id, result_topic, result, allotment FROM processed_events WHERE event_id = ANY(%s)",
+        (ids,),
     )
-    return {row[0]: (row[1], bytes(row[2]) if row[2] is not None else None) async for row in cur}
+    return {
+        row[0]: (row[1], bytes(row[2]) if row[2] is not None else None, bytes(row[3]) if row[3] else None)
+        async for row in cur
+    }
 
 
 async def apply_batch(
-    conn: AsyncConnection, events: list[AnyInventoryEvent], *, skew: timedelta = DEFAULT_SKEW
+    conn: AsyncConnection,
+    events: list[AnyInventoryEvent],
+    *,
+    skew: timedelta = DEFAULT_SKEW,
+    allocation: AllocationConfig | None = None,
 ) -> list[Result]:
-    """Apply `events` in order; return one Result per event. Call inside a transaction."""
+    """Apply `events` in order; return one Result per event. Call inside a transaction. With `allocation`,
+    the grants of the batch's ``never_cancel`` SKUs follow (processor.allocate) and each SKU's
+    ``stock.allocated`` record rides on its last event's Result."""
     if not events:
         return []
     results: list[Result] = []
     first: dict[str, Result] = {}  # an id seen twice in one batch: the second is a duplicate of the first
-    for decision in await decide(conn, events, skew=skew):
+    decisions = await decide(conn, events, skew=skew)
+    default = allocation.default_policy if allocation else DEFAULT_POLICY
+    rules = await rules_for(conn, ((e.tenant, e.sku) for e in events), default=default)
+    for decision in decisions:
         event = decision.event
         if decision.outcome == "duplicate":
             earlier = first.get(event.event_id)
             topic, payload = (earlier.topic, earlier.payload) if earlier else (None, None)
             results.append(Result(event, "duplicate", topic, payload))
             continue
-        result = first[event.event_id] = emit(decision)
+        policy = rules[(event.tenant, event.sku)].policy
+        result = first[event.event_id] = emit(decision, policy=policy)
         results.append(result)
-    fresh = [r for r in first.values() if r.topic is not None and r.payload is not None]
+    if allocation is not None:
+        fresh_decisions = [d for d in decisions if d.outcome != "duplicate"]
+        allotted = await rebalance(conn, fresh_decisions, rules, allocation.listed)
+        last_of = {(r.event.tenant, r.event.sku): r.event.event_id for r in first.values()}
+        for key, record in allotted.items():
+            event_id = last_of[key]
+            first[event_id] = replace(first[event_id], allotment=record.model_dump_json().encode())
+        results = [first[r.event.event_id] if r.outcome != "duplicate" else r for r in results]
+    fresh = [r for r in first.values() if (r.topic is not None and r.payload is not None) or r.allotment]
     if fresh:
         await conn.execute(
-            "UPDATE processed_events p SET result_topic = v.topic, result = v.result FROM "
-            "unnest(%s::text[], %s::text[], %s::bytea[]) AS v(id, topic, result) WHERE p.event_id = v.id",
-            ([r.event.event_id for r in fresh], [r.topic for r in fresh], [r.payload for r in fresh]),
+            "UPDATE processed_events p "
+            "SET result_topic = v.topic, result = v.result, allotment = v.allotment "
+            "FROM unnest(%s::text[], %s::text[], %s::bytea[], %s::bytea[]) "
+            "AS v(id, topic, result, allotment) WHERE p.event_id = v.id",
+            (
+                [r.event.event_id for r in fresh],
+                [r.topic for r in fresh],
+                [r.payload for r in fresh],
+                [r.allotment for r in fresh],
+            ),
         )
     earlier_batches = [r.event.event_id for r in results if r.outcome == "duplicate" and r.topic is None]
     if earlier_batches:
         found = await _stored(conn, earlier_batches)
         results = [
-            Result(r.event, "duplicate", *found.get(r.event.event_id, (None, None)))
-            if r.outcome == "duplicate" and r.topic is None
-            else r
+            _restored(r, found.get(r.event.event_id)) if r.outcome == "duplicate" and r.topic is None else r
             for r in results
         ]
     return results
+
+
+def _restored(r: Result, stored: tuple[str | None, bytes | None, bytes | None] | None) -> Result:
+    topic, payload, allotment = stored or (None, None, None)
+    return Result(r.event, "duplicate", topic, payload, allotment=allotment)
 
 
 async def record_invalid(conn: AsyncConnection, event: AnyInventoryEvent, reason: str) -> Result:
@@ -117,8 +156,7 @@ async def record_invalid(conn: AsyncConnection, event: AnyInventoryEvent, reason
         (event.event_id, event.tenant, event.sku, result.topic, result.payload),
     )
     if cur.rowcount == 0:
-        topic, stored = (await _stored(conn, [event.event_id])).get(event.event_id, (None, None))
-        return Result(event, "duplicate", topic, stored)
+        return _restored(result, (await _stored(conn, [event.event_id])).get(event.event_id))
     await conn.execute(
         "INSERT INTO ledger (event_id, tenant, sku, kind, outcome, reason, channel, connection_id, "
         "occurred_at, sale_event_id) VALUES (%s, %s, %s, %s, 'invalid', %s, %s, %s, %s, %s)",

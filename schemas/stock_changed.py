@@ -26,6 +26,9 @@ class StockChanged(Event):
     occurred_at: AwareDatetime
     received_at: AwareDatetime
     committed_at: AwareDatetime
+    # never_cancel: the fan-out writes only what stock.allocated grants; mirror: every channel shows the
+    # master count. Records from before allocation carry none: mirror, as they were written.
+    policy: Literal["never_cancel", "mirror"] = "mirror"
 
 
 def decode(raw: bytes) -> StockChanged:

@@ -30,6 +30,7 @@ class StockRejected(Event):
     occurred_at: AwareDatetime
     received_at: AwareDatetime
     rejected_at: AwareDatetime
+    policy: Literal["never_cancel", "mirror"] = "mirror"  # as in stock.changed
 
 
 def decode(raw: bytes) -> StockRejected:

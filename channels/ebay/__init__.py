@@ -46,5 +46,6 @@ SPEC = ChannelSpec(
     rate_limit_per_s=RATE_LIMIT_PER_S,
     rate_burst=RATE_BURST,
     max_batch=MAX_BATCH,
+    daily_writes_per_listing=250,  # "a listing may be revised up to 250 times a day"
     list_orders=orders.list_orders,
 )

@@ -48,6 +48,7 @@ SPEC = ChannelSpec(
     rate_limit_per_s=RATE_LIMIT_PER_S,
     rate_burst=RATE_BURST,
     max_batch=MAX_BATCH,
+    daily_calls=10_000,  # 10,000 requests a day per token
     list_orders=orders.list_orders,
     expand=webhooks.expand,
 )

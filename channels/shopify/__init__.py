@@ -23,5 +23,6 @@ SPEC = ChannelSpec(
     rate_limit_per_s=RATE_LIMIT_PER_S,
     rate_burst=RATE_BURST,
     max_batch=MAX_BATCH,
+    write_mode="cas",  # changeFromQuantity (required from API 2026-04): a stale base is refused
     list_orders=orders.list_orders,
 )

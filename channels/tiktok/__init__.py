@@ -47,6 +47,7 @@ SPEC = ChannelSpec(
     rate_limit_per_s=RATE_LIMIT_PER_S,
     rate_burst=RATE_BURST,
     max_batch=MAX_BATCH,
+    daily_calls=10_000,  # integrators report about 10,000 a day (unpublished)
     list_orders=orders.list_orders,
     expand=webhooks.expand,
     verifier=webhooks.verifier,

@@ -30,6 +30,10 @@ class StackConfig:
     partitions: int = 4
     channels: tuple[str, ...] = ("shopify",)
     fanout_together: bool = False  # one fan-out process for every channel instead of one per channel
+    # The allocation policy of a tenant that set none (PROCESSOR_DEFAULT_POLICY). The lab's default is mirror,
+    # which the end-to-end tests of the fan-out's delivery assert on; the demo, the bench and the
+    # allocation tests set policies per tenant (processor.policy.set_policy).
+    default_policy: str = "mirror"
 
 
 @dataclass
@@ -66,6 +70,8 @@ class Stack:
             DATABASE_URL=cfg.database_url,
             INGEST_CONNECTIONS_FILE=str(cfg.connections_file),
             FANOUT_CONNECTIONS_FILE=str(cfg.connections_file),
+            PROCESSOR_CONNECTIONS_FILE=str(cfg.connections_file),
+            PROCESSOR_DEFAULT_POLICY=cfg.default_policy,
             PROCESSOR_DATADIR=str(self.run_dir / "processor-data"),
             PYTHONUNBUFFERED="1",
             **extra,
