@@ -13,13 +13,22 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from allocation.rules import cas_retarget
 from channels.connection import Connection
 from channels.errors import ChannelError, CompareMismatch
 from channels.ratelimit import TokenBucket
 from channels.spec import InventoryClient
 from fanout.metrics import FanoutMetrics
-from fanout.plan import Precedence, Record, Target, latest_per_sku, target_for
-from schemas import stock_changed, stock_rejected
+from fanout.plan import (
+    Precedence,
+    Record,
+    Target,
+    coalesce,
+    exposure_order,
+    latest_per_sku,
+    target_for,
+)
+from schemas import stock_allocated, stock_changed, stock_rejected
 from schemas.fanout_dlq import UpdateDeadLettered
 from stocksync.retry import Outcome, RetryPolicy
 
@@ -46,10 +55,27 @@ class ConnectionSync:
     bucket: TokenBucket
     max_batch: int
     confirmed: dict[str, tuple[Precedence, int]] = field(default_factory=dict)
+    # never_cancel SKUs: the highest allocation seq whose write the channel confirmed
+    allocated: dict[str, int] = field(default_factory=dict)
 
     def due(self, target: Target) -> bool:
+        if target.allocated:
+            return target.seq > self.allocated.get(target.sku, 0)
         last = self.confirmed.get(target.sku)
         return last is None or target.precedence > last[0]
+
+    def confirm(self, target: Target, quantity: int) -> None:
+        """The channel confirmed that it shows `quantity` for `target`."""
+        if target.allocated:
+            self.allocated[target.sku] = target.seq
+            previous = self.confirmed.get(target.sku)
+            self.confirmed[target.sku] = (previous[0] if previous else (0, 0), quantity)
+        else:
+            self.confirmed[target.sku] = (target.precedence, quantity)
+
+    def shows(self) -> dict[str, int]:
+        """What the connection showed at its last confirmed write, per SKU."""
+        return {sku: quantity for sku, (_p, quantity) in self.confirmed.items()}
 
 
 @dataclass(frozen=True)
@@ -104,21 +130,26 @@ class Delivery:
         return await self.policy.attempt(measured)
 
     async def single(self, sync: ConnectionSync, target: Target, reference: str) -> Failure | None:
-        """One compare-and-set write (against what the connection last confirmed); None once confirmed."""
+        """One compare-and-set write (against the allocation's base, or what the connection last confirmed);
+        None once confirmed."""
         last = sync.confirmed.get(target.sku)
+        base = target.expect if target.allocated else last[1] if last else None
         quantity = target.quantity
         first = await self._send(
             sync,
-            lambda: sync.client.set_available(
-                target.sku, quantity, change_from=last[1] if last else None, reference=reference
-            ),
+            lambda: sync.client.set_available(target.sku, quantity, change_from=base, reference=reference),
         )
         attempts, error = first.attempts, first.error
         if isinstance(error, CompareMismatch):
-            # The channel's count moved without us (a sale we have not heard of yet, or an edit): never show
-            # more than it holds now; the master's next change or the reconciler settles the rest.
+            # The channel's count moved without us (a sale we have not heard of yet, or an edit). An
+            # allocation raise is re-based on what it shows (allocation.cas_retarget keeps its grant); a
+            # mirror count never shows more than it holds now, and the master's next change or the
+            # reconciler settles the rest.
             current = error.current
-            quantity = min(quantity, current) if current is not None else quantity
+            if current is not None and target.allocated and target.expect is not None:
+                quantity = cas_retarget(target.expect, current, target.quantity)
+            elif current is not None:
+                quantity = min(quantity, current)
             again = await self._send(
                 sync,
                 lambda: sync.client.set_available(
@@ -128,7 +159,7 @@ class Delivery:
             attempts, error = attempts + again.attempts, again.error
         if error is not None:
             return Failure(target, attempts, error)
-        sync.confirmed[target.sku] = (target.precedence, quantity)
+        sync.confirm(target, quantity)
         return None
 
     async def bulk(self, sync: ConnectionSync, targets: list[Target], reference: str) -> Delivered:
@@ -138,23 +169,28 @@ class Delivery:
         if outcome.error is not None:
             return Delivered(failures=[Failure(t, outcome.attempts, outcome.error) for t in targets])
         for t in targets:
-            sync.confirmed[t.sku] = (t.precedence, t.quantity)
+            sync.confirm(t, t.quantity)
         return Delivered(confirmed=list(targets))
 
     async def push(self, sync: ConnectionSync, targets: list[Target]) -> Delivered:
-        """Send `targets` to one connection: single compare-and-set writes, or bulk calls for several."""
-        if len(targets) == 1 or sync.max_batch == 1:
-            done = Delivered()
-            for t in targets:
-                ref = f"stocksync://{t.cause.tenant}/{t.sku}?version={t.precedence[0]}"
-                failure = await self.single(sync, t, ref)
-                done += Delivered(failures=[failure]) if failure else Delivered(confirmed=[t])
-            return done
-        reference = f"stocksync://{sync.connection.tenant}/batch-{int(time.time() * 1000)}"
-        step = sync.max_batch
-        return Delivered.merge(
-            [await self.bulk(sync, targets[i : i + step], reference) for i in range(0, len(targets), step)]
-        )
+        """Send `targets` to one connection, in their order: single compare-and-set writes (always for an
+        allocation raise with a base, which a bulk call cannot carry), or bulk calls for several."""
+        singles = [t for t in targets if t.allocated and t.expect is not None]
+        rest = [t for t in targets if not (t.allocated and t.expect is not None)]
+        if len(rest) == 1 or sync.max_batch == 1:
+            singles, rest = targets, []
+        done = Delivered()
+        for t in singles:
+            ref = f"stocksync://{t.cause.tenant}/{t.sku}?version={t.precedence[0]}"
+            failure = await self.single(sync, t, ref)
+            done += Delivered(failures=[failure]) if failure else Delivered(confirmed=[t])
+        if rest:
+            reference = f"stocksync://{sync.connection.tenant}/batch-{int(time.time() * 1000)}"
+            step = sync.max_batch
+            done += Delivered.merge(
+                [await self.bulk(sync, rest[i : i + step], reference) for i in range(0, len(rest), step)]
+            )
+        return done
 
 
 class ChannelFanout:
@@ -173,7 +209,8 @@ class ChannelFanout:
         self.channel = delivery.channel
 
     def plan(self, latest: list[Record]) -> list[tuple[ConnectionSync, list[Target]]]:
-        """Each connection's targets that are due (newer than what it last confirmed)."""
+        """Each connection's targets that are due (newer than what it last confirmed), one per SKU, largest
+        exposure first (fanout.plan.exposure_order)."""
         per_sync: list[tuple[ConnectionSync, list[Target]]] = []
         for sync in self.syncs:
             conn = sync.connection
@@ -191,7 +228,7 @@ class ChannelFanout:
                 if target is not None and sync.due(target):
                     targets.append(target)
             if targets:
-                per_sync.append((sync, targets))
+                per_sync.append((sync, exposure_order(coalesce(targets), sync.shows())))
         return per_sync
 
     async def apply(self, records: list[Record]) -> Delivered:
@@ -218,7 +255,11 @@ def dead_letter(channel: str, failure: Failure) -> UpdateDeadLettered:
         sku=t.sku,
         quantity=t.quantity,
         version=t.precedence[0],
-        original_topic=stock_changed.TOPIC if t.cause.type == "stock_changed" else stock_rejected.TOPIC,
+        original_topic={
+            "stock_changed": stock_changed.TOPIC,
+            "stock_rejected": stock_rejected.TOPIC,
+            "stock_allocated": stock_allocated.TOPIC,
+        }[t.cause.type],
         original=t.cause.model_dump(mode="json"),
         attempts=failure.attempts,
         status=exc.status if isinstance(exc, ChannelError) else None,

@@ -1,5 +1,5 @@
-"""One channel's Kafka loop: consume ``stock.changed`` and ``stock.rejected`` in group ``fanout.<channel>``,
-gather a coalescing window, deliver, dead-letter what failed to ``fanout.dlq``.
+"""One channel's Kafka loop: consume ``stock.changed``, ``stock.rejected`` and ``stock.allocated`` in group
+``fanout.<channel>``, gather a coalescing window, deliver, dead-letter what failed to ``fanout.dlq``.
 
 At-least-once: offsets are stored only after every target of the batch was confirmed or dead-lettered.
 """
@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from fanout.delivery import ChannelFanout, Failure, dead_letter
 from fanout.plan import Record
 from fanout.settings import FanoutSettings
-from schemas import fanout_dlq, stock_changed, stock_rejected
+from schemas import fanout_dlq, stock_allocated, stock_changed, stock_rejected
 from schemas.base import partition_key
 from stocksync import logs
 from stocksync.kafka import AsyncProducer
@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 TOPICS: dict[str, Callable[[bytes], Record]] = {
     stock_changed.TOPIC: stock_changed.decode,
     stock_rejected.TOPIC: stock_rejected.decode,
+    stock_allocated.TOPIC: stock_allocated.decode,
 }
 
 

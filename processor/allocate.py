@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 
 from psycopg import AsyncConnection
 
+from allocation.policy import Key, Rule
 from allocation.rules import (
     DEFAULT_POLICY,
     Allocation,
@@ -36,7 +37,6 @@ from allocation.rules import (
 from channels.connection import Connection, ConnectionRegistry
 from channels.registry import SPECS
 from processor.emit import Decision
-from processor.policy import Key, Rule
 from schemas.inventory_events import OrderCancelled, OrderPlaced
 from schemas.stock_allocated import Allotment, StockAllocated
 
@@ -124,6 +124,30 @@ def holders(rows: dict[str, Row], listed: dict[str, Connection], now: datetime) 
     return out
 
 
+async def _drop(conn: AsyncConnection, keys: set[Key], decisions: Sequence[Decision]) -> None:
+    """SKUs whose policy is now mirror: their grants no longer bound anything (every channel shows the whole
+    count), so they are dropped, and logged; a SKU with rows is under allocation as far as the reconciler
+    and the dead-letter replay can tell (allocation.policy.grants)."""
+    last = {(d.event.tenant, d.event.sku): d.event.event_id for d in decisions}
+    cur = await conn.execute(
+        "DELETE FROM allocations a USING unnest(%s::text[], %s::text[]) AS k(tenant, sku) "
+        "WHERE a.tenant = k.tenant AND a.sku = k.sku "
+        "RETURNING a.tenant, a.sku, a.connection_id, a.channel, a.granted, a.seq",
+        ([k[0] for k in keys], [k[1] for k in keys]),
+    )
+    dropped = [
+        (t, s, cid, ch, seq + 1, last.get((t, s)), granted, "policy mirror: the grant no longer applies")
+        async for t, s, cid, ch, granted, seq in cur
+    ]
+    if dropped:
+        async with conn.cursor() as c:
+            await c.executemany(
+                "INSERT INTO allocation_log (tenant, sku, connection_id, channel, seq, event_id, "
+                "granted_before, granted_after, reason) VALUES (%s, %s, %s, %s, %s, %s, %s, 0, %s)",
+                dropped,
+            )
+
+
 async def _load(
     conn: AsyncConnection, keys: list[Key]
 ) -> tuple[dict[Key, tuple[int, int]], dict[Key, dict[str, Row]]]:
@@ -190,10 +214,15 @@ async def rebalance(
     caller); return the ``stock.allocated`` record of each SKU whose grants or writes changed."""
     now = now or datetime.now(UTC)
     per_key: dict[Key, list[Decision]] = {}
+    mirrored: set[Key] = set()
     for d in decisions:
         key = (d.event.tenant, d.event.sku)
-        if rules.get(key, Rule()).policy == "never_cancel" and d.outcome != "invalid":
+        if rules.get(key, Rule()).policy != "never_cancel":
+            mirrored.add(key)
+        elif d.outcome != "invalid":
             per_key.setdefault(key, []).append(d)
+    if mirrored:
+        await _drop(conn, mirrored, [d for d in decisions if (d.event.tenant, d.event.sku) in mirrored])
     keys = list(per_key)
     if not keys:
         return {}

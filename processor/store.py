@@ -17,10 +17,10 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
+from allocation.policy import rules_for
 from allocation.rules import DEFAULT_POLICY
 from processor.allocate import AllocationConfig, rebalance
 from processor.emit import Decision, Result, emit, invalid
-from processor.policy import rules_for
 from schemas.inventory_events import AnyInventoryEvent, OrderCancelled
 
 __all__ = ["DEFAULT_SKEW", "Decision", "Result", "apply_batch", "decide", "record_invalid"]

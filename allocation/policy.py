@@ -1,4 +1,5 @@
-"""Allocation policies (table ``allocation_policies``): per tenant, overridable per SKU.
+"""Allocation policies (table ``allocation_policies``): per tenant, overridable per SKU; and the grants in
+force (table ``allocations``), for the services that set a channel outside the fan-out's stream.
 
 ``never_cancel`` (the default): strict escrow allocation (allocation/rules.py); ``mirror``: every channel
 shows the whole master count, as before allocation existed. `buffer` units of a SKU are shown on no channel;
@@ -89,3 +90,18 @@ def list_policies(database_url: str, tenant: str | None = None) -> list[tuple[st
             (tenant, tenant),
         ).fetchall()
     return [(str(t), str(s), str(p), int(b), float(sp)) for t, s, p, b, sp in rows]
+
+
+def grants(database_url: str, tenant: str, skus: Iterable[str]) -> dict[str, dict[str, int]]:
+    """The grants of each of `skus` that is under allocation (never_cancel as of its last event): SKU ->
+    connection id -> granted. A SKU that is absent is mirrored (the processor drops a SKU's grants when
+    its policy becomes mirror)."""
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT sku, connection_id, granted FROM allocations WHERE tenant = %s AND sku = ANY(%s)",
+            (tenant, list(skus)),
+        ).fetchall()
+    out: dict[str, dict[str, int]] = {}
+    for sku, cid, granted in rows:
+        out.setdefault(str(sku), {})[str(cid)] = int(granted)
+    return out
