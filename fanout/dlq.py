@@ -1,8 +1,14 @@
 """The dead-letter topic, for operators: list what could not be delivered, and replay it once fixed.
 
-Replay is idempotent: for the newest dead letter of each (connection, SKU) it reads the master's current
-count and the channel's, and sets the channel only where they differ. It can be run again after a partial
-fix; letters are never deleted (the topic's retention does that).
+Replay is idempotent: for the newest dead letter of each (connection, SKU) it reads what the master allows
+the connection now and what the channel shows, and sets the channel only where they differ. It can be run
+again after a partial fix; letters are never deleted (the topic's retention does that).
+
+What the master allows: for a mirrored SKU its count (less the connection's buffer, times its share); for a
+SKU under allocation (policy never_cancel) the connection's grant. A grant bounds what the channel shows
+plus its sales the master has not heard of yet, so setting a channel to its grant is exact only once every
+sale it took has reached the master: replay once the channel's webhooks are in (the demo does it once the
+fan-out has gone quiet; in production, after the reconciler's backfill).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import aiohttp
 import psycopg
 from pydantic import ValidationError
 
+from allocation.policy import grants
 from channels.connection import ConnectionRegistry, channel_quantity
 from channels.errors import ChannelError
 from channels.registry import spec
@@ -64,7 +71,11 @@ async def replay(
             if row is None:
                 out.append(Replayed(conn_id, sku, "not_in_master", None, None))
                 continue
-            allows = channel_quantity(row, buffer=conn.safety_buffer, allocation=conn.allocation)
+            granted = (await asyncio.to_thread(grants, database_url, letter.tenant, [sku])).get(sku)
+            if granted is not None:
+                allows = granted.get(conn_id, 0)
+            else:
+                allows = channel_quantity(row, buffer=conn.safety_buffer, allocation=conn.allocation)
             client = spec(conn.channel).client(session, conn)
             try:
                 had = (await client.get_available([sku])).get(sku)

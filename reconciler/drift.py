@@ -3,6 +3,12 @@ before the backfill was published) and the connection's settings, each SKU's dri
 
 The correction is always the master's allowance (master wins); in a dry run the allowance assumes the
 backfill that run would have published, and the action says what would be done.
+
+For a SKU under allocation (policy never_cancel) the allowance is the connection's grant, not the count:
+the grant bounds what the channel shows plus its sales the master has not heard of, and the backfill that
+runs first has just told the master every order up to now, so setting the channel to its grant is exact
+(the settlement an absolute write cannot make on its own, allocation/rules.py). This is also what brings
+back a grant whose write the fan-out had to dead-letter.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ class MasterRow:
     version: int
     updated_at: datetime
     paused: bool  # the newest decision about the SKU was a refused sale (fan-out shows 0 until it changes)
+    granted: dict[str, int] | None = None  # never_cancel: each connection's grant; None: mirrored
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,9 @@ def expected(row: MasterRow, conn: Connection, rules: Rules, learning: int | Non
     """(the master's count to compare with, what the connection should show); `learning` is the net sold
     this run learns about the SKU (None: nothing)."""
     available = row.available
+    if row.granted is not None:
+        # the grant as the processor holds it now (a dry run does not move grants by the orders it learns)
+        return available, row.granted.get(conn.id, 0)
     if rules.dry_run and learning is not None:
         available = max(0, available - learning)  # as if the backfill were applied
     paused = row.paused and rules.pause_on_rejection and not (rules.dry_run and learning is not None)

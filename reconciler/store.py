@@ -92,6 +92,14 @@ async def known_ids(conn: AsyncConnection[Any], ids: Iterable[str]) -> set[str]:
 
 
 async def master_rows(conn: AsyncConnection[Any], tenant: str, skus: list[str]) -> dict[str, MasterRow]:
+    """The master's row of each SKU, with the grants of the SKUs under allocation (never_cancel)."""
+    cur = await conn.execute(
+        "SELECT sku, connection_id, granted FROM allocations WHERE tenant = %s AND sku = ANY(%s)",
+        (tenant, skus),
+    )
+    granted: dict[str, dict[str, int]] = {}
+    for sku, cid, n in await cur.fetchall():
+        granted.setdefault(sku, {})[cid] = int(n)
     cur = await conn.execute(
         """SELECT i.sku, i.available, i.version, i.updated_at,
                   coalesce((SELECT l.outcome = 'rejected' FROM ledger l
@@ -101,7 +109,10 @@ async def master_rows(conn: AsyncConnection[Any], tenant: str, skus: list[str]) 
              FROM inventory i WHERE i.tenant = %s AND i.sku = ANY(%s)""",
         (tenant, skus),
     )
-    return {r[0]: MasterRow(r[0], int(r[1]), int(r[2]), r[3], bool(r[4])) for r in await cur.fetchall()}
+    return {
+        r[0]: MasterRow(r[0], int(r[1]), int(r[2]), r[3], bool(r[4]), granted.get(r[0]))
+        for r in await cur.fetchall()
+    }
 
 
 async def versions(conn: AsyncConnection[Any], tenant: str, skus: list[str]) -> dict[str, int]:

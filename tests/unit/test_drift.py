@@ -119,3 +119,14 @@ def test_dry_run_assumes_the_backfill_and_says_what_it_would_do() -> None:
     assert (p.expected, p.action) == (7, WOULD_CORRECT)
     [n] = one({}, row(10), r=rules(dry_run=True))
     assert n.action == SKIPPED_NOT_LISTED
+
+
+def test_under_allocation_the_channel_is_set_to_its_grant_not_the_count() -> None:
+    allocated = MasterRow("A", 10, 7, LONG_AGO, False, granted={"shop-1": 3, "other": 4})
+    assert one({"A": 3}, allocated) == []  # showing its grant: in sync, whatever the master's count
+    [d] = one({"A": 0}, allocated)  # a dead-lettered raise: the grant is brought back
+    assert (d.channel_value, d.expected, d.master_available) == (0, 3, 10)
+    [d] = one({"A": 10}, allocated)  # showing the whole count would let it sell what others hold
+    assert d.expected == 3
+    gone = MasterRow("A", 10, 7, LONG_AGO, False, granted={"other": 4})
+    assert one({"A": 0}, gone) == []  # a connection with no grant shows nothing
