@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from channels.connection import ConnectionRegistry
 from channels.registry import spec as channel_spec
+from fanout.budget import DailyBudget
 from fanout.delivery import ChannelFanout, ConnectionSync, Delivery
 from fanout.loop import FanoutWorker
 from fanout.metrics import FanoutMetrics
@@ -45,7 +46,9 @@ def channel_fanout(
     syncs = []
     for c in connections.for_channel(channel):
         budget = spec.budget(c)
-        syncs.append(ConnectionSync(c, spec.client(session, c, budget=budget), budget, spec.max_batch))
+        daily = DailyBudget(spec.daily_calls, spec.daily_writes_per_listing)
+        client = spec.client(session, c, budget=budget)
+        syncs.append(ConnectionSync(c, client, budget, spec.max_batch, daily=daily))
     if not syncs:
         log.warning(
             "no enabled %s connections (file or table): this worker will only advance offsets",

@@ -18,6 +18,7 @@ from channels.connection import Connection
 from channels.errors import ChannelError, CompareMismatch
 from channels.ratelimit import TokenBucket
 from channels.spec import InventoryClient
+from fanout.budget import DailyBudget
 from fanout.metrics import FanoutMetrics
 from fanout.plan import (
     Precedence,
@@ -30,6 +31,7 @@ from fanout.plan import (
 )
 from schemas import stock_allocated, stock_changed, stock_rejected
 from schemas.fanout_dlq import UpdateDeadLettered
+from schemas.stock_allocated import StockAllocated
 from stocksync.retry import Outcome, RetryPolicy
 
 
@@ -57,6 +59,7 @@ class ConnectionSync:
     confirmed: dict[str, tuple[Precedence, int]] = field(default_factory=dict)
     # never_cancel SKUs: the highest allocation seq whose write the channel confirmed
     allocated: dict[str, int] = field(default_factory=dict)
+    daily: DailyBudget = field(default_factory=lambda: DailyBudget(None, None))
 
     def due(self, target: Target) -> bool:
         if target.allocated:
@@ -66,6 +69,7 @@ class ConnectionSync:
 
     def confirm(self, target: Target, quantity: int) -> None:
         """The channel confirmed that it shows `quantity` for `target`."""
+        self.daily.spend_write(target.sku)
         if target.allocated:
             self.allocated[target.sku] = target.seq
             previous = self.confirmed.get(target.sku)
@@ -116,6 +120,7 @@ class Delivery:
         charges the connection's budget for each HTTP request `send` makes)."""
 
         async def measured() -> None:
+            sync.daily.spend_call()
             waited_before = sync.bucket.waited_s
             try:
                 await send()
@@ -207,6 +212,7 @@ class ChannelFanout:
         self.delivery, self.syncs, self.metrics = delivery, syncs, metrics
         self.pause_on_rejection = pause_on_rejection
         self.channel = delivery.channel
+        self.exposure = Exposure()
 
     def plan(self, latest: list[Record]) -> list[tuple[ConnectionSync, list[Target]]]:
         """Each connection's targets that are due (newer than what it last confirmed), one per SKU, largest
@@ -227,22 +233,84 @@ class ChannelFanout:
                 )
                 if target is not None and sync.due(target):
                     targets.append(target)
-            if targets:
-                per_sync.append((sync, exposure_order(coalesce(targets), sync.shows())))
+            shows = sync.shows()
+            ordered = exposure_order(coalesce(targets), shows)
+            sent = [t for t in ordered if sync.daily.allows(t, shows.get(t.sku))]
+            if held := len(ordered) - len(sent):
+                self.metrics.held_back.labels(self.channel).inc(held)
+            if sent:
+                per_sync.append((sync, sent))
         return per_sync
 
     async def apply(self, records: list[Record]) -> Delivered:
         """Coalesce `records`, push every connection's targets concurrently; return what was delivered."""
         latest = latest_per_sku(records)
         self.metrics.coalesced.labels(self.channel).inc(len(records) - len(latest))
+        self.observe_allocations(records)
         pushes = [self.delivery.push(sync, targets) for sync, targets in self.plan(latest)]
         done = Delivered.merge(await asyncio.gather(*pushes))
+        for sync in self.syncs:
+            for cap, left in (
+                ("calls", sync.daily.calls_left()),
+                ("listing_writes", sync.daily.fewest_writes_left()),
+            ):
+                if left is not None:
+                    self.metrics.daily_left.labels(self.channel, sync.connection.id, cap).set(left)
         now = datetime.now(UTC)
         for t in done.confirmed:
             self.metrics.sync_lag.labels(self.channel).observe(
                 max(0.0, (now - t.cause.received_at).total_seconds())
             )
         return done
+
+    def observe_allocations(self, records: list[Record]) -> None:
+        """Grants, slack and stock-outs of this channel's connections, from the allocation records."""
+        mine = {sync.connection.id for sync in self.syncs}
+        seen = [r for r in records if isinstance(r, StockAllocated)]
+        if not seen:
+            return
+        for r in sorted(seen, key=lambda r: r.seq):
+            self.exposure.update(r, mine, time.monotonic())
+        self.metrics.granted.labels(self.channel).set(self.exposure.granted_total())
+        self.metrics.slack.labels(self.channel).set(self.exposure.slack_total())
+        self.metrics.stocked_out.labels(self.channel).set(len(self.exposure.out_since))
+        self.metrics.stockout_seconds.labels(self.channel).inc(self.exposure.take_stockout_seconds())
+
+
+class Exposure:
+    """What the allocation records say of one channel's connections: the grant of each (connection, SKU),
+    each SKU's slack, and since when a listing has had no grant while the master held units."""
+
+    def __init__(self) -> None:
+        self.grants: dict[tuple[str, str, str], int] = {}
+        self.slacks: dict[tuple[str, str], int] = {}
+        self.out_since: dict[tuple[str, str, str], float] = {}
+        self._seconds = 0.0
+
+    def update(self, record: StockAllocated, connections: set[str], now: float) -> None:
+        self.slacks[(record.tenant, record.sku)] = record.slack
+        for cid, allotment in record.connections.items():
+            if cid not in connections:
+                continue
+            key = (cid, record.tenant, record.sku)
+            self.grants[key] = allotment.granted
+            out = allotment.granted == 0 and record.available > 0
+            since = self.out_since.pop(key, None)
+            if since is not None:
+                self._seconds += now - since
+            if out:
+                self.out_since[key] = now
+
+    def granted_total(self) -> int:
+        return sum(self.grants.values())
+
+    def slack_total(self) -> int:
+        return sum(max(0, s) for s in self.slacks.values())
+
+    def take_stockout_seconds(self) -> float:
+        """Listing-seconds of stock-out that ended or were observed since the last call."""
+        seconds, self._seconds = self._seconds, 0.0
+        return seconds
 
 
 def dead_letter(channel: str, failure: Failure) -> UpdateDeadLettered:

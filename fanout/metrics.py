@@ -67,6 +67,47 @@ class FanoutMetrics:
             "Replaying a letter does not remove it: the depth falls only with the topic's retention.",
             registry=registry,
         )
+        self.held_back = Counter(
+            "fanout_held_back_total",
+            "Mirrored counts not sent to a channel with a daily cap: no threshold crossed, or the day's "
+            "budget spent (fanout/budget.py).",
+            ["channel"],
+            registry=registry,
+        )
+        self.daily_left = Gauge(
+            "fanout_daily_budget_remaining",
+            "What is left today of a connection's daily cap: cap=calls (calls a day) or cap=listing_writes "
+            "(writes left to the listing revised most today).",
+            ["channel", "connection", "cap"],
+            registry=registry,
+        )
+        self.granted = Gauge(
+            "allocation_granted_units",
+            "Units granted to the channel's connections over every SKU under allocation (never_cancel): "
+            "what they may still sell unheard of.",
+            ["channel"],
+            registry=registry,
+        )
+        self.slack = Gauge(
+            "allocation_slack_units",
+            "Sellable units granted to no connection, over every SKU under allocation seen by this channel's "
+            "fan-out: the reserve that refills the channels that sell out.",
+            ["channel"],
+            registry=registry,
+        )
+        self.stocked_out = Gauge(
+            "allocation_stocked_out_listings",
+            "Listings of the channel with no grant while the master holds units of the SKU.",
+            ["channel"],
+            registry=registry,
+        )
+        self.stockout_seconds = Counter(
+            "allocation_stockout_while_available_seconds_total",
+            "Listing-seconds the channel had no grant while the master held units (the price of never "
+            "overselling: buyers there are turned away until a refill).",
+            ["channel"],
+            registry=registry,
+        )
         self.consumer_lag = Gauge(
             "consumer_lag_records",
             "Records of a topic not yet committed by a consumer group, read from the broker periodically.",

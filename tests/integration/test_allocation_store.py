@@ -57,7 +57,12 @@ def sale(n: int, quantity: int, channel: Channel) -> OrderPlaced:
 
 def count(quantity: int) -> StockCounted:
     return StockCounted(
-        event_id="admin:count:1", tenant="acme", sku="SKU-1", quantity=quantity, occurred_at=T0, received_at=T0
+        event_id="admin:count:1",
+        tenant="acme",
+        sku="SKU-1",
+        quantity=quantity,
+        occurred_at=T0,
+        received_at=T0,
     )
 
 
@@ -85,7 +90,8 @@ async def test_grants_follow_sales_and_never_exceed_the_master(database_url: str
     assert json.loads(counted.payload or b"")["policy"] == "never_cancel"
     granted = {cid: a["granted"] for cid, a in first["connections"].items()}
     # half of the 12 units are spread (the rest refills whoever sells out), every write a raise from 0
-    assert sum(granted.values()) == 6 and first["slack"] == 6
+    assert sum(granted.values()) == 6
+    assert first["slack"] == 6
     assert {cid: a["write"] for cid, a in first["connections"].items()} == granted
     assert first["connections"]["shopify-acme"]["expect"] == 0  # compare-and-set from 0
     assert first["connections"]["walmart-acme"]["expect"] is None  # an absolute set
@@ -106,7 +112,8 @@ async def test_grants_follow_sales_and_never_exceed_the_master(database_url: str
     assert available(database_url) == 0
     with psycopg.connect(database_url) as conn:
         reasons = [r[0] for r in conn.execute("SELECT reason FROM allocation_log ORDER BY id")]
-    assert any(r.startswith("sold ") for r in reasons) and any("raised to" in r for r in reasons)
+    assert any(r.startswith("sold ") for r in reasons)
+    assert any("raised to" in r for r in reasons)
 
 
 async def test_a_redelivered_batch_re_emits_the_same_allocation(database_url: str) -> None:
@@ -115,7 +122,8 @@ async def test_a_redelivered_batch_re_emits_the_same_allocation(database_url: st
     again = await run(database_url, [sale(1, 1, "ebay"), sale(2, 2, "shopify")])
     assert [r.outcome for r in again] == ["duplicate", "duplicate"]
     assert [r.allotment for r in again] == [r.allotment for r in first]
-    assert first[-1].allotment is not None and first[0].allotment is None  # on the SKU's last event
+    assert first[-1].allotment is not None
+    assert first[0].allotment is None
 
 
 async def test_mirror_policy_drops_the_grants_and_emits_none(database_url: str) -> None:
