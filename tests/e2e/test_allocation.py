@@ -115,9 +115,8 @@ async def test_every_order_a_storefront_takes_is_filled_and_the_stock_sells_out(
             await deliver(session, f"{world.stack.ingest_url}/webhooks/{market.connection.id}", body, headers)
     assert world.available() == 0, f"the stock did not sell out: {world.available()} left"
     assert taken == STOCK
-    outcomes = dict(
-        world.query("SELECT outcome, count(*) FROM ledger WHERE kind = 'order_placed' GROUP BY outcome")
-    )
+    rows = world.query("SELECT outcome, count(*) FROM ledger WHERE kind = 'order_placed' GROUP BY outcome")
+    outcomes = {str(outcome): int(str(n)) for outcome, n in rows}
     assert outcomes == {"applied": STOCK}, f"orders the storefronts took that the master refused: {outcomes}"
     await eventually(world.settled, timeout_s=60, what="every channel to show its grant (0)")
     assert world.shows() == dict.fromkeys(world.shows(), 0)
