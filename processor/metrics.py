@@ -50,6 +50,13 @@ class ProcessorMetrics:
             "update and CHECK (available >= 0) make this impossible: any value above 0 is an oversell.",
             registry=registry,
         )
+        self.overcommitted = Gauge(
+            "allocation_overcommitted_skus",
+            "SKUs under allocation (never_cancel) whose grants add up to more than the master holds, checked "
+            "periodically. Only a count below the grants (units gone from the warehouse) can cause it; while "
+            "it lasts, the channels together may sell more than exists.",
+            registry=registry,
+        )
         self.consumer_lag = Gauge(
             "consumer_lag_records",
             "Records of a topic not yet committed by a consumer group, read from the broker periodically.",

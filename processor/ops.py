@@ -32,7 +32,8 @@ async def audit_view(request: web.Request) -> web.Response:
     tenant, sku = request.match_info["tenant"], request.match_info["sku"]
     async with request.app[POOL].connection() as conn:
         rows = await audit.trail(conn, tenant, sku, limit=limit)
-    return web.json_response({"tenant": tenant, "sku": sku, "changes": rows})
+        allocations = await audit.allocation_trail(conn, tenant, sku, limit=limit)
+    return web.json_response({"tenant": tenant, "sku": sku, "changes": rows, "allocations": allocations})
 
 
 async def negative_records(pool: AsyncConnectionPool) -> int:
@@ -43,11 +44,24 @@ async def negative_records(pool: AsyncConnectionPool) -> int:
     return int(row[0]) if row else 0
 
 
+async def overcommitted(pool: AsyncConnectionPool) -> int:
+    """How many SKUs under allocation have more units granted than the master holds (0 unless a count came in
+    below the grants: units lost in the warehouse, the one case allocation cannot cover)."""
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT count(*) FROM (SELECT tenant, sku, sum(granted) AS g FROM allocations "
+            "GROUP BY tenant, sku) a JOIN inventory i USING (tenant, sku) WHERE a.g > i.available"
+        )
+        row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
 async def refresh_gauges(
     pool: AsyncConnectionPool, metrics: ProcessorMetrics, kafka: KafkaSettings, group: str
 ) -> None:
     """One round of the periodic checks: oversell detection, then the consumer lag of `group`."""
     metrics.negative_records.set(await negative_records(pool))
+    metrics.overcommitted.set(await overcommitted(pool))
     topic = kafka.topic(inventory_events.TOPIC)
     for lag in await asyncio.to_thread(health.consumer_lag, kafka, kafka.group(group), [topic]):
         metrics.consumer_lag.labels(lag.group, lag.topic).set(lag.records)

@@ -32,7 +32,7 @@ class StackConfig:
     fanout_together: bool = False  # one fan-out process for every channel instead of one per channel
     # The allocation policy of a tenant that set none (PROCESSOR_DEFAULT_POLICY). The lab's default is mirror,
     # which the end-to-end tests of the fan-out's delivery assert on; the demo, the bench and the
-    # allocation tests set policies per tenant (processor.policy.set_policy).
+    # allocation tests set policies per tenant (allocation.policy.set_policy).
     default_policy: str = "mirror"
 
 
