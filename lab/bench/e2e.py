@@ -50,6 +50,7 @@ import psycopg
 from rich.console import Console
 
 from channels.connection import Connection, to_toml
+from channels.registry import spec
 from lab.bench.config import BenchConfig
 from lab.bench.load import RawHttp, shopify_event_id, shopify_order
 from lab.bench.stats import ms
@@ -326,6 +327,18 @@ def commit_lags(kafka: KafkaSettings, event_ids: set[str]) -> list[float]:
     return lags
 
 
+def budget_bound_ms(connection: Connection, changing_skus: int) -> float | None:
+    """The fastest a channel's budget lets every changing SKU be written once: changing SKUs / (requests/s x
+    SKUs per request), in ms. A channel's p99 staleness cannot be expected below it while every SKU keeps
+    changing; the bench prints the two side by side."""
+    if changing_skus == 0:
+        return None
+    channel = spec(connection.channel)
+    rate = connection.rate_limit_per_s or channel.rate_limit_per_s
+    per_request = min(channel.max_batch, changing_skus)
+    return round(changing_skus / (rate * per_request) * 1000, 1)
+
+
 async def run_level(
     console: Console, p: Pipeline, session: aiohttp.ClientSession, level: Level, base: int
 ) -> dict[str, Any]:
@@ -392,12 +405,14 @@ async def run_level(
     duplicates = sum(max(0, (stock[s] - master[s]) - accepted_units[s]) for s in never_sold_out)
     lost = sum(max(0, accepted_units[s] - (stock[s] - master[s])) for s in never_sold_out)
     repeats = stale = 0
+    changing = len({ledger[e][0] for e in event_ids if ledger[e][1] == "applied"})
     channels: dict[str, dict[str, Any]] = {}
     for ch, by_sku in channel_writes.items():
         r, s = write_anomalies(by_sku)
         repeats, stale = repeats + r, stale + s
         lags = per_channel[ch]
         channels[ch] = {
+            "budget_bound_ms": budget_bound_ms(p.markets[ch].connection, changing),
             "p50_ms": ms(lags, 50),
             "p99_ms": ms(lags, 99),
             "measured": len(lags),

@@ -154,13 +154,15 @@ def print_tables(console: Console, result: dict[str, Any]) -> None:
     channels = list(levels[0]["channels"]) if levels else []
     console.print(
         _table(
-            "sync lag per channel, p50 / p99 ms (webhook POST -> that channel confirmed)",
-            ("channel", *(r["level"] for r in levels), "429s"),
+            "sync lag per channel, p50 / p99 ms (webhook POST -> that channel confirmed); bound: the "
+            "channel's budget for the level's changing SKUs",
+            ("channel", *(f"{r['level']} (bound)" for r in levels), "429s"),
             [
                 [
                     ch,
                     *(
-                        f"{_s(r['channels'][ch]['p50_ms'])} / {_s(r['channels'][ch]['p99_ms'])}"
+                        f"{_s(r['channels'][ch]['p50_ms'])} / {_s(r['channels'][ch]['p99_ms'])} "
+                        f"({_s(r['channels'][ch].get('budget_bound_ms'))})"
                         for r in levels
                     ),
                     sum(r["channels"][ch]["rate_limited"] for r in levels),
