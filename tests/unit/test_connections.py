@@ -28,6 +28,7 @@ from fanout.settings import FanoutSettings
 from ingest.settings import IngestSettings
 from lab.marketplaces.shopify import sample_connection
 from lab.marketplaces.tiktok import sample_connection as tiktok_connection
+from processor.settings import ProcessorSettings
 from reconciler.settings import ReconcilerSettings
 
 
@@ -210,7 +211,7 @@ def test_a_service_starting_with_no_connections_says_how_to_add_one(
     assert caplog.records == []
 
 
-@pytest.mark.parametrize("settings", [IngestSettings, FanoutSettings, ReconcilerSettings])
+@pytest.mark.parametrize("settings", [IngestSettings, FanoutSettings, ReconcilerSettings, ProcessorSettings])
 def test_the_connections_file_setting_is_optional(
     settings: type[IngestSettings | FanoutSettings | ReconcilerSettings], monkeypatch: pytest.MonkeyPatch
 ) -> None:
