@@ -12,11 +12,13 @@ from dataclasses import dataclass
 import aiohttp
 from confluent_kafka import Consumer
 from prometheus_client import CollectorRegistry
+from psycopg_pool import AsyncConnectionPool
 
 from channels.connection import ConnectionRegistry
 from channels.registry import spec as channel_spec
 from fanout.budget import DailyBudget
 from fanout.delivery import ChannelFanout, ConnectionSync, Delivery
+from fanout.journal import WriteJournal
 from fanout.loop import FanoutWorker
 from fanout.metrics import FanoutMetrics
 from fanout.ops import serve_ops
@@ -40,6 +42,7 @@ def channel_fanout(
     connections: ConnectionRegistry,
     session: aiohttp.ClientSession,
     metrics: FanoutMetrics,
+    journal: WriteJournal | None = None,
 ) -> ChannelFanout:
     """One channel's delivery to its enabled connections, each with its client and budget."""
     spec = channel_spec(channel)
@@ -55,7 +58,9 @@ def channel_fanout(
             channel,
         )
     delivery = Delivery(channel, retry_policy(settings), metrics)
-    return ChannelFanout(delivery, syncs, metrics, pause_on_rejection=settings.pause_on_rejection)
+    return ChannelFanout(
+        delivery, syncs, metrics, pause_on_rejection=settings.pause_on_rejection, journal=journal
+    )
 
 
 @dataclass
@@ -96,6 +101,14 @@ async def build_fanout(
         if session is None:
             timeout = aiohttp.ClientTimeout(total=10)
             session = await stack.enter_async_context(aiohttp.ClientSession(timeout=timeout))
+        # The journal of allocation writes: opened without waiting (the fan-out starts while PostgreSQL is
+        # away; a claim then waits for it, fanout/journal.py).
+        pool = AsyncConnectionPool(
+            settings.postgres.database_url, min_size=0, max_size=2, open=False, name="fanout-journal"
+        )
+        await pool.open(wait=False)
+        stack.push_async_callback(pool.close)
+        journal = WriteJournal(pool)
         workers = []
         for channel in settings.channels:
             consumer = (consumers or {}).get(channel)
@@ -103,7 +116,7 @@ async def build_fanout(
                 overrides = {"session.timeout.ms": int(settings.session_timeout_s * 1000)}
                 consumer = Consumer(consumer_config(settings.kafka, f"fanout.{channel}", **overrides))
                 stack.push_async_callback(asyncio.to_thread, consumer.close)
-            fanout = channel_fanout(settings, channel, connections, session, metrics)
+            fanout = channel_fanout(settings, channel, connections, session, metrics, journal)
             workers.append(FanoutWorker(settings, fanout, producer, consumer))
         yield Fanout(settings, workers, registry, metrics)
 

@@ -13,12 +13,15 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import psycopg
+
 from allocation.rules import cas_retarget
 from channels.connection import Connection
 from channels.errors import ChannelError, CompareMismatch
 from channels.ratelimit import TokenBucket
 from channels.spec import InventoryClient
 from fanout.budget import DailyBudget
+from fanout.journal import WriteJournal
 from fanout.metrics import FanoutMetrics
 from fanout.plan import (
     Precedence,
@@ -208,9 +211,11 @@ class ChannelFanout:
         metrics: FanoutMetrics,
         *,
         pause_on_rejection: bool,
+        journal: WriteJournal | None = None,
     ) -> None:
         self.delivery, self.syncs, self.metrics = delivery, syncs, metrics
         self.pause_on_rejection = pause_on_rejection
+        self.journal = journal  # None: allocation writes are sent unclaimed (tests without PostgreSQL)
         self.channel = delivery.channel
         self.exposure = Exposure()
 
@@ -247,7 +252,7 @@ class ChannelFanout:
         latest = latest_per_sku(records)
         self.metrics.coalesced.labels(self.channel).inc(len(records) - len(latest))
         self.observe_allocations(records)
-        pushes = [self.delivery.push(sync, targets) for sync, targets in self.plan(latest)]
+        pushes = [self.claimed_push(sync, targets) for sync, targets in self.plan(latest)]
         done = Delivered.merge(await asyncio.gather(*pushes))
         for sync in self.syncs:
             for cap, left in (
@@ -262,6 +267,23 @@ class ChannelFanout:
                 max(0.0, (now - t.cause.received_at).total_seconds())
             )
         return done
+
+    async def claimed_push(self, sync: ConnectionSync, targets: list[Target]) -> Delivered:
+        """Push `targets`, their allocation writes claimed in the journal first (fanout/journal.py): a write
+        an earlier delivery claimed is not sent again."""
+        allocated = [t for t in targets if t.allocated]
+        if self.journal is None or not allocated:
+            return await self.delivery.push(sync, targets)
+        try:
+            claimed, already = await self.journal.claim(allocated)
+        except psycopg.Error as exc:
+            failed = Delivered(failures=[Failure(t, 1, exc) for t in allocated])
+            rest = [t for t in targets if not t.allocated]
+            return failed + (await self.delivery.push(sync, rest) if rest else Delivered())
+        for t in already:
+            sync.allocated[t.sku] = max(t.seq, sync.allocated.get(t.sku, 0))
+        keep = set(map(id, claimed))
+        return await self.delivery.push(sync, [t for t in targets if not t.allocated or id(t) in keep])
 
     def observe_allocations(self, records: list[Record]) -> None:
         """Grants, slack and stock-outs of this channel's connections, from the allocation records."""

@@ -134,3 +134,38 @@ async def test_mirror_policy_drops_the_grants_and_emits_none(database_url: str) 
     assert result.allotment is None
     assert json.loads(result.payload or b"")["policy"] == "mirror"
     assert grants(database_url, "acme", ["SKU-1"]) == {}
+
+
+async def test_the_fanout_journal_never_sends_an_allocation_write_twice(database_url: str) -> None:
+    from psycopg_pool import AsyncConnectionPool
+
+    from fanout.journal import WriteJournal
+    from fanout.plan import target_for
+    from schemas.stock_allocated import Allotment, StockAllocated
+
+    def write(seq: int) -> Any:
+        record = StockAllocated(
+            tenant="acme",
+            sku="SKU-1",
+            seq=seq,
+            available=9,
+            version=seq,
+            slack=0,
+            connections={"walmart-acme": Allotment(channel="walmart", granted=3, write=3)},
+            cause_event_id=f"e-{seq}",
+            received_at=T0,
+            committed_at=T0,
+        )
+        return target_for(record, "walmart-acme", buffer=0, allocation=1.0, pause_on_rejection=True)
+
+    async with AsyncConnectionPool(database_url, min_size=0, max_size=1, open=False) as pool:
+        journal = WriteJournal(pool)
+        first, already = await journal.claim([write(4)])
+        assert (len(first), already) == (1, [])
+        again, already = await journal.claim([write(4)])  # the same record delivered a second time
+        assert again == []
+        assert [t.seq for t in already] == [4]
+        older, _ = await journal.claim([write(3)])  # an older record arriving late
+        assert older == []
+        newer, _ = await journal.claim([write(7)])
+        assert [t.seq for t in newer] == [7]
