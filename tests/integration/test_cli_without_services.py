@@ -48,6 +48,7 @@ def minimal_args(path: tuple[str, ...], *, database_url: str, empty_file: Path) 
     by_name = {
         "into": database_url,
         "channel": "shopify",
+        "policy": "never_cancel",
         "api_base_url": "http://127.0.0.1:1",
         "id": "shop-x",
         "webhook_secret": "s",
