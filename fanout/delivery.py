@@ -85,6 +85,49 @@ class ConnectionSync:
         return {sku: quantity for sku, (_p, quantity) in self.confirmed.items()}
 
 
+def may_have_landed(exc: BaseException) -> bool:
+    """Whether a failed write may still have taken effect: no answer (a timeout, a dropped connection) or a
+    server error; a 4xx (429 included) is a refusal."""
+    if isinstance(exc, CompareMismatch):
+        return False
+    if isinstance(exc, ChannelError) and exc.status is not None:
+        return exc.status >= 500
+    return True
+
+
+class OnceOnly:
+    """Keeps an allocation raise from taking effect twice when a retry follows a failure that may have
+    landed (the retry policy retries timeouts and 5xx): before such a retry the channel's counts are read,
+    and a raise that shows it landed is not sent again. An absolute raise goes only to a connection that
+    showed nothing, so any count above 0 means it landed; a compare-and-set raise landed if the channel
+    shows more than its base. (If the channel sold every raised unit before the read, the raise is sent
+    again; the window is the retry's backoff. allocation/rules.py assumes a write takes effect once.)"""
+
+    def __init__(self, client: InventoryClient, targets: list[Target]) -> None:
+        self.client = client
+        self.raises = {t.sku: t for t in targets if t.allocated}
+        self.ambiguous = False
+        self.done: set[str] = set()
+
+    async def landed(self) -> bool:
+        """True when every raise is known to have landed (then nothing is sent); records which did."""
+        if not (self.ambiguous and self.raises):
+            return False
+        shows = await self.client.get_available([s for s in self.raises if s not in self.done])
+        for sku, count in shows.items():
+            t = self.raises.get(sku)
+            if t is not None and count > (t.expect or 0):
+                self.done.add(sku)
+        return len(self.done) == len(self.raises) and len(self.raises) > 0
+
+    async def sent(self, call: Awaitable[None]) -> None:
+        try:
+            await call
+        except BaseException as exc:
+            self.ambiguous = self.ambiguous or may_have_landed(exc)
+            raise
+
+
 @dataclass(frozen=True)
 class Failure:
     """A target the channel did not confirm: the last error after `attempts` calls."""
@@ -143,10 +186,15 @@ class Delivery:
         last = sync.confirmed.get(target.sku)
         base = target.expect if target.allocated else last[1] if last else None
         quantity = target.quantity
-        first = await self._send(
-            sync,
-            lambda: sync.client.set_available(target.sku, quantity, change_from=base, reference=reference),
-        )
+        once = OnceOnly(sync.client, [target])
+
+        async def write() -> None:
+            if not await once.landed():
+                await once.sent(
+                    sync.client.set_available(target.sku, quantity, change_from=base, reference=reference)
+                )
+
+        first = await self._send(sync, write)
         attempts, error = first.attempts, first.error
         if isinstance(error, CompareMismatch):
             # The channel's count moved without us (a sale we have not heard of yet, or an edit). An
@@ -172,8 +220,17 @@ class Delivery:
 
     async def bulk(self, sync: ConnectionSync, targets: list[Target], reference: str) -> Delivered:
         """One bulk call for `targets` (at most the connection's max_batch): all confirmed or all failed."""
-        items = [(t.sku, t.quantity) for t in targets]
-        outcome = await self._send(sync, lambda: sync.client.set_many(items, reference=reference))
+        once = OnceOnly(sync.client, targets)
+
+        async def write() -> None:
+            left = [t for t in targets if t.sku not in once.done]
+            if left and not await once.landed():
+                left = [t for t in targets if t.sku not in once.done]
+                await once.sent(
+                    sync.client.set_many([(t.sku, t.quantity) for t in left], reference=reference)
+                )
+
+        outcome = await self._send(sync, write)
         if outcome.error is not None:
             return Delivered(failures=[Failure(t, outcome.attempts, outcome.error) for t in targets])
         for t in targets:

@@ -11,7 +11,7 @@ from fanout.delivery import ChannelFanout, Exposure
 from fanout.plan import Target, coalesce, exposure_order, target_for
 from schemas.stock_allocated import Allotment, StockAllocated
 from schemas.stock_changed import StockChanged
-from tests.unit.test_fanout_delivery import FakeClient, change, setup
+from tests.unit.test_fanout_delivery import FakeClient, busy, change, setup
 
 NOW = datetime(2026, 12, 2, tzinfo=UTC)
 
@@ -136,3 +136,36 @@ async def test_fanout_metrics_follow_the_allocation_records() -> None:
     assert [t.quantity for t in done.confirmed] == [4]
     assert registry.get_sample_value("allocation_granted_units", {"channel": "shopify"}) == 4
     assert registry.get_sample_value("allocation_slack_units", {"channel": "shopify"}) == 3
+
+
+class LandedThenTimedOut(FakeClient):
+    """A channel that applied the write but whose answer never came back (then the buyers' sales happen)."""
+
+    def __init__(self, shows_after: int) -> None:
+        super().__init__(errors=[TimeoutError("no answer")])
+        self.shows_after = shows_after
+        self.reads = 0
+
+    async def get_available(self, skus: list[str]) -> dict[str, int]:
+        self.reads += 1
+        return dict.fromkeys(skus, self.shows_after)
+
+
+async def test_a_raise_that_landed_before_a_timeout_is_not_sent_again() -> None:
+    client = LandedThenTimedOut(shows_after=2)  # set to 3, one sold since: re-sending 3 would show it twice
+    delivery, sync, _w, _r = setup(client, "A")
+    t = target(allocated("A", 3, shop_1=(3, None)))
+    assert t is not None
+    assert await delivery.single(sync, t, "ref") is None
+    assert client.singles == [("A", 3, None)]
+    assert client.reads == 1
+    assert sync.allocated == {"A": 3}
+
+
+async def test_a_raise_refused_with_a_429_is_retried_without_a_read() -> None:
+    client = FakeClient(errors=[busy()])
+    delivery, sync, _w, _r = setup(client, "A")
+    t = target(allocated("A", 3, shop_1=(3, None)))
+    assert t is not None
+    assert await delivery.single(sync, t, "ref") is None
+    assert client.singles == [("A", 3, None), ("A", 3, None)]
