@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from lab.polling import Order, cancellations_needed, simulate_polling
+from lab.polling import (
+    Order,
+    by_phase,
+    cancellations_needed,
+    demanded,
+    sell_through,
+    sellable,
+    simulate_polling,
+)
 
 
 def test_every_channel_sells_the_whole_stock_before_the_first_sync() -> None:
@@ -45,3 +53,43 @@ def test_orders_on_an_unlisted_channel_or_a_zero_interval_are_refused_clearly() 
         simulate_polling([Order(0.0, "z", "A", 1)], {"A": 1}, ["x"])
     with pytest.raises(ValueError, match="poll_minutes must be positive"):
         simulate_polling([], {"A": 1}, ["x"], poll_minutes=0)
+
+
+def test_units_sold_are_the_filled_ones_and_sell_through_is_over_what_could_sell() -> None:
+    orders = [Order(at_s=float(i), channel=ch, sku="A", quantity=1) for i in range(5) for ch in ("x", "y")]
+    result = simulate_polling(orders, {"A": 3}, ["x", "y"], poll_minutes=15)
+    # six taken, the first three filled, the three after them to cancel
+    assert (result.units_sold, result.units_filled, result.cancellations) == (6, 3, 3)
+    assert result.cancelled_at == [1.0, 2.0, 2.0]
+    assert demanded(orders) == {"A": 10}
+    assert sellable({"A": 3, "B": 4}, orders) == 3  # B was asked for by no one: it could not sell
+    assert sell_through(result.units_filled, {"A": 3}, orders) == 1.0
+    assert sell_through(2, {"A": 5}, [Order(0.0, "x", "A", 4)]) == 0.5  # min(5 in stock, 4 asked)
+
+
+def test_the_first_pass_comes_at_the_phase_and_a_shorter_sale_sees_none() -> None:
+    # A sale of 60 s against a 5-minute job whose next pass is 150 s away: no pass, every channel sells the
+    # stock; the same job passing 30 s after the opening brings both channels to what is left.
+    orders = [Order(10.0, "x", "A", 3), *(Order(40.0 + i, ch, "A", 1) for i in range(3) for ch in ("x", "y"))]
+    late = simulate_polling(orders, {"A": 3}, ["x", "y"], poll_minutes=5, write_gap_s=0, phase_s=150)
+    assert (late.syncs, late.accepted, late.cancellations, late.phase_s) == (0, 4, 3, 150)
+    early = simulate_polling(orders, {"A": 3}, ["x", "y"], poll_minutes=5, write_gap_s=0, phase_s=30)
+    assert (early.syncs, early.accepted, early.cancellations) == (1, 1, 0)
+
+
+def test_a_pass_never_takes_longer_than_the_interval() -> None:
+    # 30-second interval, three channels: the writes come 10 s apart (at 30, 40, 50), not the 20 s asked for,
+    # so y already shows 0 at 45 s and refuses the buyer.
+    orders = [Order(1.0, "x", "A", 2), Order(45.0, "y", "A", 1)]
+    result = simulate_polling(orders, {"A": 2}, ["x", "y", "z"], poll_minutes=0.5, write_gap_s=20)
+    assert (result.accepted, result.refused, result.oversells) == (1, 1, 0)
+
+
+def test_by_phase_plays_the_sale_at_every_phase_of_the_cycle() -> None:
+    orders = [Order(10.0, "x", "A", 3), *(Order(40.0 + i, ch, "A", 1) for i in range(3) for ch in ("x", "y"))]
+    runs = by_phase(orders, {"A": 3}, ["x", "y"], poll_minutes=1, phases=4, write_gap_s=0)
+    assert [r.phase_s for r in runs] == [15.0, 30.0, 45.0, 60.0]
+    # a pass before the late buyers (15 s, 30 s) stops them; one after them (45 s, 60 s) comes too late
+    assert [r.cancellations for r in runs] == [0, 0, 3, 3]
+    with pytest.raises(ValueError, match="phase_s must be above 0"):
+        simulate_polling(orders, {"A": 3}, ["x"], poll_minutes=1, phase_s=61)
