@@ -1,5 +1,5 @@
 """The flash sale: its options, the seller's stock and the buyers' orders (deterministic for a seed), what a
-storefront shows, and the tallies of the event-driven run."""
+storefront shows, and the tallies of an event-driven run (one per policy)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,16 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from allocation.rules import Policy
 from channels.connection import Listing
 from lab.marketplaces import Marketplace
 from lab.polling import Order
 
-TENANT = "demo"
+TENANT = "demo"  # the prefix of the runs' tenants
+POLICY_RUNS: tuple[Policy, ...] = ("never_cancel", "mirror")  # played one after the other, in this order
+POLL_MINUTES: tuple[float, ...] = (1.0, 5.0, 15.0)  # the polling baseline's intervals
+REAL_TIME_LIMIT_S = 90.0  # the longest sale the default demo is meant to play
+TARGET_SELL_THROUGH = 0.97  # under never_cancel, with 0 orders to cancel
 FIRST_ORDER_ID = 500_000
 # A channel redelivers a webhook the gateway answered 503 (a thin payload's order could not be fetched yet,
 # e.g. the channel's API said 429) with growing delays; here seconds instead of the channels' minutes.
@@ -19,13 +24,22 @@ DELIVERIES = 10
 FIRST_REDELIVERY_S = 0.5
 
 
+def tenant_of(policy: Policy) -> str:
+    """The tenant of the run under `policy` (its own connections, simulators and master records)."""
+    return f"{TENANT}-{'nc' if policy == 'never_cancel' else policy}"
+
+
 @dataclass(frozen=True)
 class DemoOptions:
+    """The sale: `skus`, `orders`, lasting `sale_minutes` by its own clock, played in `seconds` of wall
+    time (the same by default: real time). `poll_minutes`, if given, adds an interval to the polling
+    baseline's 1, 5 and 15 minutes."""
+
     skus: int = 20
     orders: int = 2000
-    seconds: float = 30.0  # real time the sale is played in
-    sale_minutes: float = 60.0  # how long the sale lasts in simulated time
-    poll_minutes: float = 15.0
+    seconds: float = 60.0  # wall-clock seconds the sale is played in
+    sale_minutes: float = 1.0  # how long the sale lasts by its own clock
+    poll_minutes: float | None = None  # an extra polling interval, beside POLL_MINUTES
     seed: int = 8
     out: Path = Path("reports")
 
@@ -37,12 +51,49 @@ class DemoOptions:
                 ("orders", self.orders),
                 ("seconds", self.seconds),
                 ("sale_minutes", self.sale_minutes),
-                ("poll_minutes", self.poll_minutes),
+                ("poll_minutes", 1 if self.poll_minutes is None else self.poll_minutes),
             )
             if value <= 0
         ]
         if problems:
             raise ValueError("; ".join(problems))
+
+    @property
+    def sale_s(self) -> float:
+        return self.sale_minutes * 60.0
+
+    @property
+    def compression(self) -> float:
+        """Sale seconds per wall-clock second: 1 in real time, above 1 when the sale is played faster."""
+        return self.sale_s / self.seconds
+
+    @property
+    def real_time(self) -> bool:
+        return abs(self.compression - 1.0) < 1e-9
+
+    def clock_warning(self) -> str | None:
+        """Why these figures are not a real-time sale's, or None when they are."""
+        if self.real_time:
+            return None
+        faster = self.compression > 1
+        factor = f"{self.compression if faster else 1 / self.compression:.3g}x"
+        return (
+            f"not real time: {self.sale_minutes:g} min of sale played in {self.seconds:g} s ({factor} "
+            f"{'faster' if faster else 'slower'} than the sale's clock). The channels' API budgets and the "
+            f"pipeline keep the wall clock, so by the sale's clock propagation looks {factor} "
+            f"{'slower' if faster else 'faster'} than it is: the event-driven figures are not a real sale's"
+        )
+
+    @property
+    def poll_intervals(self) -> tuple[float, ...]:
+        """The polling baseline's intervals, minutes: 1, 5, 15 and `poll_minutes` if it is another."""
+        extra = () if self.poll_minutes is None or self.poll_minutes in POLL_MINUTES else (self.poll_minutes,)
+        return tuple(sorted((*POLL_MINUTES, *extra)))
+
+
+def poll_key(minutes: float) -> str:
+    """The key of a polling interval in ``demo.json``: ``1m``, ``5m``, ``15m``, ``2.5m``."""
+    return f"{minutes:g}m"
 
 
 def flash_sale(options: DemoOptions, channels: list[str]) -> tuple[dict[str, int], list[Order]]:
@@ -55,7 +106,7 @@ def flash_sale(options: DemoOptions, channels: list[str]) -> tuple[dict[str, int
     skus = [f"FLASH-{n:02d}" for n in range(options.skus)]
     stock = {sku: rnd.randint(5, 40) for sku in skus}
     weights = [1 / (rank + 1) for rank in range(len(skus))]
-    sale_s = options.sale_minutes * 60
+    sale_s = options.sale_s
     orders = []
     for _ in range(options.orders):
         roll = rnd.random()
@@ -106,11 +157,14 @@ class ChannelTally:
 
 @dataclass
 class EventDriven:
+    policy: Policy = "never_cancel"
+    tenant: str = ""
     orders: int = 0
-    accepted: int = 0
-    rejected: int = 0
+    accepted: int = 0  # taken by a storefront and applied by the master
+    rejected: int = 0  # taken by a storefront and refused by the master
     refused_by_channel: int = 0
-    units_sold: int = 0
+    units_sold: int = 0  # units the master applied
+    sellable: int = 0  # per SKU the smaller of its stock and the units asked for, summed
     oversells: int = 0
     cancellations_needed: int = 0
     p50_ms: float | None = None
@@ -122,3 +176,17 @@ class EventDriven:
     dlq_replayed: int = 0
     skus_out_of_sync: list[str] = field(default_factory=list)
     per_channel: dict[str, ChannelTally] = field(default_factory=dict)
+    cancelled_at: list[float] = field(default_factory=list)  # sale seconds of each order to cancel
+    left_by_sku: dict[str, int] = field(default_factory=dict)  # the master's count at the end
+    stranded: dict[str, int] = field(default_factory=dict)  # never_cancel: units granted at the end, per SKU
+    refused_by_sku: dict[str, int] = field(default_factory=dict)  # buyers a storefront turned away, per SKU
+    sold_by_sku: dict[str, int] = field(default_factory=dict)  # units the master applied, per SKU
+    sale_s: float = 0.0  # wall-clock seconds from the first order offered to the last
+
+    @property
+    def taken(self) -> int:
+        return self.accepted + self.rejected
+
+    @property
+    def sell_through(self) -> float:
+        return self.units_sold / self.sellable if self.sellable else 1.0
