@@ -24,6 +24,7 @@ from rich.table import Table
 
 from cli.connections import connections_app, tenants_app
 from cli.errors import BoundaryGroup, LabMissing, kafka_reachable
+from cli.policy import policy_app
 from reconciler.cli import reconcile as reconcile_command
 from schemas import TOPICS
 from stocksync.db import migrate as apply_migrations
@@ -42,6 +43,7 @@ app = typer.Typer(
 console = Console(emoji=False)  # ids such as "admin:receipt:R-1" must print as they are, not as 🧾
 app.add_typer(connections_app, name="connections")
 app.add_typer(tenants_app, name="tenants")
+app.add_typer(policy_app, name="policy")
 app.command("reconcile")(reconcile_command)
 
 
@@ -253,13 +255,16 @@ def audit(
     """Why is this SKU at its count? Every change, newest first, with the quantity after each."""
     from psycopg import AsyncConnection
 
-    from processor.audit import trail
+    from processor.audit import allocation_trail, trail
 
-    async def fetch() -> list[dict[str, object]]:
+    async def fetch() -> tuple[list[dict[str, object]], list[dict[str, object]]]:
         async with await AsyncConnection.connect(PostgresSettings().database_url) as conn:
-            return await trail(conn, tenant, sku, limit=limit)
+            return (
+                await trail(conn, tenant, sku, limit=limit),
+                await allocation_trail(conn, tenant, sku, limit=limit),
+            )
 
-    rows = asyncio.run(fetch())
+    rows, allocations = asyncio.run(fetch())
     if not rows:
         console.print(f"no ledger rows for {tenant}/{sku}: the SKU never changed, or the name is wrong")
         raise typer.Exit(1)
@@ -282,6 +287,28 @@ def audit(
             str(r["reason"] or ""),
         )
     console.print(table)
+    if allocations:
+        grants = Table(title=f"{tenant}/{sku}: allocation changes (policy never_cancel), newest first")
+        for col in ("at", "seq", "connection", "grant", "write", "available", "why"):
+            grants.add_column(col)
+        for a in allocations:
+            write = (
+                ""
+                if a["write_quantity"] is None
+                else f"set {a['write_quantity']}"
+                if a["write_expect"] is None
+                else f"{a['write_expect']} -> {a['write_quantity']} (compare-and-set)"
+            )
+            grants.add_row(
+                str(a["at"])[:23],
+                str(a["seq"]),
+                str(a["connection_id"]),
+                f"{a['granted_before']} -> {a['granted_after']}",
+                write,
+                str(a["available"] if a["available"] is not None else ""),
+                str(a["reason"]),
+            )
+        console.print(grants)
 
 
 dlq = typer.Typer(
