@@ -171,6 +171,36 @@ def print_tables(console: Console, result: dict[str, Any]) -> None:
             ],
         )
     )
+    flash = result.get("flash_sale")
+    if flash:
+        console.print(
+            _table(
+                "flash sale under never_cancel, real time (a storefront takes an order only within its "
+                "grant)",
+                (
+                    "orders",
+                    "accepted",
+                    "cancellations",
+                    "units sold",
+                    "sell-through",
+                    "p50 / p99 ms",
+                    "seconds",
+                ),
+                [
+                    [
+                        flash["orders"],
+                        flash["accepted"],
+                        flash["cancellations"],
+                        flash["units_sold"],
+                        f"{flash['sell_through'] * 100:.1f} %",
+                        f"{_s(flash['p50_ms'])} / {_s(flash['p99_ms'])}",
+                        flash["elapsed_s"],
+                    ]
+                ],
+                caption="cancellations: orders a storefront took that the master refused (target 0); "
+                "sell-through: units sold / sum over SKUs of min(stock, units asked)",
+            )
+        )
     parts = result["services"]
     names = sorted({n for part in parts.values() for n in part if not n.startswith("_")})
     console.print(

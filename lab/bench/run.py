@@ -1,4 +1,5 @@
-"""``stocksync bench``: the three parts in turn on one local Kafka, one PostgreSQL and the nine simulators."""
+"""``stocksync bench``: the three parts in turn on one local Kafka, one PostgreSQL and the nine simulators,
+then a small real-time flash sale under ``never_cancel`` (lab.bench.flash)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from rich.console import Console
 
 from lab.bench.config import BenchConfig
 from lab.bench.e2e import SKUS, e2e_part, nine_marketplaces
+from lab.bench.flash import flash_sale_row
 from lab.bench.gateway import gateway_part
 from lab.bench.processor import processor_part
 from lab.bench.report import machine
@@ -42,6 +44,8 @@ async def run_bench(console: Console, config: BenchConfig) -> dict[str, Any]:
             result.update(e2e)
             usage.update(e2e_usage)
         result["services"] = usage
+    # The flash sale under never_cancel, on infrastructure of its own (after the parts above released theirs).
+    result["flash_sale"] = await flash_sale_row(lambda m: console.print(f"[dim]{m}[/]"))
     result["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     result["wall_s"] = round(time.monotonic() - started, 1)
     return result
