@@ -34,6 +34,11 @@ class TokenBucket:
         self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
         self._at = now
 
+    def level(self) -> float:
+        """The tokens saved up now."""
+        self._refill()
+        return self._tokens
+
     def take(self, n: float = 1.0) -> float:
         """Take `n` tokens and return 0.0, or take nothing and return the seconds until `n` are there."""
         self._refill()

@@ -104,17 +104,23 @@ def test_capped_channels_get_threshold_crossings_and_zeros_only() -> None:
     assert zero is not None
     assert worth_a_write(zero, 1)
 
-    day = [date(2026, 12, 2)]
-    budget = DailyBudget(None, 2, today=lambda: day[0])
+    day, now = [date(2026, 12, 2)], [0.0]
+    budget = DailyBudget(None, 40, today=lambda: day[0], clock=lambda: now[0])
+    assert budget.allows(t, 100)  # a quiet listing: every change is sent while the paced budget is saved up
+    for _ in range(6):  # a burst spends the 10 saved up (a quarter of 40) below half
+        budget.spend_write("A")
+    assert budget.pressed("A")
+    assert not budget.allows(t, 100)  # now only threshold crossings
     assert budget.allows(low, 5)
-    budget.spend_write("A")
-    budget.spend_write("A")
+    now[0] += 86_400 / 40 * 5  # the pace refills
+    assert not budget.pressed("A")
+    for _ in range(34):
+        budget.spend_write("A")
     assert budget.writes_left("A") == 0
-    assert not budget.allows(low, 5)
+    assert not budget.allows(low, 5)  # the day's cap is spent
     assert budget.allows(zero, 1)  # a listing that must stop selling is always sent
     day[0] = date(2026, 12, 3)
-    assert budget.writes_left("A") == 2
-    assert budget.allows(low, 5)
+    assert budget.writes_left("A") == 40
     assert DailyBudget(None, None).allows(t, 100)  # no caps: every change
 
 
