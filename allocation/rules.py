@@ -42,8 +42,9 @@ less each connection's own safety buffer; the largest deficits are filled first.
 that refills whichever connections sell out, so the last units follow the buyers instead of waiting on a
 channel whose buyers went elsewhere.
 
-Policy ``mirror`` (today's behaviour, ``mirror``): every connection shows the whole count (less its buffer,
-times its share), written absolutely: fast, and as tests/model shows, able to oversell during any lag.
+Policy ``mirror`` (the behaviour before allocation, ``mirror``): every connection shows the whole count (less
+its buffer, times its share), written absolutely: fast, and, as tests/unit/test_allocation_model.py shows,
+able to oversell during any lag.
 """
 
 from __future__ import annotations
