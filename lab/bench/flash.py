@@ -18,6 +18,7 @@ from typing import Any
 from rich.progress import Progress
 
 from lab.demo.model import DemoOptions, flash_sale
+from lab.demo.report import event_driven_dict
 from lab.demo.run import pipeline, play, seed_stock, tally_event_driven
 from lab.marketplaces import BUILDERS
 
@@ -42,13 +43,6 @@ async def flash_sale_row(
     ed = run.result
     if ed.skus_out_of_sync:
         say(f"not at their grants at the end: {'; '.join(ed.skus_out_of_sync[:5])}")
-    return {
-        "orders": ed.orders,
-        "accepted": ed.accepted,
-        "cancellations": ed.cancellations_needed,
-        "units_sold": ed.units_sold,
-        "sell_through": round(ed.sell_through, 4),
-        "p50_ms": ed.p50_ms,
-        "p99_ms": ed.p99_ms,
-        "elapsed_s": round(time.monotonic() - started, 1),
-    }
+    figures = event_driven_dict(ed)
+    keys = ("orders", "accepted", "cancellations", "units_sold", "sell_through", "p50_ms", "p99_ms")
+    return {**{k: figures[k] for k in keys}, "elapsed_s": round(time.monotonic() - started, 1)}
