@@ -8,7 +8,9 @@ is sent only when it crosses a threshold (``worth_a_write``): to or from zero, i
 (where each unit matters), or after moving by a fifth since the last write. Allocation writes
 (never_cancel) are always worth one: they are raises of a connection that sold out, few by construction.
 Once a day's cap is spent, only zeros are sent (a listing that must stop selling); everything else waits
-for the next day, which the reconciler or the next change catches up.
+for the next day, which the reconciler or the next change catches up. A count held back is sent anyway once
+its listing has had no newer change for FANOUT_CAPPED_SETTLE_S (``ChannelFanout.settle_held``): one write
+after a burst, so a paced channel ends at the master's count, not at the last threshold it crossed.
 
 The counts live in the process (a restart starts the day's count again; the channel's own 429 remains the
 backstop), exported as ``fanout_daily_budget_remaining``.

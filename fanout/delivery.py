@@ -275,6 +275,9 @@ class ChannelFanout:
         self.journal = journal  # None: allocation writes are sent unclaimed (tests without PostgreSQL)
         self.channel = delivery.channel
         self.exposure = Exposure()
+        # Counts held back from a capped channel (fanout.budget): the newest per (connection, SKU), and when
+        # it was held. `settle_held` sends each once its listing has gone quiet.
+        self.held: dict[tuple[str, str], tuple[Target, float]] = {}
 
     def plan(self, latest: list[Record]) -> list[tuple[ConnectionSync, list[Target]]]:
         """Each connection's targets that are due (newer than what it last confirmed), one per SKU, largest
@@ -298,11 +301,39 @@ class ChannelFanout:
             shows = sync.shows()
             ordered = exposure_order(coalesce(targets), shows)
             sent = [t for t in ordered if sync.daily.allows(t, shows.get(t.sku))]
+            now, going = time.monotonic(), {id(t) for t in sent}
+            for t in ordered:
+                key = (conn.id, t.sku)
+                if id(t) in going:
+                    self.held.pop(key, None)
+                else:
+                    self.held[key] = (t, now)
             if held := len(ordered) - len(sent):
                 self.metrics.held_back.labels(self.channel).inc(held)
             if sent:
                 per_sync.append((sync, sent))
         return per_sync
+
+    async def settle_held(self, quiet_s: float) -> Delivered:
+        """Send the counts held back from a capped channel whose listing has had no newer target for
+        `quiet_s`: one write per listing after a burst, so a paced channel ends at the master's count
+        instead of the last threshold it crossed (unless the day's cap is spent)."""
+        now = time.monotonic()
+        due: dict[str, list[Target]] = {}
+        for (cid, sku), (t, at) in list(self.held.items()):
+            if now - at < quiet_s:
+                continue
+            del self.held[(cid, sku)]
+            sync = next((s for s in self.syncs if s.connection.id == cid), None)
+            spent = sync is None or sync.daily.calls_left() == 0 or sync.daily.writes_left(sku) == 0
+            if sync is not None and sync.due(t) and not spent:
+                due.setdefault(cid, []).append(t)
+        if not due:
+            return Delivered()
+        syncs = {s.connection.id: s for s in self.syncs}
+        return Delivered.merge(
+            await asyncio.gather(*(self.claimed_push(syncs[cid], ts) for cid, ts in due.items()))
+        )
 
     async def apply(self, records: list[Record]) -> Delivered:
         """Coalesce `records`, push every connection's targets concurrently; return what was delivered."""

@@ -114,8 +114,10 @@ class FanoutWorker:
         self.consumer.subscribe([kafka.topic(t) for t in TOPICS], on_assign=on_assign)
         while not stop.is_set():
             messages = await self._gather()
-            if not messages:
-                continue
-            await self.handle(messages)
-            for m in messages:
-                self.consumer.store_offsets(m)  # only now: every target confirmed or dead-lettered
+            if messages:
+                await self.handle(messages)
+                for m in messages:
+                    self.consumer.store_offsets(m)  # only now: every target confirmed or dead-lettered
+            settled = await self.fanout.settle_held(self.settings.capped_settle_s)
+            if settled.failures:
+                await self.dead_letter(settled.failures)

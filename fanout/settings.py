@@ -33,6 +33,12 @@ class FanoutSettings(BaseSettings):
         ge=6.0,
         description="A silent worker is dropped from the group (and its partitions moved) after this.",
     )
+    capped_settle_s: float = Field(
+        2.0,
+        gt=0,
+        description="A count held back from a channel with a daily cap (eBay, Etsy, TikTok) is sent once its "
+        "listing has had no newer change for this long (one write after a burst; fanout/budget.py).",
+    )
     pause_on_rejection: bool = Field(
         True, description="Show zero after a refused sale until the next change."
     )

@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime
 
 from channels.errors import CompareMismatch
 from fanout.budget import DailyBudget, worth_a_write
-from fanout.delivery import ChannelFanout, Exposure
+from fanout.delivery import ChannelFanout, Delivered, Exposure
 from fanout.plan import Target, coalesce, exposure_order, target_for
 from schemas.stock_allocated import Allotment, StockAllocated
 from schemas.stock_changed import StockChanged
@@ -175,3 +175,21 @@ async def test_a_raise_refused_with_a_429_is_retried_without_a_read() -> None:
     assert t is not None
     assert await delivery.single(sync, t, "ref") is None
     assert client.singles == [("A", 3, None), ("A", 3, None)]
+
+
+async def test_a_count_held_back_from_a_capped_channel_is_sent_once_the_listing_is_quiet() -> None:
+    client = FakeClient()
+    delivery, sync, _w, registry = setup(client, "A", max_batch=1)
+    sync.daily = DailyBudget(None, 40)
+    for _ in range(6):
+        sync.daily.spend_write("A")  # a burst has spent the pace: only threshold crossings go out now
+    sync.confirmed["A"] = ((1, 0), 100)
+    fanout = ChannelFanout(delivery, [sync], delivery.metrics, pause_on_rejection=True)
+    done = await fanout.apply([change("A", 2, 97)])
+    assert done.confirmed == []
+    assert registry.get_sample_value("fanout_held_back_total", {"channel": "shopify"}) == 1
+    assert await fanout.settle_held(quiet_s=3600) == Delivered()  # not quiet long enough
+    settled = await fanout.settle_held(quiet_s=0)
+    assert [t.quantity for t in settled.confirmed] == [97]
+    assert client.singles == [("A", 97, 100)]
+    assert fanout.held == {}
