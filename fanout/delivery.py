@@ -109,16 +109,19 @@ class OnceOnly:
         self.ambiguous = False
         self.done: set[str] = set()
 
-    async def landed(self) -> bool:
-        """True when every raise is known to have landed (then nothing is sent); records which did."""
-        if not (self.ambiguous and self.raises):
-            return False
-        shows = await self.client.get_available([s for s in self.raises if s not in self.done])
-        for sku, count in shows.items():
+    async def check(self) -> None:
+        """After a failure that may have landed: read the channel and record the raises that did."""
+        pending = [sku for sku in self.raises if sku not in self.done]
+        if not (self.ambiguous and pending):
+            return
+        for sku, count in (await self.client.get_available(pending)).items():
             t = self.raises.get(sku)
             if t is not None and count > (t.expect or 0):
                 self.done.add(sku)
-        return len(self.done) == len(self.raises) and len(self.raises) > 0
+
+    def left(self, targets: list[Target]) -> list[Target]:
+        """`targets` less the raises known to have landed (whatever else they hold is sent)."""
+        return [t for t in targets if t.sku not in self.done]
 
     async def sent(self, call: Awaitable[None]) -> None:
         try:
@@ -189,7 +192,8 @@ class Delivery:
         once = OnceOnly(sync.client, [target])
 
         async def write() -> None:
-            if not await once.landed():
+            await once.check()
+            if once.left([target]):
                 await once.sent(
                     sync.client.set_available(target.sku, quantity, change_from=base, reference=reference)
                 )
@@ -223,9 +227,8 @@ class Delivery:
         once = OnceOnly(sync.client, targets)
 
         async def write() -> None:
-            left = [t for t in targets if t.sku not in once.done]
-            if left and not await once.landed():
-                left = [t for t in targets if t.sku not in once.done]
+            await once.check()
+            if left := once.left(targets):
                 await once.sent(
                     sync.client.set_many([(t.sku, t.quantity) for t in left], reference=reference)
                 )

@@ -193,3 +193,17 @@ async def test_a_count_held_back_from_a_capped_channel_is_sent_once_the_listing_
     assert [t.quantity for t in settled.confirmed] == [97]
     assert client.singles == [("A", 97, 100)]
     assert fanout.held == {}
+
+
+async def test_a_bulk_retry_leaves_out_only_the_raise_that_landed() -> None:
+    # One bulk call carries an absolute raise of A and a mirrored count of B; its answer is lost after the
+    # channel applied it. The retry must not send A again, and must still send B.
+    client = LandedThenTimedOut(shows_after=2)
+    delivery, sync, _w, _r = setup(client, "A", "B")
+    raise_a = target(allocated("A", 3, shop_1=(3, None)))
+    count_b = target(change("B", 4, 9))
+    assert raise_a is not None
+    assert count_b is not None
+    done = await delivery.bulk(sync, [raise_a, count_b], "ref")
+    assert len(done.confirmed) == 2
+    assert client.bulks == [[("A", 3), ("B", 9)], [("B", 9)]]
