@@ -121,6 +121,10 @@ class DailyBudget:
             return True
         if target.quantity == 0 and not target.allocated:
             return True
-        if self.calls_left() == 0 or self.writes_left(target.sku) == 0:
+        if self.spent(target.sku):
             return False
         return not self.pressed(target.sku) or worth_a_write(target, last)
+
+    def spent(self, sku: str) -> bool:
+        """Whether today's cap of the connection's calls or of this listing's writes is used up."""
+        return self.calls_left() == 0 or self.writes_left(sku) == 0

@@ -322,18 +322,17 @@ class ChannelFanout:
         `quiet_s`: one write per listing after a burst, so a paced channel ends at the master's count
         instead of the last threshold it crossed (unless the day's cap is spent)."""
         now = time.monotonic()
+        syncs = {s.connection.id: s for s in self.syncs}
         due: dict[str, list[Target]] = {}
         for (cid, sku), (t, at) in list(self.held.items()):
             if now - at < quiet_s:
                 continue
             del self.held[(cid, sku)]
-            sync = next((s for s in self.syncs if s.connection.id == cid), None)
-            spent = sync is None or sync.daily.calls_left() == 0 or sync.daily.writes_left(sku) == 0
-            if sync is not None and sync.due(t) and not spent:
+            sync = syncs.get(cid)
+            if sync is not None and sync.due(t) and not sync.daily.spent(sku):
                 due.setdefault(cid, []).append(t)
         if not due:
             return Delivered()
-        syncs = {s.connection.id: s for s in self.syncs}
         return Delivered.merge(
             await asyncio.gather(*(self.claimed_push(syncs[cid], ts) for cid, ts in due.items()))
         )

@@ -67,9 +67,7 @@ class AllocationConfig:
 
     @classmethod
     def of(cls, connections: ConnectionRegistry, default_policy: Policy = DEFAULT_POLICY) -> AllocationConfig:
-        return cls(
-            Listed(connections), default_policy
-        )  # a sale the channel took, whatever the master decided
+        return cls(Listed(connections), default_policy)
 
 
 @dataclass
@@ -81,6 +79,11 @@ class Row:
     sold_at: datetime | None = None
     seq: int = 0
     why: list[str] = field(default_factory=list)
+
+
+def recent(row: Row, now: datetime) -> float:
+    """The row's velocity decayed to `now`."""
+    return decay(row.velocity, (now - row.sold_at).total_seconds()) if row.sold_at else row.velocity
 
 
 def write_mode(channel: str) -> WriteMode:
@@ -97,8 +100,7 @@ def _settle(rows: dict[str, Row], decisions: Sequence[Decision], now: datetime) 
             continue
         if isinstance(e, OrderPlaced) and d.outcome in SOLD:
             row.granted = after_sale(row.granted, e.quantity)
-            elapsed = (now - row.sold_at).total_seconds() if row.sold_at else 0.0
-            row.velocity, row.sold_at = decay(row.velocity, elapsed) + e.quantity, now
+            row.velocity, row.sold_at = recent(row, now) + e.quantity, now
             row.why.append(f"sold {e.quantity} ({e.event_id}, {d.outcome})")
         elif isinstance(e, OrderCancelled) and d.outcome == "applied":
             row.granted = after_cancellation(row.granted, e.quantity)
@@ -109,7 +111,6 @@ def holders(rows: dict[str, Row], listed: dict[str, Connection], now: datetime) 
     out = []
     for cid, row in rows.items():
         conn = listed.get(cid)
-        elapsed = (now - row.sold_at).total_seconds() if row.sold_at else 0.0
         out.append(
             Holder(
                 cid,
@@ -117,7 +118,7 @@ def holders(rows: dict[str, Row], listed: dict[str, Connection], now: datetime) 
                 row.granted,
                 weight=conn.allocation if conn else 1.0,
                 buffer=conn.safety_buffer if conn else 0,
-                velocity=decay(row.velocity, elapsed),
+                velocity=recent(row, now),
                 active=conn is not None,
             )
         )
@@ -217,7 +218,7 @@ async def rebalance(
     mirrored: set[Key] = set()
     for d in decisions:
         key = (d.event.tenant, d.event.sku)
-        if rules.get(key, Rule()).policy != "never_cancel":
+        if rules[key].policy != "never_cancel":
             mirrored.add(key)
         elif d.outcome != "invalid":
             per_key.setdefault(key, []).append(d)
@@ -240,12 +241,12 @@ async def rebalance(
             continue  # no connection lists it, none ever held it
         before = {cid: r.granted for cid, r in rows.items()}
         _settle(rows, per_key[key], now)
-        rule = rules.get(key, Rule())
+        rule = rules[key]
         alloc = allocate(
             master[key][0], holders(rows, listed.of(key), now), buffer=rule.buffer, spread=rule.spread
         )
         writes = {w.connection_id: w for w in alloc.writes}
-        changed = [cid for cid in rows if alloc.granted[cid] != before[cid] or cid in writes or rows[cid].why]
+        changed = [cid for cid in rows if alloc.granted[cid] != before[cid] or rows[cid].why]
         if not changed:
             continue
         seq = max(r.seq for r in rows.values()) + 1
