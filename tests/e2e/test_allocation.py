@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,11 +23,12 @@ from allocation.policy import grants, set_policy
 from lab.demo.model import shown
 from lab.local.stack import Stack
 from lab.local.traffic import as_records
-from lab.marketplaces import Marketplace, marketplaces, stack_config
+from lab.marketplaces import marketplaces, stack_config
 from schemas import TOPICS, stock_allocated
 from schemas.inventory_events import StockCounted
 from stocksync.kafka import AsyncProducer, ensure_topics, producer_config
 from stocksync.settings import KafkaSettings
+from tests.e2e.test_all_channels import World as NineChannels
 from tests.e2e.test_all_channels import deliver
 from tests.helpers import eventually, group_caught_up
 
@@ -39,20 +39,15 @@ STOCK = 11
 CHANNELS = ("shopify", "walmart", "ebay")
 
 
-@dataclass
-class World:
-    markets: dict[str, Marketplace]
-    stack: Stack
-    kafka: KafkaSettings
-    database_url: str
+class World(NineChannels):
+    """test_all_channels' world (its services, simulators and master), read the allocation's way."""
 
     def query(self, sql: str) -> list[tuple[object, ...]]:
         with psycopg.connect(self.database_url) as conn:
             return conn.execute(sql).fetchall()
 
     def available(self) -> int | None:
-        rows = self.query(f"SELECT available FROM inventory WHERE tenant = 'acme' AND sku = '{SKU}'")
-        return int(str(rows[0][0])) if rows else None
+        return self.master().get(SKU)
 
     def granted(self) -> dict[str, int]:
         return grants(self.database_url, "acme", [SKU]).get(SKU, {})
@@ -74,8 +69,7 @@ async def world(kafka: KafkaSettings, database_url: str, tmp_path: Path) -> Asyn
     ensure_topics(kafka, TOPICS)
     set_policy(database_url, "acme", "never_cancel")
     async with marketplaces((SKU,), tenant="acme", channels=CHANNELS) as markets:
-        config = replace(stack_config(markets, kafka, database_url, tmp_path / "connections.toml"))
-        stack = Stack(config)
+        stack = Stack(stack_config(markets, kafka, database_url, tmp_path / "connections.toml"))
         try:
             stack.start_all()
             await eventually(stack.ready, timeout_s=60, what="the gateway")
