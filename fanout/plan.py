@@ -23,7 +23,6 @@ from schemas.stock_allocated import StockAllocated
 from schemas.stock_changed import StockChanged
 from schemas.stock_rejected import StockRejected
 
-Mirrored = StockChanged | StockRejected
 Record = StockChanged | StockRejected | StockAllocated
 Precedence = tuple[int, int]
 """Which of two records about a SKU is newer: (master version, 0 for a change / 1 for a rejection at it)."""
@@ -39,7 +38,7 @@ def precedence_of(record: Record) -> Precedence:
 
 def latest_per_sku(records: Iterable[Record]) -> list[Record]:
     """The newest mirror record per (tenant, sku) and every allocation record, in first-seen order of the
-    SKUs (allocation records are coalesced per connection by `allocation_targets`)."""
+    SKUs (allocation records are coalesced per connection by `coalesce`)."""
     latest: dict[tuple[str, str], Record] = {}
     allocated: list[Record] = []
     for r in records:
