@@ -1,19 +1,23 @@
-"""The master record in PostgreSQL: the rules decide, inside the caller's transaction; the results are kept.
+"""The master record in PostgreSQL: a batch is read, decided and written in a handful of statements.
 
-``decide`` makes one call of ``stocksync_apply`` (stocksync/migrations/R_master_rules.sql) per event: claim
-the id in ``processed_events`` (``ON CONFLICT DO NOTHING``; a claimed id is a duplicate and changes nothing),
-a conditional UPDATE that can never drive ``available`` below zero, the version bump and exactly one ledger
-row. The calls of a batch go out in one pipeline, in order, so a SKU's events apply in log order.
-``apply_batch`` then has processor.emit serialise each decision and keeps the exact bytes beside the id, so a
-duplicate re-emits what the first delivery emitted. ``record_invalid`` records an event the database cannot
-apply (processor.isolation decides when).
+``apply_batch`` runs inside the caller's transaction, set-based (issue 15): one statement locks and reads
+every master row the batch touches (``FOR UPDATE``, in key order), one finds the ids handled before
+(processed_events, or only the ledger after retention), one or two more read what the batch's cancellations
+and counts need; processor.rules then decides every event in log order (the single home of the rules), and
+the changed master rows go back in one ``UPDATE … FROM unnest`` (new SKUs in one ``INSERT``), the ledger and
+the idempotency rows, with each result's exact bytes, by ``COPY``. The ids are claimed last: a second
+worker applying the same batch during a rebalance first waits on the master rows' locks, then sees the ids
+as handled; where no row is locked (an unknown SKU), its ``COPY`` into processed_events meets the first
+worker's ids and fails with a unique violation, and the batch is retried whole (processor.isolation leaves
+that error to the caller). A duplicate re-emits the stored bytes of its first delivery. ``record_invalid``
+records an event the database cannot apply (processor.isolation decides when).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
-from datetime import timedelta
-from typing import Any
+from datetime import datetime, timedelta
 
 from psycopg import AsyncConnection
 
@@ -21,14 +25,12 @@ from allocation.policy import rules_for
 from allocation.rules import DEFAULT_POLICY
 from processor.allocate import AllocationConfig, rebalance
 from processor.emit import Decision, Result, emit, invalid
-from schemas.inventory_events import AnyInventoryEvent, OrderCancelled
+from processor.rules import LEDGER_COLUMNS, Decided, Known, Master, Movement, count_window, decide_batch
+from schemas.inventory_events import AnyInventoryEvent, OrderCancelled, StockCounted
 
 __all__ = ["DEFAULT_SKEW", "Decision", "Result", "apply_batch", "decide", "record_invalid"]
 
-APPLY = (
-    "SELECT outcome, before, after, version, reason "
-    "FROM stocksync_apply(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-)
+Key = tuple[str, str]
 
 DEFAULT_SKEW = timedelta(0)
 """Clock skew tolerated between a channel and the counting system (PROCESSOR_CLOCK_SKEW_S): a sale stamped
@@ -36,35 +38,98 @@ closer than this (plus its stamp's precision) to a count is applied on top of it
 0 by default: clocks synchronised by NTP; the precision of whole-second stamps is always allowed for."""
 
 
-def _params(e: AnyInventoryEvent, skew: timedelta) -> tuple[Any, ...]:
-    sale_id = e.sale_event_id if isinstance(e, OrderCancelled) else None
-    return (
-        e.type,
-        e.event_id,
-        e.tenant,
-        e.sku,
-        e.quantity,
-        e.occurred_at,
-        e.channel,
-        e.connection_id,
-        sale_id,
-        skew,
+async def _masters(conn: AsyncConnection, keys: list[Key]) -> dict[Key, Master]:
+    """Lock and read the master rows of `keys` (sorted: two workers lock in the same order)."""
+    cur = await conn.execute(
+        "SELECT i.tenant, i.sku, i.available, i.version, i.counted_at FROM inventory i "
+        "JOIN unnest(%s::text[], %s::text[]) AS k(tenant, sku) USING (tenant, sku) "
+        "ORDER BY i.tenant, i.sku FOR UPDATE OF i",
+        ([k[0] for k in keys], [k[1] for k in keys]),
     )
+    return {(r[0], r[1]): Master(r[2], r[3], r[4]) async for r in cur}
+
+
+async def _known(conn: AsyncConnection, events: Sequence[AnyInventoryEvent], skew: timedelta) -> Known:
+    """What the database knows about the batch beyond its master rows (processor.rules.Known)."""
+    known = Known()
+    cur = await conn.execute(
+        "SELECT v.id, p.event_id IS NOT NULL FROM unnest(%s::text[]) AS v(id) "
+        "LEFT JOIN processed_events p ON p.event_id = v.id "
+        "LEFT JOIN ledger l ON l.event_id = v.id "
+        "WHERE p.event_id IS NOT NULL OR l.event_id IS NOT NULL",
+        (list({e.event_id for e in events}),),
+    )
+    async for event_id, processed in cur:
+        (known.processed if processed else known.in_ledger).add(event_id)
+    sales = list({e.sale_event_id for e in events if isinstance(e, OrderCancelled)})
+    if sales:
+        cur = await conn.execute(
+            "SELECT event_id, -delta FROM ledger WHERE event_id = ANY(%s) AND kind = 'order_placed' "
+            "AND outcome IN ('applied', 'stale')",
+            (sales,),
+        )
+        known.sold = {r[0]: r[1] async for r in cur}
+        cur = await conn.execute(
+            "SELECT sale_event_id, sum(delta) FROM ledger WHERE sale_event_id = ANY(%s) "
+            "AND kind = 'order_cancelled' AND outcome IN ('applied', 'stale') GROUP BY sale_event_id",
+            (sales,),
+        )
+        known.returned = {r[0]: int(r[1]) async for r in cur}
+    since: dict[Key, datetime] = {}
+    for e in events:
+        if isinstance(e, StockCounted):
+            key = (e.tenant, e.sku)
+            at = e.occurred_at - count_window(skew)
+            since[key] = min(since.get(key, at), at)
+    if since:
+        cur = await conn.execute(
+            "SELECT l.tenant, l.sku, l.kind, l.delta, l.occurred_at FROM ledger l "
+            "JOIN unnest(%s::text[], %s::text[], %s::timestamptz[]) AS c(tenant, sku, since) "
+            "ON l.tenant = c.tenant AND l.sku = c.sku AND l.occurred_at > c.since "
+            "WHERE l.outcome = 'applied' AND l.kind IN ('order_placed', 'order_cancelled', 'stock_received')",
+            ([k[0] for k in since], [k[1] for k in since], list(since.values())),
+        )
+        async for tenant, sku, kind, delta, occurred_at in cur:
+            known.movements.setdefault((tenant, sku), []).append(Movement(kind, delta, occurred_at))
+    return known
 
 
 async def decide(
-    conn: AsyncConnection, events: list[AnyInventoryEvent], *, skew: timedelta = DEFAULT_SKEW
-) -> list[Decision]:
-    """Run the master rules on `events`, in order, in the caller's transaction; one Decision per event."""
-    decisions: list[Decision] = []
-    async with conn.cursor() as cur:
-        await cur.executemany(APPLY, [_params(e, skew) for e in events], returning=True)
-        async for _ in cur.results():
-            row = await cur.fetchone()
-            if row is None:
-                raise RuntimeError("stocksync_apply returned no row")
-            decisions.append(Decision(events[len(decisions)], row[0], after=row[2], version=row[3]))
-    return decisions
+    conn: AsyncConnection, events: Sequence[AnyInventoryEvent], *, skew: timedelta = DEFAULT_SKEW
+) -> Decided:
+    """Read what `events` need (locking their master rows) and decide them in log order; nothing written."""
+    masters = await _masters(conn, sorted({(e.tenant, e.sku) for e in events}))
+    return decide_batch(events, masters, await _known(conn, events, skew), skew=skew)
+
+
+async def _write_masters(conn: AsyncConnection, masters: dict[Key, Master]) -> None:
+    changed = [(k, m) for k, m in masters.items() if m.changed and m.existed]
+    created = [(k, m) for k, m in masters.items() if not m.existed]
+    for rows, statement in (
+        (
+            changed,
+            "UPDATE inventory i SET available = v.available, version = v.version, "
+            "counted_at = v.counted_at, updated_at = now() "
+            "FROM unnest(%s::text[], %s::text[], %s::int[], %s::bigint[], %s::timestamptz[]) "
+            "AS v(tenant, sku, available, version, counted_at) WHERE i.tenant = v.tenant AND i.sku = v.sku",
+        ),
+        (
+            created,
+            "INSERT INTO inventory (tenant, sku, available, version, counted_at) "
+            "SELECT * FROM unnest(%s::text[], %s::text[], %s::int[], %s::bigint[], %s::timestamptz[])",
+        ),
+    ):
+        if rows:
+            await conn.execute(
+                statement,
+                (
+                    [k[0] for k, _ in rows],
+                    [k[1] for k, _ in rows],
+                    [m.available for _, m in rows],
+                    [m.version for _, m in rows],
+                    [m.counted_at for _, m in rows],
+                ),
+            )
 
 
 async def _stored(
@@ -93,12 +158,13 @@ async def apply_batch(
     ``stock.allocated`` record rides on its last event's Result."""
     if not events:
         return []
+    decided = await decide(conn, events, skew=skew)
+    await _write_masters(conn, decided.masters)
     results: list[Result] = []
     first: dict[str, Result] = {}  # an id seen twice in one batch: the second is a duplicate of the first
-    decisions = await decide(conn, events, skew=skew)
     default = allocation.default_policy if allocation else DEFAULT_POLICY
     rules = await rules_for(conn, ((e.tenant, e.sku) for e in events), default=default)
-    for decision in decisions:
+    for decision in decided.decisions:
         event = decision.event
         if decision.outcome == "duplicate":
             earlier = first.get(event.event_id)
@@ -109,27 +175,25 @@ async def apply_batch(
         result = first[event.event_id] = emit(decision, policy=policy)
         results.append(result)
     if allocation is not None:
-        fresh_decisions = [d for d in decisions if d.outcome != "duplicate"]
+        fresh_decisions = [d for d in decided.decisions if d.outcome != "duplicate"]
         allotted = await rebalance(conn, fresh_decisions, rules, allocation.listed)
         last_of = {(r.event.tenant, r.event.sku): r.event.event_id for r in first.values()}
         for key, record in allotted.items():
             event_id = last_of[key]
             first[event_id] = replace(first[event_id], allotment=record.model_dump_json().encode())
         results = [first[r.event.event_id] if r.outcome != "duplicate" else r for r in results]
-    fresh = [r for r in first.values() if (r.topic is not None and r.payload is not None) or r.allotment]
-    if fresh:
-        await conn.execute(
-            "UPDATE processed_events p "
-            "SET result_topic = v.topic, result = v.result, allotment = v.allotment "
-            "FROM unnest(%s::text[], %s::text[], %s::bytea[], %s::bytea[]) "
-            "AS v(id, topic, result, allotment) WHERE p.event_id = v.id",
-            (
-                [r.event.event_id for r in fresh],
-                [r.topic for r in fresh],
-                [r.payload for r in fresh],
-                [r.allotment for r in fresh],
-            ),
-        )
+    async with conn.cursor() as cur:
+        async with cur.copy(f"COPY ledger ({', '.join(LEDGER_COLUMNS)}) FROM STDIN") as copy:
+            for row in decided.ledger:
+                await copy.write_row(row.values())
+        async with cur.copy(
+            "COPY processed_events (event_id, tenant, sku, outcome, result_topic, result, allotment) "
+            "FROM STDIN"
+        ) as copy:
+            for event, outcome in decided.claimed:
+                r = first.get(event.event_id)  # none for an id only the ledger still had
+                stored = (r.topic, r.payload, r.allotment) if r else (None, None, None)
+                await copy.write_row((event.event_id, event.tenant, event.sku, outcome, *stored))
     earlier_batches = [r.event.event_id for r in results if r.outcome == "duplicate" and r.topic is None]
     if earlier_batches:
         found = await _stored(conn, earlier_batches)

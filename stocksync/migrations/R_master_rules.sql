@@ -1,7 +1,10 @@
--- The master record's rules: the one current definition of stocksync_apply, one call per inventory event
--- inside the caller's transaction. A repeatable migration (stocksync/db.py): re-applied, after every versioned
--- migration, whenever this file's checksum changes, so the rules in force are the ones read here. The
--- versioned files 0002, 0003 and 0005 hold earlier definitions, kept as history.
+-- The master record's rules as one SQL call per inventory event: stocksync_apply. Since issue 15 the processor
+-- no longer calls it: processor/rules.py decides a whole batch in one pure function and processor/store.py
+-- reads and writes in a handful of set-based statements. This definition is kept as the oracle that
+-- tests/integration/test_apply_equivalence.py runs beside the batch apply on random streams (identical
+-- outcomes, ledgers, master rows and idempotency rows required); change a rule in both places or that test
+-- fails. A repeatable migration (stocksync/db.py): re-applied, after every versioned migration, whenever this
+-- file's checksum changes. The versioned files 0002, 0003 and 0005 hold earlier definitions, kept as history.
 --
 -- Per event: claim the id in processed_events (ON CONFLICT DO NOTHING: a claimed id is a duplicate and
 -- changes nothing), apply the change with a conditional UPDATE (a sale only where available >= quantity,
