@@ -41,6 +41,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 from processor.emit import Decision, Outcome
 from schemas.inventory_events import (
@@ -69,6 +70,7 @@ __all__ = [
 Key = tuple[str, str]  # (tenant, sku)
 
 RESTOCKING = ("order_cancelled", "stock_received")
+ABSOLUTE = ("stock_counted", "stock_observed")  # kinds whose quantity is a count: the ledger's absolute
 
 
 @dataclass
@@ -82,8 +84,7 @@ class Master:
     changed: bool = False
 
 
-@dataclass(frozen=True)
-class Movement:
+class Movement(NamedTuple):
     """An applied change a later count may have to re-apply: its kind, delta and time."""
 
     kind: str
@@ -105,15 +106,18 @@ class Known:
     returned: dict[str, int] = field(default_factory=dict)
     """Sale id -> units its cancellations already returned (applied or stale)."""
     movements: dict[Key, list[Movement]] = field(default_factory=dict)
-    """Per SKU with a count in the batch: the applied sales, cancellations and receipts stamped after
-    ``count_window`` before its earliest count, in any order."""
+    """Per SKU with a count in the batch (every such SKU has a list, maybe empty): the applied sales,
+    cancellations and receipts stamped after ``count_window`` before its earliest count, in any order. The
+    batch's own applied changes of those SKUs are added as they are decided."""
 
 
-@dataclass(frozen=True)
-class LedgerRow:
-    """One ledger row (the table's columns but its id and applied_at)."""
+class LedgerRow(NamedTuple):
+    """One ledger row: the table's columns but its id and applied_at, in LEDGER_COLUMNS' order."""
 
-    event: AnyInventoryEvent
+    event_id: str
+    tenant: str
+    sku: str
+    kind: str
     delta: int | None
     absolute: int | None
     before: int | None
@@ -121,26 +125,10 @@ class LedgerRow:
     version: int | None
     outcome: Outcome
     reason: str | None
-
-    def values(self) -> tuple[object, ...]:
-        e = self.event
-        return (
-            e.event_id,
-            e.tenant,
-            e.sku,
-            e.type,
-            self.delta,
-            self.absolute,
-            self.before,
-            self.after,
-            self.version,
-            self.outcome,
-            self.reason,
-            e.channel,
-            e.connection_id,
-            e.occurred_at,
-            e.sale_event_id if isinstance(e, OrderCancelled) else None,
-        )
+    channel: str
+    connection_id: str | None
+    occurred_at: datetime
+    sale_event_id: str | None
 
 
 LEDGER_COLUMNS = (
@@ -174,8 +162,9 @@ class Decided:
     """The ids to insert into processed_events, with their outcome, in log order."""
 
 
-@dataclass(frozen=True)
-class Verdict:
+class Verdict(NamedTuple):
+    """One event's outcome and its ledger figures."""
+
     outcome: Outcome
     before: int | None = None
     after: int | None = None
@@ -224,7 +213,9 @@ class _Batch:
         m.available, m.version, m.changed = available, m.version + 1, True
 
     def moved(self, e: AnyInventoryEvent, delta: int) -> None:
-        self.known.movements.setdefault((e.tenant, e.sku), []).append(Movement(e.type, delta, e.occurred_at))
+        later = self.known.movements.get((e.tenant, e.sku))
+        if later is not None:  # a count of this SKU follows in the batch
+            later.append(Movement(e.type, delta, e.occurred_at))
 
     def sale(self, e: OrderPlaced) -> Verdict:
         m, q = self.row(e), e.quantity
@@ -361,8 +352,27 @@ def decide_batch(
             decisions.append(Decision(e, "duplicate"))
             continue
         v = batch.decide(e)
-        absolute = e.quantity if isinstance(e, StockCounted | StockObserved) else None
-        ledger.append(LedgerRow(e, v.delta, absolute, v.before, v.after, v.version, v.outcome, v.reason))
+        absolute = e.quantity if e.type in ABSOLUTE else None
+        sale = e.sale_event_id if isinstance(e, OrderCancelled) else None
+        ledger.append(
+            LedgerRow(
+                e.event_id,
+                e.tenant,
+                e.sku,
+                e.type,
+                v.delta,
+                absolute,
+                v.before,
+                v.after,
+                v.version,
+                v.outcome,
+                v.reason,
+                e.channel,
+                e.connection_id,
+                e.occurred_at,
+                sale,
+            )
+        )
         claimed.append((e, v.outcome))
         decisions.append(Decision(e, v.outcome, after=v.after, version=v.version))
     return Decided(decisions, ledger, masters, claimed)

@@ -81,6 +81,7 @@ async def _known(conn: AsyncConnection, events: Sequence[AnyInventoryEvent], ske
             key = (e.tenant, e.sku)
             at = e.occurred_at - count_window(skew)
             since[key] = min(since.get(key, at), at)
+    known.movements = {key: [] for key in since}
     if since:
         cur = await conn.execute(
             "SELECT l.tenant, l.sku, l.kind, l.delta, l.occurred_at FROM ledger l "
@@ -90,7 +91,7 @@ async def _known(conn: AsyncConnection, events: Sequence[AnyInventoryEvent], ske
             ([k[0] for k in since], [k[1] for k in since], list(since.values())),
         )
         async for tenant, sku, kind, delta, occurred_at in cur:
-            known.movements.setdefault((tenant, sku), []).append(Movement(kind, delta, occurred_at))
+            known.movements[(tenant, sku)].append(Movement(kind, delta, occurred_at))
     return known
 
 
@@ -185,7 +186,7 @@ async def apply_batch(
     async with conn.cursor() as cur:
         async with cur.copy(f"COPY ledger ({', '.join(LEDGER_COLUMNS)}) FROM STDIN") as copy:
             for row in decided.ledger:
-                await copy.write_row(row.values())
+                await copy.write_row(row)
         async with cur.copy(
             "COPY processed_events (event_id, tenant, sku, outcome, result_topic, result, allotment) "
             "FROM STDIN"
