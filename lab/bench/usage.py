@@ -1,4 +1,5 @@
-"""CPU (% of one core) and peak RSS of named process trees, sampled with psutil during a part of the run."""
+"""CPU (% of one core) and peak RSS of named process trees, sampled with psutil during a part of the run;
+CPU seconds spent by named trees between two readings (`cpu_by_pid`, `cpu_spent`)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -112,3 +113,20 @@ def infra_pids(kafka: KafkaEndpoint, pg: PostgresEndpoint) -> dict[str, int]:
         if pid is not None:
             out[name] = pid
     return out
+
+
+def cpu_by_pid(pids: Mapping[str, int]) -> dict[str, dict[int, float]]:
+    """CPU seconds (user + system) spent so far by each process of each named tree, by pid."""
+    others = set(pids.values())
+    return {name: _cpu_rss(pid, others - {pid})[0] for name, pid in pids.items()}
+
+
+def cpu_spent(
+    before: Mapping[str, dict[int, float]], after: Mapping[str, dict[int, float]]
+) -> dict[str, float]:
+    """CPU seconds each named tree spent between two `cpu_by_pid` readings (a process that exited meanwhile
+    is missed: read around work done by long-lived processes)."""
+    return {
+        name: sum(v - before.get(name, {}).get(pid, 0.0) for pid, v in cpu.items())
+        for name, cpu in after.items()
+    }
