@@ -96,6 +96,15 @@ POOL = web.AppKey("pool", AsyncConnectionPool)
 async def publish_all(
     producer: AsyncProducer, records: list[tuple[str, bytes, bytes, dict[str, str]]], timeout_s: float
 ) -> None:
-    """Send every record and wait for all their acknowledgements, or raise (TimeoutError, DeliveryError)."""
-    sends = [producer.send(topic, value, key=key, headers=headers) for topic, key, value, headers in records]
-    await asyncio.wait_for(asyncio.gather(*sends), timeout_s)
+    """Send every record and wait for all their acknowledgements, or raise (TimeoutError, DeliveryError).
+
+    Most webhooks make one record: it is awaited directly, without a task per record (gather) and a
+    waiter (wait_for), which showed in the gateway's profile; several are sent together."""
+    async with asyncio.timeout(timeout_s):
+        if len(records) == 1:
+            topic, key, value, headers = records[0]
+            await producer.send(topic, value, key=key, headers=headers)
+            return
+        await asyncio.gather(
+            *(producer.send(topic, value, key=key, headers=headers) for topic, key, value, headers in records)
+        )
