@@ -79,7 +79,7 @@ def ops_app(
     stalled: Callable[[], str | None] | None = None,
     check_interval_s: float = CHECK_INTERVAL_S,
 ) -> web.Application:
-    """The ops server. With `kafka`, /readyz also checks the broker and `assigned` (the Faust consumer holds
+    """The ops server. With `kafka`, /readyz also checks the broker and `assigned` (the consumer holds
     partitions); with `stalled`, /readyz fails while it names a problem (the agent retrying a batch it cannot
     apply or publish); with `metrics` and `kafka`, the periodic checks run while the app is up."""
     app = web.Application()

@@ -16,15 +16,18 @@ from stocksync.settings import KafkaSettings, PostgresSettings
 class ProcessorSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PROCESSOR_", extra="ignore")
 
-    app_id: str = Field("stocksync-processor", description="Faust app id; also the consumer group id.")
+    app_id: str = Field(
+        "stocksync-processor", description="The consumer group id of the processor's workers."
+    )
     batch_max: int = Field(500, ge=1, description="Most events applied in one database transaction.")
     batch_within_s: float = Field(0.02, gt=0, description="Longest wait to fill a batch.")
     datadir: Path = Field(
         default_factory=lambda: Path(tempfile.gettempdir()) / "stocksync-processor",
-        description="Faust's local state directory.",
+        description="Unused since issue 15 (was Faust's local state directory); accepted, so that existing "
+        "deployments keep starting.",
     )
-    web_enabled: bool = Field(False, description="Faust's own web server (the ops server below is ours).")
-    web_port: int = 6066
+    web_enabled: bool = Field(False, description="Unused since issue 15 (was Faust's own web server).")
+    web_port: int = Field(6066, description="Unused since issue 15 (was Faust's web port).")
     ops_host: str = "127.0.0.1"
     ops_port: int = Field(8081, ge=0, le=65535, description="/metrics, /healthz, /audit; 0: any free port.")
     session_timeout_s: float = Field(
