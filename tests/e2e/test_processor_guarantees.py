@@ -1,4 +1,4 @@
-"""The processor's guarantees, with real worker processes (`python -m processor`) on real Kafka and PostgreSQL.
+"""The processor's guarantees, with worker processes (`python -m processor`) on real Kafka and PostgreSQL.
 
 The reference for "the same final state" is the same stream applied straight into a second database in one
 uninterrupted pass; the checksum covers inventory, ledger and processed_events (processor.checksum).
