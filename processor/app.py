@@ -215,9 +215,7 @@ class Processor:
         )
         async for attempt in _retrying("publishing results to Kafka", self.progress, self.metrics):
             with attempt:
-                await asyncio.gather(
-                    *(self.producer.send(kafka.topic(o.topic), o.value, key=o.key) for o in records)
-                )
+                await self.producer.send_all([(kafka.topic(o.topic), o.key, o.value) for o in records])
         self.progress.stalled_since = None
         self.metrics.stalled.set(0)
 

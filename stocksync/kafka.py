@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -169,6 +169,54 @@ class AsyncProducer:
         if timeout_s is None:
             return await done
         return await asyncio.wait_for(asyncio.shield(done), timeout_s)
+
+    async def send_all(self, records: Sequence[tuple[str, bytes | None, bytes]]) -> None:
+        """Produce (topic, key, value) records in their order and return once all are acknowledged; a
+        record Kafka did not store raises DeliveryError (once every record was reported). One future for
+        the lot, not one per record: what a batch's results cost to publish is librdkafka's work."""
+        if not records:
+            return
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        left = [len(records)]
+        failed: list[str] = []
+
+        def resolve_one(err: KafkaError | None, topic: str) -> None:
+            self._waiting[loop] -= 1
+            left[0] -= 1
+            if err is not None:
+                failed.append(f"{topic}: {err.str()}")
+            if left[0] == 0 and not done.done():
+                if failed:
+                    done.set_exception(
+                        DeliveryError(f"Kafka did not store {len(failed)} record(s): {failed[0]}")
+                    )
+                else:
+                    done.set_result(None)
+
+        def on_delivery(err: KafkaError | None, msg: Message) -> None:
+            topic = msg.topic() or "?"
+            with self._lock:
+                self._ready.append((loop, lambda: resolve_one(err, topic)))
+
+        produced = 0
+        try:
+            for topic, key, value in records:
+                self._producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
+                produced += 1
+        except BufferError as exc:
+            done.cancel()  # nobody awaits the reports of what was produced
+            raise DeliveryError("the producer's local queue is full; the broker is not keeping up") from exc
+        except KafkaException as exc:
+            done.cancel()
+            raise DeliveryError(f"Kafka refused a record: {exc}") from exc
+        finally:
+            # What was produced is reported and polled for, whether or not the rest could be.
+            left[0] -= len(records) - produced
+            self._waiting[loop] = self._waiting.get(loop, 0) + produced
+            if produced:
+                self._poll_later(loop)
+        await done
 
     async def send_batch(
         self, topic: str, records: Iterable[tuple[bytes | None, bytes]], *, max_in_flight: int = 50_000

@@ -57,3 +57,33 @@ async def test_a_record_no_broker_takes_fails_with_delivery_error_and_the_produc
             await producer.send("probe", b"also lost", timeout_s=0.05)
     finally:
         await asyncio.wait_for(producer.close(timeout_s=2), 10)
+
+
+async def test_send_all_returns_once_every_record_of_several_topics_is_stored_in_order(
+    kafka: KafkaSettings,
+) -> None:
+    """One await for a batch over two topics: every record is there, in its order per topic."""
+    ensure_topics(kafka, ["probe-a", "probe-b"])
+    producer = AsyncProducer(producer_config(kafka))
+    records = [
+        (kafka.topic("probe-a" if i % 3 else "probe-b"), b"one-key", f"record-{i}".encode())
+        for i in range(500)
+    ]
+    try:
+        await producer.send_all(records)
+        await producer.send_all([])  # nothing to send: returns at once
+    finally:
+        await producer.close()
+    for name in ("probe-a", "probe-b"):
+        expected = [v for t, _k, v in records if t == kafka.topic(name)]
+        assert [r.value() for r in read_topic(kafka, name)] == expected
+
+
+async def test_send_all_raises_delivery_error_when_a_record_is_not_stored() -> None:
+    nowhere = KafkaSettings(bootstrap_servers=f"127.0.0.1:{free_port()}")
+    producer = AsyncProducer(producer_config(nowhere, **{"message.timeout.ms": 500, "log_level": 0}))
+    try:
+        with pytest.raises(DeliveryError, match=r"did not store 3 record\(s\)"):
+            await asyncio.wait_for(producer.send_all([("probe", None, b"x")] * 3), 10)
+    finally:
+        await asyncio.wait_for(producer.close(timeout_s=2), 10)
