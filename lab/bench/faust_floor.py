@@ -1,7 +1,8 @@
 """``python -m lab.bench.faust_floor --out FILE …``: what Faust's stream alone costs per event (bench floor).
 
-A Faust app that consumes one topic with ``stream.take(batch, within=…)`` exactly as processor/app.py does
-(raw bytes, memory store, earliest offsets, a consumer group of its own) and does nothing with the values.
+A Faust app that consumes one topic with ``stream.take(batch, within=…)`` as the processor's Faust agent did
+(raw bytes, memory store, earliest offsets, a consumer group of its own) and does nothing with the values: the
+per-event price of Faust's stream, beside the processor that now takes batches from librdkafka directly.
 From its first batch to `--events` events it times the wall clock and this process's CPU, then writes
 ``{"events", "elapsed_s", "per_s", "cpu_s", "us_per_event"}`` to `--out` (the first batch's events arrive at
 the clock's start, so they are left out of the rate) and keeps consuming until it is stopped with SIGTERM.

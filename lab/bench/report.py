@@ -70,7 +70,7 @@ def _pct(value: float | None) -> str:
 def _processor_table(p: dict[str, Any]) -> Table:
     rows: list[list[object]] = [
         [
-            f"Faust worker, batch {r['batch']:,} ({r['events']:,} events)",
+            f"worker, batch {r['batch']:,} ({r['events']:,} events)",
             r["events_per_s"],
             _cpu(r.get("cpu_ms_per_event")),
         ]
