@@ -25,9 +25,12 @@ Delivery: at least once, never acknowledged before applied.
   the consumer's max.poll.interval.ms (5 min) makes it leave the group: its partitions move to another
   worker (which meets the same database) and it rejoins once the batch goes through.
 - SIGTERM: the batch in flight is finished, its offsets committed, and the consumer leaves the group.
-- a rebalance happens only inside the consumer's poll, between batches: what was applied is committed before
-  the partitions go; a batch gathered across a revocation is applied all the same (the new owner's copy of
-  it is a duplicate).
+- two batches overlap: while one's results wait for Kafka's acknowledgement the next is gathered and applied;
+  the second's results are published only after the first's are acknowledged (a SKU's results keep commit
+  order, a retry included) and offsets are stored in batch order.
+- a rebalance happens only inside the consumer's poll: what was acknowledged is committed before the
+  partitions go; a batch still waiting for its acknowledgement, or gathered across the revocation, is
+  redone by the new owner, its events duplicates that re-emit their stored results.
 tests/e2e/test_processor_guarantees.py checks all of this against worker processes.
 """
 
@@ -202,10 +205,9 @@ class Processor:
     progress: Progress = field(default_factory=Progress)
     assigned: set[tuple[str, int]] = field(default_factory=set)
 
-    async def handle(self, values: list[bytes]) -> None:
-        """Apply and publish one batch; returns once both are done (retried meanwhile); never raises."""
-        kafka = self.settings.kafka
-        records = await commit_batch(
+    async def apply(self, values: list[bytes]) -> list[Outgoing]:
+        """Apply one batch (retried until it commits); what it publishes."""
+        return await commit_batch(
             self.pool,
             values,
             self.metrics,
@@ -213,6 +215,13 @@ class Processor:
             skew=timedelta(seconds=self.settings.clock_skew_s),
             allocation=self.allocation,
         )
+
+    async def publish(self, records: list[Outgoing], after: asyncio.Future[None] | None) -> None:
+        """Publish a committed batch's records once the batch before it is acknowledged (so the results
+        of a SKU go out in commit order, a retry included); retried until Kafka acknowledges them all."""
+        if after is not None:
+            await after
+        kafka = self.settings.kafka
         async for attempt in _retrying("publishing results to Kafka", self.progress, self.metrics):
             with attempt:
                 await self.producer.send_all([(kafka.topic(o.topic), o.key, o.value) for o in records])
@@ -274,20 +283,45 @@ class Processor:
         self.consumer.subscribe([topic], on_assign=on_assign, on_revoke=on_revoke, on_lost=on_lost)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Consume, apply and publish until `stop`; the batch in flight is always finished."""
+        """Consume, apply and publish until `stop`; the batches in flight are always finished.
+
+        Two batches overlap: while one's results wait for Kafka's acknowledgement, the next is gathered and
+        applied. A batch's offsets are stored only once its own results are acknowledged, in batch order."""
         self.subscribe()
-        while not stop.is_set():
-            messages = await self.gather()
-            if not messages:
-                continue
-            # Shielded: a cancellation lets the started batch finish, so only what was applied is stored.
-            task = asyncio.ensure_future(self.handle([m.value() or b"" for m in messages]))
-            try:
-                await asyncio.shield(task)
-            except asyncio.CancelledError:
-                await task
-                self.store(messages)
-                raise
+        pending: tuple[list[Message], asyncio.Future[None]] | None = None
+        try:
+            while not stop.is_set():
+                messages = await self.gather()
+                if not messages:  # idle: settle the last batch now rather than with the next one
+                    await self._settle(pending)
+                    pending = None
+                    continue
+                # Shielded: a cancellation lets the started batch commit and publish before it is stored.
+                step = asyncio.ensure_future(self._step(messages, pending[1] if pending else None))
+                try:
+                    publishing = await asyncio.shield(step)
+                except asyncio.CancelledError:
+                    publishing = await step
+                    await self._settle(pending)
+                    pending = None
+                    await self._settle((messages, publishing))
+                    raise
+                await self._settle(pending)
+                pending = (messages, publishing)
+        finally:
+            await asyncio.shield(self._settle(pending))
+
+    async def _step(
+        self, messages: list[Message], after: asyncio.Future[None] | None
+    ) -> asyncio.Future[None]:
+        records = await self.apply([m.value() or b"" for m in messages])
+        return asyncio.ensure_future(self.publish(records, after))
+
+    async def _settle(self, pending: tuple[list[Message], asyncio.Future[None]] | None) -> None:
+        """Wait until a batch's results are acknowledged, then store its offsets."""
+        if pending is not None:
+            messages, publishing = pending
+            await asyncio.shield(publishing)
             self.store(messages)
 
     async def ops(self) -> None:

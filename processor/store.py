@@ -50,47 +50,56 @@ async def _masters(conn: AsyncConnection, keys: list[Key]) -> dict[Key, Master]:
 
 
 async def _known(conn: AsyncConnection, events: Sequence[AnyInventoryEvent], skew: timedelta) -> Known:
-    """What the database knows about the batch beyond its master rows (processor.rules.Known)."""
-    known = Known()
-    cur = await conn.execute(
-        "SELECT v.id, p.event_id IS NOT NULL FROM unnest(%s::text[]) AS v(id) "
-        "LEFT JOIN processed_events p ON p.event_id = v.id "
-        "LEFT JOIN ledger l ON l.event_id = v.id "
-        "WHERE p.event_id IS NOT NULL OR l.event_id IS NOT NULL",
-        (list({e.event_id for e in events}),),
-    )
-    async for event_id, processed in cur:
-        (known.processed if processed else known.in_ledger).add(event_id)
+    """What the database knows about the batch beyond its master rows (processor.rules.Known), read in one
+    round trip (a pipeline); each read is an index lookup by an array."""
+    ids = list({e.event_id for e in events})
     sales = list({e.sale_event_id for e in events if isinstance(e, OrderCancelled)})
-    if sales:
-        cur = await conn.execute(
-            "SELECT event_id, -delta FROM ledger WHERE event_id = ANY(%s) AND kind = 'order_placed' "
-            "AND outcome IN ('applied', 'stale')",
-            (sales,),
-        )
-        known.sold = {r[0]: r[1] async for r in cur}
-        cur = await conn.execute(
-            "SELECT sale_event_id, sum(delta) FROM ledger WHERE sale_event_id = ANY(%s) "
-            "AND kind = 'order_cancelled' AND outcome IN ('applied', 'stale') GROUP BY sale_event_id",
-            (sales,),
-        )
-        known.returned = {r[0]: int(r[1]) async for r in cur}
-    since: dict[Key, datetime] = {}
+    since: dict[Key, datetime] = {}  # per SKU with a count: the earliest change it may have to re-apply
     for e in events:
         if isinstance(e, StockCounted):
-            key = (e.tenant, e.sku)
             at = e.occurred_at - count_window(skew)
-            since[key] = min(since.get(key, at), at)
+            since[(e.tenant, e.sku)] = min(since.get((e.tenant, e.sku), at), at)
+    reads: list[tuple[str, tuple[object, ...]]] = [
+        ("SELECT event_id FROM processed_events WHERE event_id = ANY(%s)", (ids,)),
+        ("SELECT event_id FROM ledger WHERE event_id = ANY(%s)", (ids,)),
+    ]
+    if sales:
+        reads += [
+            (
+                "SELECT event_id, -delta FROM ledger WHERE event_id = ANY(%s) AND kind = 'order_placed' "
+                "AND outcome IN ('applied', 'stale')",
+                (sales,),
+            ),
+            (
+                "SELECT sale_event_id, sum(delta)::int FROM ledger WHERE sale_event_id = ANY(%s) "
+                "AND kind = 'order_cancelled' AND outcome IN ('applied', 'stale') GROUP BY sale_event_id",
+                (sales,),
+            ),
+        ]
+    if since:
+        reads.append(
+            (
+                "SELECT l.tenant, l.sku, l.kind, l.delta, l.occurred_at FROM ledger l "
+                "JOIN unnest(%s::text[], %s::text[], %s::timestamptz[]) AS c(tenant, sku, since) "
+                "ON l.tenant = c.tenant AND l.sku = c.sku AND l.occurred_at > c.since "
+                "WHERE l.outcome = 'applied' "
+                "AND l.kind IN ('order_placed', 'order_cancelled', 'stock_received')",
+                ([k[0] for k in since], [k[1] for k in since], list(since.values())),
+            )
+        )
+    cursors = [conn.cursor() for _ in reads]
+    async with conn.pipeline():
+        for cur, (query, params) in zip(cursors, reads, strict=True):
+            await cur.execute(query, params)
+    rows = [await cur.fetchall() for cur in cursors]
+    known = Known(processed={r[0] for r in rows[0]})
+    known.in_ledger = {r[0] for r in rows[1]} - known.processed
+    if sales:
+        known.sold = {r[0]: r[1] for r in rows[2]}
+        known.returned = {r[0]: r[1] for r in rows[3]}
     known.movements = {key: [] for key in since}
     if since:
-        cur = await conn.execute(
-            "SELECT l.tenant, l.sku, l.kind, l.delta, l.occurred_at FROM ledger l "
-            "JOIN unnest(%s::text[], %s::text[], %s::timestamptz[]) AS c(tenant, sku, since) "
-            "ON l.tenant = c.tenant AND l.sku = c.sku AND l.occurred_at > c.since "
-            "WHERE l.outcome = 'applied' AND l.kind IN ('order_placed', 'order_cancelled', 'stock_received')",
-            ([k[0] for k in since], [k[1] for k in since], list(since.values())),
-        )
-        async for tenant, sku, kind, delta, occurred_at in cur:
+        for tenant, sku, kind, delta, occurred_at in rows[-1]:
             known.movements[(tenant, sku)].append(Movement(kind, delta, occurred_at))
     return known
 
