@@ -25,9 +25,10 @@ Delivery: at least once, never acknowledged before applied.
   the consumer's max.poll.interval.ms (5 min) makes it leave the group: its partitions move to another
   worker (which meets the same database) and it rejoins once the batch goes through.
 - SIGTERM: the batch in flight is finished, its offsets committed, and the consumer leaves the group.
-- two batches overlap: while one's results wait for Kafka's acknowledgement the next is gathered and applied;
-  the second's results are published only after the first's are acknowledged (a SKU's results keep commit
-  order, a retry included) and offsets are stored in batch order.
+- three batches overlap: while one is applied, the next is taken and decoded and the results of the one
+  before wait for Kafka's acknowledgement; a batch's results are published only after the previous batch's
+  are acknowledged (a SKU's results keep commit order, a retry included) and offsets are stored in batch
+  order.
 - a rebalance happens only inside the consumer's poll: what was acknowledged is committed before the
   partitions go; a batch still waiting for its acknowledgement, or gathered across the revocation, is
   redone by the new owner, its events duplicates that re-emit their stored results.
@@ -62,6 +63,7 @@ from processor.ops import ops_app
 from processor.settings import ProcessorSettings
 from processor.store import DEFAULT_SKEW
 from schemas import inventory_events, processor_dlq, stock_allocated
+from schemas.inventory_events import AnyInventoryEvent
 from stocksync import logs
 from stocksync.db import open_pool
 from stocksync.kafka import AsyncProducer, consumer_config, producer_config
@@ -130,19 +132,23 @@ def outgoing(results: list[Result], undecodable: list[tuple[bytes, str]]) -> lis
     return out
 
 
+Decoded = tuple[list[AnyInventoryEvent], list[tuple[bytes, str]]]
+"""A batch's canonical events, and the records that are none (with why): processor.isolation.decode_all."""
+
+
 async def commit_batch(
     pool: AsyncConnectionPool,
-    raw_values: list[bytes],
+    raw_values: list[bytes] | Decoded,
     metrics: ProcessorMetrics,
     *,
     progress: Progress | None = None,
     skew: timedelta = DEFAULT_SKEW,
     allocation: AllocationConfig | None = None,
 ) -> list[Outgoing]:
-    """Decode and apply a batch (isolating what cannot be applied), retried whole on any other error until
-    it commits; return what to publish. Raises only CancelledError."""
+    """Decode (unless given decoded) and apply a batch, isolating what cannot be applied, retried whole on
+    any other error until it commits; return what to publish. Raises only CancelledError."""
     progress = progress or Progress()
-    events, undecodable = decode_all(raw_values)
+    events, undecodable = raw_values if isinstance(raw_values, tuple) else decode_all(raw_values)
     for _raw, reason in undecodable:
         metrics.events.labels("undecodable").inc()
         log.error("dead-lettering a record of inventory.events: %s", reason)
@@ -205,11 +211,11 @@ class Processor:
     progress: Progress = field(default_factory=Progress)
     assigned: set[tuple[str, int]] = field(default_factory=set)
 
-    async def apply(self, values: list[bytes]) -> list[Outgoing]:
+    async def apply(self, batch: Decoded) -> list[Outgoing]:
         """Apply one batch (retried until it commits); what it publishes."""
         return await commit_batch(
             self.pool,
-            values,
+            batch,
             self.metrics,
             progress=self.progress,
             skew=timedelta(seconds=self.settings.clock_skew_s),
@@ -248,6 +254,11 @@ class Processor:
                 log.warning("consumer error on %s: %s", m.topic(), m.error())
         return readable
 
+    async def take(self) -> tuple[list[Message], Decoded]:
+        """The next batch's records, decoded."""
+        messages = await self.gather()
+        return messages, decode_all([m.value() or b"" for m in messages])
+
     def store(self, messages: list[Message]) -> None:
         """Store the offsets after `messages` (applied and published) for the next commit."""
         last: dict[tuple[str, int], int] = {}
@@ -285,19 +296,22 @@ class Processor:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume, apply and publish until `stop`; the batches in flight are always finished.
 
-        Two batches overlap: while one's results wait for Kafka's acknowledgement, the next is gathered and
-        applied. A batch's offsets are stored only once its own results are acknowledged, in batch order."""
+        Three batches overlap: while one is applied in PostgreSQL, the next is taken from the consumer and
+        decoded, and the results of the one before wait for Kafka's acknowledgement. A batch's results are
+        published after the previous batch's are acknowledged, its offsets stored after its own are."""
         self.subscribe()
         pending: tuple[list[Message], asyncio.Future[None]] | None = None
+        upcoming = asyncio.ensure_future(self.take())
         try:
             while not stop.is_set():
-                messages = await self.gather()
+                messages, batch = await upcoming
+                upcoming = asyncio.ensure_future(self.take())
                 if not messages:  # idle: settle the last batch now rather than with the next one
                     await self._settle(pending)
                     pending = None
                     continue
                 # Shielded: a cancellation lets the started batch commit and publish before it is stored.
-                step = asyncio.ensure_future(self._step(messages, pending[1] if pending else None))
+                step = asyncio.ensure_future(self._step(batch, pending[1] if pending else None))
                 try:
                     publishing = await asyncio.shield(step)
                 except asyncio.CancelledError:
@@ -309,12 +323,14 @@ class Processor:
                 await self._settle(pending)
                 pending = (messages, publishing)
         finally:
+            # Taken but not applied: never stored, so delivered again. Waited for, not cancelled: the consumer
+            # must not be closed while a poll of it runs on another thread.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(upcoming)
             await asyncio.shield(self._settle(pending))
 
-    async def _step(
-        self, messages: list[Message], after: asyncio.Future[None] | None
-    ) -> asyncio.Future[None]:
-        records = await self.apply([m.value() or b"" for m in messages])
+    async def _step(self, batch: Decoded, after: asyncio.Future[None] | None) -> asyncio.Future[None]:
+        records = await self.apply(batch)
         return asyncio.ensure_future(self.publish(records, after))
 
     async def _settle(self, pending: tuple[list[Message], asyncio.Future[None]] | None) -> None:

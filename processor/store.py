@@ -15,11 +15,14 @@ records an event the database cannot apply (processor.isolation decides when).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
+from functools import partial
 
 from psycopg import AsyncConnection
+from psycopg.types.json import Jsonb
 
 from allocation.policy import rules_for
 from allocation.rules import DEFAULT_POLICY
@@ -32,46 +35,58 @@ __all__ = ["DEFAULT_SKEW", "Decision", "Result", "apply_batch", "decide", "recor
 
 Key = tuple[str, str]
 
+_dumps = partial(json.dumps, separators=(",", ":"))
+EACH = "ARRAY(SELECT jsonb_array_elements_text(%s))"  # a jsonb array parameter as text[] (see _json)
+
 DEFAULT_SKEW = timedelta(0)
 """Clock skew tolerated between a channel and the counting system (PROCESSOR_CLOCK_SKEW_S): a sale stamped
 closer than this (plus its stamp's precision) to a count is applied on top of it, never taken as counted.
 0 by default: clocks synchronised by NTP; the precision of whole-second stamps is always allowed for."""
 
 
+def _json(values: Sequence[object]) -> Jsonb:
+    """A batch's values as one jsonb parameter, unpacked by jsonb_array_elements in the statement: psycopg
+    adapts a Python list to an array element by element (~3 µs each, 3 ms for a 1,000-id batch on the
+    bench box), json.dumps the lot in ~0.1 ms."""
+    return Jsonb(values, dumps=_dumps)
+
+
 async def _masters(conn: AsyncConnection, keys: list[Key]) -> dict[Key, Master]:
     """Lock and read the master rows of `keys` (sorted: two workers lock in the same order)."""
     cur = await conn.execute(
-        "SELECT i.tenant, i.sku, i.available, i.version, i.counted_at FROM inventory i "
-        "JOIN unnest(%s::text[], %s::text[]) AS k(tenant, sku) USING (tenant, sku) "
+        "SELECT i.tenant, i.sku, i.available, i.version, i.counted_at FROM jsonb_array_elements(%s) AS k "
+        "CROSS JOIN LATERAL (SELECT * FROM inventory WHERE tenant = k->>0 AND sku = k->>1) AS i "
         "ORDER BY i.tenant, i.sku FOR UPDATE OF i",
-        ([k[0] for k in keys], [k[1] for k in keys]),
+        (_json(keys),),
     )
     return {(r[0], r[1]): Master(r[2], r[3], r[4]) async for r in cur}
 
 
 async def _known(conn: AsyncConnection, events: Sequence[AnyInventoryEvent], skew: timedelta) -> Known:
     """What the database knows about the batch beyond its master rows (processor.rules.Known), read in one
-    round trip (a pipeline); each read is an index lookup by an array."""
-    ids = list({e.event_id for e in events})
-    sales = list({e.sale_event_id for e in events if isinstance(e, OrderCancelled)})
+    round trip (a pipeline); each read is an index lookup per value of a jsonb array."""
+    ids = _json(list({e.event_id for e in events}))
+    sold = list({e.sale_event_id for e in events if isinstance(e, OrderCancelled)})
+    sales = _json(sold)
     since: dict[Key, datetime] = {}  # per SKU with a count: the earliest change it may have to re-apply
     for e in events:
         if isinstance(e, StockCounted):
             at = e.occurred_at - count_window(skew)
             since[(e.tenant, e.sku)] = min(since.get((e.tenant, e.sku), at), at)
     reads: list[tuple[str, tuple[object, ...]]] = [
-        ("SELECT event_id FROM processed_events WHERE event_id = ANY(%s)", (ids,)),
-        ("SELECT event_id FROM ledger WHERE event_id = ANY(%s)", (ids,)),
+        (f"SELECT event_id FROM processed_events WHERE event_id = ANY({EACH})", (ids,)),
+        (f"SELECT event_id FROM ledger WHERE event_id = ANY({EACH})", (ids,)),
     ]
-    if sales:
+    if sold:
         reads += [
             (
-                "SELECT event_id, -delta FROM ledger WHERE event_id = ANY(%s) AND kind = 'order_placed' "
-                "AND outcome IN ('applied', 'stale')",
+                f"SELECT event_id, -delta FROM ledger WHERE event_id = ANY({EACH}) "
+                "AND kind = 'order_placed' AND outcome IN ('applied', 'stale')",
                 (sales,),
             ),
             (
-                "SELECT sale_event_id, sum(delta)::int FROM ledger WHERE sale_event_id = ANY(%s) "
+                "SELECT sale_event_id, sum(delta)::int FROM ledger "
+                f"WHERE sale_event_id = ANY({EACH}) "
                 "AND kind = 'order_cancelled' AND outcome IN ('applied', 'stale') GROUP BY sale_event_id",
                 (sales,),
             ),
@@ -79,6 +94,8 @@ async def _known(conn: AsyncConnection, events: Sequence[AnyInventoryEvent], ske
     if since:
         reads.append(
             (
+                # Typed arrays here (a few dozen SKUs): the planner then estimates the rows and takes the
+                # (tenant, sku, occurred_at) index even before the ledger was ever analysed.
                 "SELECT l.tenant, l.sku, l.kind, l.delta, l.occurred_at FROM ledger l "
                 "JOIN unnest(%s::text[], %s::text[], %s::timestamptz[]) AS c(tenant, sku, since) "
                 "ON l.tenant = c.tenant AND l.sku = c.sku AND l.occurred_at > c.since "
@@ -94,7 +111,7 @@ async def _known(conn: AsyncConnection, events: Sequence[AnyInventoryEvent], ske
     rows = [await cur.fetchall() for cur in cursors]
     known = Known(processed={r[0] for r in rows[0]})
     known.in_ledger = {r[0] for r in rows[1]} - known.processed
-    if sales:
+    if sold:
         known.sold = {r[0]: r[1] for r in rows[2]}
         known.returned = {r[0]: r[1] for r in rows[3]}
     known.movements = {key: [] for key in since}
@@ -115,31 +132,25 @@ async def decide(
 async def _write_masters(conn: AsyncConnection, masters: dict[Key, Master]) -> None:
     changed = [(k, m) for k, m in masters.items() if m.changed and m.existed]
     created = [(k, m) for k, m in masters.items() if not m.existed]
-    for rows, statement in (
+    rows = (
+        "SELECT v->>0 AS tenant, v->>1 AS sku, (v->>2)::int AS available, (v->>3)::bigint AS version, "
+        "(v->>4)::timestamptz AS counted_at FROM jsonb_array_elements(%s) AS v"
+    )
+    for chosen, statement in (
         (
             changed,
             "UPDATE inventory i SET available = v.available, version = v.version, "
-            "counted_at = v.counted_at, updated_at = now() "
-            "FROM unnest(%s::text[], %s::text[], %s::int[], %s::bigint[], %s::timestamptz[]) "
-            "AS v(tenant, sku, available, version, counted_at) WHERE i.tenant = v.tenant AND i.sku = v.sku",
+            f"counted_at = v.counted_at, updated_at = now() FROM ({rows}) AS v "
+            "WHERE i.tenant = v.tenant AND i.sku = v.sku",
         ),
-        (
-            created,
-            "INSERT INTO inventory (tenant, sku, available, version, counted_at) "
-            "SELECT * FROM unnest(%s::text[], %s::text[], %s::int[], %s::bigint[], %s::timestamptz[])",
-        ),
+        (created, f"INSERT INTO inventory (tenant, sku, available, version, counted_at) {rows}"),
     ):
-        if rows:
-            await conn.execute(
-                statement,
-                (
-                    [k[0] for k, _ in rows],
-                    [k[1] for k, _ in rows],
-                    [m.available for _, m in rows],
-                    [m.version for _, m in rows],
-                    [m.counted_at for _, m in rows],
-                ),
-            )
+        if chosen:
+            values = [
+                (t, s, m.available, m.version, m.counted_at.isoformat() if m.counted_at else None)
+                for (t, s), m in chosen
+            ]
+            await conn.execute(statement, (_json(values),))
 
 
 async def _stored(

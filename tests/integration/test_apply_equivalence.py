@@ -59,7 +59,7 @@ class Op:
     ref: int = 0  # a cancellation's sale / a redelivery's event, modulo what exists so far
 
 
-stamps = {"at": st.integers(0, 6), "micros": st.sampled_from([0, 0, 1, 500_000, 999_999])}
+stamps = {"at": st.integers(0, 4), "micros": st.sampled_from([0, 0, 0, 1, 999_999])}
 ops = st.lists(
     st.one_of(
         st.builds(Op, st.just("sale"), st.integers(0, 2), st.integers(1, 4), **stamps),
@@ -267,4 +267,4 @@ def test_the_search_finds_a_rule_switched_off(
     (a sale stamped in the second of a count is then taken as counted, where the SQL rules apply it)."""
     monkeypatch.setattr(processor.rules, "precision", lambda _t: timedelta(0))
     with pytest.raises(AssertionError, match="differ"):
-        equivalence_search(two_databases, max_examples=400, shrink=False)()
+        equivalence_search(two_databases, max_examples=1500, shrink=False)()  # stops at the first difference
