@@ -136,6 +136,21 @@ def print_tables(console: Console, result: dict[str, Any]) -> None:
             + (
                 [
                     [
+                        "bare aiohttp, same closed loop",
+                        g["bare_http_per_s"],
+                        g["bare_http_p50_ms"],
+                        g["bare_http"].get("ack_p90_ms"),
+                        g["bare_http_p99_ms"],
+                        g["bare_http"].get("ack_max_ms"),
+                        g["bare_http"].get("non_200"),
+                    ]
+                ]
+                if "bare_http_per_s" in g
+                else []
+            )
+            + (
+                [
+                    [
                         f"Kafka only {g['kafka_ack_floor']['rate_per_s']:,.0f}/s",
                         "-",
                         g["kafka_ack_floor"]["ack_p50_ms"],
@@ -148,12 +163,39 @@ def print_tables(console: Console, result: dict[str, Any]) -> None:
                 if "kafka_ack_floor" in g
                 else []
             ),
-            caption="target: >= 3,000 webhooks/s with ack p99 <= 25 ms. Closed loop: each sender posts as "
-            "soon as answered (saturation; latency includes the queue of 64 in flight). Open: requests due "
-            "at a fixed rate, ack time counted from when each was due. Kafka only: this process produces "
-            "the same rate with the gateway's producer settings (the durable-ack floor).",
+            caption=f"closed / bare {_s(g.get('closed_vs_bare'))} (target >= 0.5); open p99 / Kafka-only p99 "
+            f"{_s(g.get('open_p99_vs_floor'))} (target <= 2). Closed loop: each sender posts as soon as "
+            "answered (saturation; latency includes the queue of 64 in flight). Open: requests due at a "
+            "fixed rate, ack time counted from when each was due. Kafka only: this process produces the "
+            "same rate with the gateway's producer settings (the durable-ack floor). Bare: an aiohttp app on "
+            "uvloop that reads the body and answers JSON (lab.bench.bare), same requests.",
         )
     )
+    explained = g.get("explained") or {}
+    threads = [
+        (name, explained.get(key))
+        for name, key in (("gateway", "gateway_loop_thread"), ("bare aiohttp", "bare_loop_thread"))
+    ]
+    if any(clock for _name, clock in threads):
+        console.print(
+            _table(
+                "the event-loop thread in the closed loop (Linux scheduler statistics)",
+                ("process", "on CPU", "waiting for CPU", "asleep", "CPU ms/request", "preempted/request"),
+                [
+                    [
+                        name,
+                        _pct(clock.get("on_cpu_share")),
+                        _pct(clock.get("waiting_for_cpu_share")),
+                        _pct(clock.get("asleep_share")),
+                        clock.get("cpu_ms_per_request"),
+                        clock.get("preempted_per_request"),
+                    ]
+                    for name, clock in threads
+                    if clock
+                ],
+                caption=str(explained.get("summary", "")),
+            )
+        )
     if "profile" in g:
         prof = g["profile"]
         console.print(
