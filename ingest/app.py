@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
+from json.encoder import encode_basestring_ascii
 
 import aiohttp
 from aiohttp import web
@@ -45,6 +46,13 @@ Record = tuple[str, bytes, bytes, dict[str, str]]
 
 def _error(status: int, message: str, **extra: str) -> web.Response:
     return web.json_response({"error": message, **extra}, status=status)
+
+
+def _accepted(events: Sequence[inventory_events.ChannelEvent]) -> web.Response:
+    """``web.json_response({"status": "accepted", "events": ids})`` to the byte, written without the encoder
+    json.dumps sets up for every dict (it showed in the gateway's profile); ids escaped as json.dumps does."""
+    ids = ", ".join([encode_basestring_ascii(e.event_id) for e in events])
+    return web.Response(text=f'{{"status": "accepted", "events": [{ids}]}}', content_type="application/json")
 
 
 def _quarantine_record(
@@ -80,10 +88,10 @@ async def _quarantine(
     try:
         await publish_all(request.app[PRODUCER], [record], settings.ack_timeout_s)
     except (TimeoutError, DeliveryError) as exc:
-        metrics.requests.labels(connection.channel, "unavailable").inc()
+        metrics.outcome(connection.channel, "unavailable")
         log.warning("quarantine write failed for connection %s: %s", connection.id, exc)
         return _error(503, "event store unavailable; retry later", reason=str(exc))
-    metrics.requests.labels(connection.channel, "quarantined").inc()
+    metrics.outcome(connection.channel, "quarantined")
     answer: dict[str, object] = {"status": "quarantined", "reason": reason}
     if refused:
         metrics.lines_quarantined.labels(connection.channel).inc(len(refused))
@@ -112,7 +120,7 @@ async def _unusable(
         problem = f"{type(exc).__name__}: {exc}"
         reason = f"the {channel} {step} failed on this body ({problem}); kept for inspection"
     response = await _quarantine(request, connection, body, reason, now, refused)
-    request.app[METRICS].ack_seconds.labels(channel).observe(time.perf_counter() - started)
+    request.app[METRICS].answered(channel, time.perf_counter() - started)
     return response
 
 
@@ -129,38 +137,38 @@ async def _webhook(request: web.Request) -> web.Response:
     connection_id = request.match_info["connection_id"]
     connection = request.app[CONNECTIONS].current.get(connection_id)
     if connection is None or not connection.enabled:
-        metrics.requests.labels("unknown", "unknown_connection").inc()
+        metrics.outcome("unknown", "unknown_connection")
         return _error(
             404, f"no enabled connection {connection_id!r}: check the webhook URL set on the channel"
         )
     channel = connection.channel
     adapter = SPECS.get(channel)
     if adapter is None:
-        metrics.requests.labels(channel, "unknown_connection").inc()
+        metrics.outcome(channel, "unknown_connection")
         return _error(404, f"channel {channel!r} has no webhook support in this version")
     try:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        metrics.requests.labels(channel, "too_large").inc()
+        metrics.outcome(channel, "too_large")
         return _error(413, f"body larger than {settings.max_body_bytes} bytes; raise INGEST_MAX_BODY_BYTES")
     for name in adapter.auth_headers:
         # Checks read one copy of a header; which one is an accident of the code, so two are never accepted.
         if len(request.headers.getall(name, ())) > 1:
-            metrics.requests.labels(channel, "unauthorized").inc()
+            metrics.outcome(channel, "unauthorized")
             return _error(401, f"more than one {name} header; send exactly one")
     if adapter.ping is not None and adapter.ping(body, request.headers):
-        metrics.requests.labels(channel, "ping").inc()
+        metrics.outcome(channel, "ping")
         return web.json_response({"status": "ok", "note": "set-up ping acknowledged; nothing published"})
     if not adapter.verify_for(connection)(
         connection.webhook_secret.get_secret_value(), body, request.headers
     ):
-        metrics.requests.labels(channel, "unauthorized").inc()
+        metrics.outcome(channel, "unauthorized")
         return _error(401, "signature missing or invalid for this connection; check its webhook secret")
     if adapter.expand is not None:
         try:
             body = await adapter.expand(request.app[HTTP], connection, body, request.headers)
         except (ChannelError, aiohttp.ClientError, TimeoutError) as exc:
-            metrics.requests.labels(channel, "unavailable").inc()
+            metrics.outcome(channel, "unavailable")
             log.warning(
                 "could not fetch the order behind a %s webhook for %s: %s", channel, connection_id, exc
             )
@@ -199,25 +207,25 @@ async def _webhook(request: web.Request) -> web.Response:
     try:
         await publish_all(request.app[PRODUCER], records, settings.ack_timeout_s)
     except (TimeoutError, DeliveryError) as exc:
-        metrics.requests.labels(channel, "unavailable").inc()
+        metrics.outcome(channel, "unavailable")
         log.warning("webhook for %s not stored in Kafka: %r", connection_id, exc)
         return web.json_response(
             {"error": "event store unavailable; the webhook was not accepted, retry later"},
             status=503,
             headers={"Retry-After": "5"},
         )
-    metrics.events.labels(channel).inc(len(events))
-    metrics.ack_seconds.labels(channel).observe(time.perf_counter() - started)
-    answer: dict[str, object] = {"status": "accepted", "events": [e.event_id for e in events]}
+    metrics.published(channel, len(events))
+    metrics.answered(channel, time.perf_counter() - started)
     if refused:
+        answer: dict[str, object] = {"status": "accepted", "events": [e.event_id for e in events]}
         # Counted as quarantined: part of the webhook is in the quarantine topic and needs a person.
-        metrics.requests.labels(channel, "quarantined").inc()
+        metrics.outcome(channel, "quarantined")
         metrics.lines_quarantined.labels(channel).inc(len(refused))
         log.warning("webhook for %s: published its other lines, quarantined %s", connection_id, reason)
         answer["refused"] = _refused_lines(refused)
-    else:
-        metrics.requests.labels(channel, "accepted").inc()
-    return web.json_response(answer)
+        return web.json_response(answer)
+    metrics.outcome(channel, "accepted")
+    return _accepted(events)
 
 
 async def healthz(_request: web.Request) -> web.Response:

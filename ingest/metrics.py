@@ -51,3 +51,29 @@ class IngestMetrics:
             ["action", "outcome"],
             registry=registry,
         )
+        # Children looked up once per label set: ``labels()`` validates and joins its values on every call,
+        # which showed in the gateway's profile; the label values are bounded, so these stay small.
+        self._outcomes: dict[tuple[str, str], Counter] = {}
+        self._published: dict[str, Counter] = {}
+        self._acks: dict[str, Histogram] = {}
+
+    def outcome(self, channel: str, outcome: str) -> None:
+        """Count one webhook request of `channel` that ended in `outcome` (``webhook_requests_total``)."""
+        child = self._outcomes.get((channel, outcome))
+        if child is None:
+            child = self._outcomes[channel, outcome] = self.requests.labels(channel, outcome)
+        child.inc()
+
+    def published(self, channel: str, events: int) -> None:
+        """Count `events` canonical events of `channel` published (``ingest_events_published_total``)."""
+        child = self._published.get(channel)
+        if child is None:
+            child = self._published[channel] = self.events.labels(channel)
+        child.inc(events)
+
+    def answered(self, channel: str, seconds: float) -> None:
+        """Observe the time to answer a webhook of `channel` (``webhook_ack_seconds``)."""
+        child = self._acks.get(channel)
+        if child is None:
+            child = self._acks[channel] = self.ack_seconds.labels(channel)
+        child.observe(seconds)
