@@ -14,28 +14,38 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import Any
 
 KEYS = ("event_id", "tenant", "sku", "connection")
 """The pipeline's correlation keys, in the order they appear in a line."""
 
+_KEY_SET = frozenset(KEYS)
 _bound: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("stocksync_log_keys", default={})  # noqa: B039 - never mutated, only replaced
 
 
-@contextmanager
-def bound(**keys: str | None) -> Iterator[None]:
+class _Bound:
+    """What :func:`bound` returns: a class rather than a generator, being entered once per webhook."""
+
+    __slots__ = ("_keys", "_token")
+
+    def __init__(self, keys: dict[str, str | None]) -> None:
+        self._keys = keys
+
+    def __enter__(self) -> None:
+        keys = self._keys
+        if not _KEY_SET.issuperset(keys):
+            raise ValueError(f"unknown log keys {sorted(set(keys) - _KEY_SET)}; use one of {KEYS}")
+        self._token = _bound.set({**_bound.get(), **{k: v for k, v in keys.items() if v is not None}})
+
+    def __exit__(self, *_exc: object) -> None:
+        _bound.reset(self._token)
+
+
+def bound(**keys: str | None) -> AbstractContextManager[None]:
     """Within the block, every log line of this task carries `keys` (None values are left out)."""
-    unknown = set(keys) - set(KEYS)
-    if unknown:
-        raise ValueError(f"unknown log keys {sorted(unknown)}; use one of {KEYS}")
-    token = _bound.set({**_bound.get(), **{k: v for k, v in keys.items() if v is not None}})
-    try:
-        yield
-    finally:
-        _bound.reset(token)
+    return _Bound(keys)
 
 
 class JsonFormatter(logging.Formatter):
