@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -135,16 +135,10 @@ class Lines:
     def __init__(self) -> None:
         self.events: list[LineEvent] = []
         self.refused: list[RefusedLine] = []
+        self._collector = _Collect(self)
 
-    @contextmanager
-    def collect(self) -> Iterator[None]:
-        try:
-            yield
-        except LineRefused as exc:
-            self._refuse([exc.line])
-        except LinesRefused as exc:
-            self.events += exc.events
-            self._refuse(exc.refused)
+    def collect(self) -> AbstractContextManager[None, bool]:
+        return self._collector
 
     def _refuse(self, refused: Iterable[RefusedLine]) -> None:
         # A line refused as a sale is refused again as its cancellation (same place, same reason): once.
@@ -159,6 +153,28 @@ class Lines:
         if self.refused:
             raise LinesRefused(self.events, self.refused)
         return self.events
+
+
+class _Collect:
+    """``Lines.collect()``: a class, not a generator, as it is entered once per line of every webhook."""
+
+    __slots__ = ("_lines",)
+
+    def __init__(self, lines: Lines) -> None:
+        self._lines = lines
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, _kind: object, exc: BaseException | None, _trace: object) -> bool:
+        if isinstance(exc, LineRefused):
+            self._lines._refuse([exc.line])
+            return True
+        if isinstance(exc, LinesRefused):
+            self._lines.events += exc.events
+            self._lines._refuse(exc.refused)
+            return True
+        return False
 
 
 def quantity_problem(value: Any, field: str = "quantity") -> str | None:
