@@ -112,7 +112,8 @@ def decode(raw: bytes) -> AnyInventoryEvent:
 
 
 def encode(event: AnyInventoryEvent) -> bytes:
-    return event.model_dump_json().encode()
+    """The record value of `event`: the bytes of ``event.model_dump_json()``, as its serializer makes them."""
+    return event.__pydantic_serializer__.to_json(event)
 
 
 def key(event: AnyInventoryEvent) -> bytes:
