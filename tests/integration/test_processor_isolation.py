@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import re
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -115,7 +114,7 @@ async def test_an_overflowing_receipt_is_isolated_and_its_neighbours_of_two_tena
     assert (letter.problem, letter.event_id, letter.tenant) == ("invalid", poison.event_id, "acme")
     assert "NumericValueOutOfRange" in letter.reason
     # the sum past 2^31 - 1, named with the type it does not fit (the set-based apply writes it by a cast)
-    assert re.search(r"out of range for type integer|integer out of range", letter.reason)
+    assert "out of range for type integer" in letter.reason
     assert inventory_events.decode(base64.b64decode(letter.value_b64)) == poison
     assert {r.outcome for r in again} == {"duplicate"}
     assert again[10].payload is not None
