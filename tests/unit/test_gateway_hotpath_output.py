@@ -153,8 +153,8 @@ def test_the_accepted_answer_is_json_response_to_the_byte(event_ids: list[str]) 
 
 
 @given(
-    sku=st.text(st.characters(min_codepoint=0x20, blacklist_categories=("Cs",)), min_size=1, max_size=20),
-    order=st.text(st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=20),
+    sku=st.text(st.characters(min_codepoint=0x20, exclude_categories=["Cs"]), min_size=1, max_size=20),
+    order=st.text(st.characters(exclude_characters="\x00", exclude_categories=["Cs"]), max_size=20),
     quantity=st.integers(1, 2**31 - 1),
 )
 def test_encode_is_model_dump_json_as_utf8(sku: str, order: str, quantity: int) -> None:
