@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -162,31 +162,38 @@ async def _prune(conn: AsyncConnection, tenant: str) -> None:
     await conn.execute("DELETE FROM processed_events WHERE tenant = %s", (tenant,))
 
 
-async def through_oracle(
-    url: str, tenant: str, parts: list[list[AnyInventoryEvent]], prunes: list[bool], skew: timedelta
+ApplyPart = Callable[[AsyncConnection, list[AnyInventoryEvent], timedelta], Awaitable[list[str]]]
+
+
+async def by_sql_rules(conn: AsyncConnection, part: list[AnyInventoryEvent], skew: timedelta) -> list[str]:
+    """The oracle: one stocksync_apply call per event."""
+    outcomes = []
+    for e in part:
+        row = await (await conn.execute(ORACLE, _oracle_params(e, skew))).fetchone()
+        assert row is not None
+        outcomes.append(str(row[0]))
+    return outcomes
+
+
+async def by_batch(conn: AsyncConnection, part: list[AnyInventoryEvent], skew: timedelta) -> list[str]:
+    return [r.outcome for r in await apply_batch(conn, part, skew=skew)]
+
+
+async def through(
+    apply_part: ApplyPart,
+    url: str,
+    tenant: str,
+    parts: list[list[AnyInventoryEvent]],
+    prunes: list[bool],
+    skew: timedelta,
 ) -> list[str]:
+    """Each part in a transaction of its own, the retention pruning after the parts marked so."""
     outcomes: list[str] = []
     async with await AsyncConnection.connect(url) as conn:
         await conn.execute("SET TimeZone = 'UTC'")  # the SQL rules' reasons print timestamps in it
         for part, prune in zip(parts, prunes, strict=True):
             async with conn.transaction():
-                for e in part:
-                    row = await (await conn.execute(ORACLE, _oracle_params(e, skew))).fetchone()
-                    assert row is not None
-                    outcomes.append(row[0])
-            if prune:
-                await _prune(conn, tenant)
-    return outcomes
-
-
-async def through_batches(
-    url: str, tenant: str, parts: list[list[AnyInventoryEvent]], prunes: list[bool], skew: timedelta
-) -> list[str]:
-    outcomes: list[str] = []
-    async with await AsyncConnection.connect(url) as conn:
-        for part, prune in zip(parts, prunes, strict=True):
-            async with conn.transaction():
-                outcomes += [r.outcome for r in await apply_batch(conn, part, skew=skew)]
+                outcomes += await apply_part(conn, part, skew)
             if prune:
                 await _prune(conn, tenant)
     return outcomes
@@ -238,8 +245,8 @@ def equivalence_search(
         prunes = [prune_every > 0 and n % prune_every == 0 for n in range(len(parts))]
         skew = timedelta(seconds=skew_s)
         oracle_url, batch_url = urls
-        expected = asyncio.run(through_oracle(oracle_url, tenant, parts, prunes, skew))
-        got = asyncio.run(through_batches(batch_url, tenant, parts, prunes, skew))
+        expected = asyncio.run(through(by_sql_rules, oracle_url, tenant, parts, prunes, skew))
+        got = asyncio.run(through(by_batch, batch_url, tenant, parts, prunes, skew))
         assert got == expected, "outcomes differ"
         oracle, batch = left_behind(oracle_url, tenant), left_behind(batch_url, tenant)
         for table in ("master", "ledger", "processed"):
