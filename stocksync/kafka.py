@@ -178,26 +178,27 @@ class AsyncProducer:
             return
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
-        left = [len(records)]
+        # Counted where librdkafka reports (under the lock: flush() may serve reports on another thread); the
+        # loop is handed one callback for the lot, when the last record produced is reported.
+        expected, reported = [len(records)], [0]
         failed: list[str] = []
 
-        def resolve_one(err: KafkaError | None, topic: str) -> None:
-            self._waiting[loop] -= 1
-            left[0] -= 1
-            if err is not None:
-                failed.append(f"{topic}: {err.str()}")
-            if left[0] == 0 and not done.done():
-                if failed:
-                    done.set_exception(
-                        DeliveryError(f"Kafka did not store {len(failed)} record(s): {failed[0]}")
-                    )
-                else:
-                    done.set_result(None)
+        def finish() -> None:
+            self._waiting[loop] -= expected[0]
+            if done.done():
+                return
+            if failed:
+                done.set_exception(DeliveryError(f"Kafka did not store {len(failed)} record(s): {failed[0]}"))
+            else:
+                done.set_result(None)
 
         def on_delivery(err: KafkaError | None, msg: Message) -> None:
-            topic = msg.topic() or "?"
             with self._lock:
-                self._ready.append((loop, lambda: resolve_one(err, topic)))
+                if err is not None:
+                    failed.append(f"{msg.topic() or '?'}: {err.str()}")
+                reported[0] += 1
+                if reported[0] == expected[0]:
+                    self._ready.append((loop, finish))
 
         produced = 0
         try:
@@ -212,8 +213,11 @@ class AsyncProducer:
             raise DeliveryError(f"Kafka refused a record: {exc}") from exc
         finally:
             # What was produced is reported and polled for, whether or not the rest could be.
-            left[0] -= len(records) - produced
             self._waiting[loop] = self._waiting.get(loop, 0) + produced
+            with self._lock:
+                expected[0] = produced
+                if produced and reported[0] == produced:  # all reported already (by a flush elsewhere)
+                    self._ready.append((loop, finish))
             if produced:
                 self._poll_later(loop)
         await done
