@@ -99,9 +99,12 @@ async def drive(
     gateway's saturation throughput, and latency that includes queueing behind 64 requests in flight.
     Open loop: request i is due `i / rate` s after the start; its ack time is measured from when it was due,
     so a gateway that falls behind is charged for the wait (no coordinated omission). Requests run out:
-    an error, since the window would then be short of load.
+    the open loop fails (its window would be short of load); the closed loop starts again from the first
+    (a box faster than the requests were sized for: the gateway keeps no memory of ids, the bare app reads
+    nothing) and reports how many were sent again as ``requests_reused``.
     """
-    queue = iter(requests)
+    queue = iter(requests) if rate is not None else itertools.cycle(requests)
+    sent = [0]
     start = time.perf_counter()
     window = (start + warmup_s, start + warmup_s + seconds)
     acks: list[float] = []
@@ -122,6 +125,7 @@ async def drive(
                 request = next(queue, None)
                 if request is None:
                     raise RuntimeError(f"prepared {len(requests)} requests, too few for the window")
+                sent[0] += 1
                 status, _ = await client.send(request)
                 t1 = time.perf_counter()
                 if t0 >= window[0] and t1 <= window[1]:
@@ -147,4 +151,5 @@ async def drive(
         "ack_mean_ms": round(statistics.fmean(acks) * 1000, 2) if acks else None,
         "non_200": sum(n for s, n in statuses.items() if s != 200),
         "statuses": {str(s): n for s, n in sorted(statuses.items())},
+        "requests_reused": max(0, sent[0] - len(requests)),
     }
