@@ -36,6 +36,7 @@ SATURATION_CEILING_PER_S = 9_000
 BROKER_WARMUP_S = 15.0
 CLOSED_VS_BARE_TARGET = 0.5  # the gateway's closed loop at least half a bare aiohttp app's
 OPEN_P99_VS_FLOOR_TARGET = 2.0  # the open loop's ack p99 at most twice Kafka's own at the same rate
+OPEN_PAIRS = 3  # open loop and Kafka alone, in turn, this many times; the median pair is reported
 
 
 @dataclass(frozen=True)
@@ -124,14 +125,32 @@ def _answers(url: str) -> bool:
         return False
 
 
+def _p99_ratio(paced: dict[str, Any], floor: dict[str, Any]) -> float | None:
+    if paced.get("ack_p99_ms") is None or not floor.get("ack_p99_ms"):
+        return None
+    return round(float(paced["ack_p99_ms"]) / float(floor["ack_p99_ms"]), 2)
+
+
+def median_pair(
+    pairs: list[tuple[dict[str, Any], dict[str, Any]]],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Of (open loop, Kafka alone) runs made in turn, the pair whose p99 ratio is the median (the lower
+    middle of an even count; a pair without a ratio counts as the worst)."""
+
+    def rank(pair: tuple[dict[str, Any], dict[str, Any]]) -> tuple[bool, float]:
+        ratio = _p99_ratio(*pair)
+        return (ratio is None, ratio or 0.0)
+
+    ranked = sorted(pairs, key=rank)
+    return ranked[(len(ranked) - 1) // 2]
+
+
 def ratios(result: dict[str, Any]) -> dict[str, float | None]:
     """``closed_vs_bare`` (closed-loop webhooks/s over the bare app's requests/s, target >= 0.5) and
     ``open_p99_vs_floor`` (the open loop's ack p99 over Kafka's own at the same rate, target <= 2)."""
     bare, paced, floor = result.get("bare_http_per_s"), result.get("paced"), result.get("kafka_ack_floor")
     closed_vs_bare = round(result["webhooks_per_s"] / bare, 2) if bare else None
-    open_p99_vs_floor = None
-    if paced and floor and paced.get("ack_p99_ms") is not None and floor.get("ack_p99_ms"):
-        open_p99_vs_floor = round(paced["ack_p99_ms"] / floor["ack_p99_ms"], 2)
+    open_p99_vs_floor = _p99_ratio(paced, floor) if paced and floor else None
     return {"closed_vs_bare": closed_vs_bare, "open_p99_vs_floor": open_p99_vs_floor}
 
 
@@ -257,22 +276,38 @@ async def gateway_part(
         result["bare_http_per_s"] = bare["webhooks_per_s"]
         result["bare_http_p50_ms"], result["bare_http_p99_ms"] = bare["ack_p50_ms"], bare["ack_p99_ms"]
 
-        console.print(f"gateway: open loop at {rate:,.0f} webhooks/s over {config.concurrency} connections")
-        result["paced"] = await clocked(
-            service.proc.pid,
-            drive(
-                port,
-                prepared_orders(connection, skus, 20_000_000, int(rate * window) + 1),
-                concurrency=config.concurrency,
-                warmup_s=warmup,
-                seconds=seconds,
-                rate=rate,
-            ),
-        )
-        console.print(
-            f"Kafka alone: this process producing {rate:,.0f} records/s with the gateway's settings"
-        )
-        result["kafka_ack_floor"] = await kafka_ack_floor(kafka, rate=rate, warmup_s=warmup, seconds=seconds)
+        # A tail (p99) taken at one moment swings with what else the 2 cores and the broker's JVM do then:
+        # the open loop and Kafka alone are run in turn OPEN_PAIRS times and the pair with the median ratio
+        # is reported (every pair is kept in open_pairs).
+        pairs: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        for n in range(OPEN_PAIRS):
+            console.print(
+                f"gateway: open loop at {rate:,.0f} webhooks/s over {config.concurrency} connections, then "
+                f"Kafka alone at that rate with the gateway's settings (pair {n + 1} of {OPEN_PAIRS})"
+            )
+            paced = await clocked(
+                service.proc.pid,
+                drive(
+                    port,
+                    prepared_orders(connection, skus, 20_000_000 + n * 1_000_000, int(rate * window) + 1),
+                    concurrency=config.concurrency,
+                    warmup_s=warmup,
+                    seconds=seconds,
+                    rate=rate,
+                ),
+            )
+            pairs.append((paced, await kafka_ack_floor(kafka, rate=rate, warmup_s=warmup, seconds=seconds)))
+        result["paced"], result["kafka_ack_floor"] = median_pair(pairs)
+        result["open_pairs"] = [
+            {
+                "ack_p50_ms": paced["ack_p50_ms"],
+                "ack_p99_ms": paced["ack_p99_ms"],
+                "floor_p50_ms": floor["ack_p50_ms"],
+                "floor_p99_ms": floor["ack_p99_ms"],
+                "p99_vs_floor": _p99_ratio(paced, floor),
+            }
+            for paced, floor in pairs
+        ]
         result["broker_warmup"] = result_warmup  # the broker's first seconds: its JIT not yet warm
         result.update(ratios(result))
         result["targets"] = {

@@ -36,6 +36,14 @@ def write_report(result: dict[str, Any], out: Path) -> None:
     out.write_text(json.dumps(result, indent=2) + "\n")
 
 
+def _open_pairs(pairs: list[dict[str, Any]] | None) -> str:
+    """The caption's account of the open-loop/Kafka-only pairs, when more than one was run."""
+    if not pairs or len(pairs) < 2:
+        return ""
+    each = ", ".join(f"{p['ack_p99_ms']}/{p['floor_p99_ms']} ms" for p in pairs)
+    return f" Open loop and Kafka only run in turn {len(pairs)} times (p99 {each}); the median pair shown."
+
+
 def _s(value: object) -> str:
     if value is None:
         return "-"
@@ -168,7 +176,8 @@ def print_tables(console: Console, result: dict[str, Any]) -> None:
             "answered (saturation; latency includes the queue of 64 in flight). Open: requests due at a "
             "fixed rate, ack time counted from when each was due. Kafka only: this process produces the "
             "same rate with the gateway's producer settings (the durable-ack floor). Bare: an aiohttp app on "
-            "uvloop that reads the body and answers JSON (lab.bench.bare), same requests.",
+            "uvloop that reads the body and answers JSON (lab.bench.bare), same requests."
+            + _open_pairs(g.get("open_pairs")),
         )
     )
     explained = g.get("explained") or {}

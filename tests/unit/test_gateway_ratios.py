@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lab.bench.gateway import explain, ratios
+from lab.bench.gateway import explain, median_pair, ratios
 
 
 def _run(**extra: Any) -> dict[str, Any]:
@@ -55,3 +55,13 @@ def test_an_idle_loop_thread_is_explained_as_waiting() -> None:
 
 def test_without_scheduler_statistics_the_explanation_says_so() -> None:
     assert "not measured" in explain(_run())["summary"]
+
+
+def test_the_reported_open_loop_is_the_pair_with_the_median_ratio_and_a_pair_without_one_ranks_last() -> None:
+    def pair(p99: float | None, floor: float) -> tuple[dict[str, Any], dict[str, Any]]:
+        return {"ack_p99_ms": p99}, {"ack_p99_ms": floor}
+
+    runs = [pair(46.0, 5.8), pair(8.7, 5.6), pair(22.1, 11.0)]  # ratios 7.9, 1.6, 2.0
+    assert median_pair(runs) == runs[2]
+    assert median_pair([pair(None, 5.0), pair(9.0, 6.0), pair(30.0, 6.0)]) == pair(30.0, 6.0)
+    assert median_pair([pair(12.0, 6.0), pair(9.0, 6.0)]) == pair(9.0, 6.0)  # even count: the lower middle
