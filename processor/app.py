@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
 from aiohttp import web
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from prometheus_client import CollectorRegistry
@@ -63,10 +64,10 @@ from processor.ops import ops_app
 from processor.settings import ProcessorSettings
 from processor.store import DEFAULT_SKEW
 from schemas import inventory_events, processor_dlq, stock_allocated
-from schemas.inventory_events import AnyInventoryEvent
+from schemas.inventory_events import AnyInventoryEvent, ReservationReleased, reservation_event_id
 from stocksync import logs
 from stocksync.db import open_pool
-from stocksync.kafka import AsyncProducer, consumer_config, producer_config
+from stocksync.kafka import AsyncProducer, DeliveryError, consumer_config, producer_config
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +181,33 @@ def _observe(results: list[Result], metrics: ProcessorMetrics) -> None:
                 log.info("%s %s of %s/%s refused: %s", e.type, e.event_id, e.tenant, e.sku, r.outcome)
         if r.outcome != "duplicate":
             metrics.lag_seconds.observe(max(0.0, (now - r.event.received_at).total_seconds()))
+
+
+async def expired_holds(pool: AsyncConnectionPool, *, limit: int = 1_000) -> list[ReservationReleased]:
+    """An expiry event for each hold past its ``expires_at`` still ``held`` (oldest first, at most `limit`);
+    stamped now. Its id is the reservation's release id, so an agent's release racing it applies once."""
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT tenant, sku, reservation_id, quantity, connection_id FROM reservations "
+            "WHERE state = 'held' AND expires_at <= now() ORDER BY expires_at LIMIT %s",
+            (limit,),
+        )
+        rows = await cur.fetchall()
+    now = datetime.now(UTC)
+    return [
+        ReservationReleased(
+            event_id=reservation_event_id(rid, "release"),
+            tenant=tenant,
+            sku=sku,
+            quantity=quantity,
+            reservation_id=rid,
+            reason="expired",
+            connection_id=connection_id,
+            occurred_at=now,
+            received_at=now,
+        )
+        for tenant, sku, rid, quantity, connection_id in rows
+    ]
 
 
 async def prune_processed(pool: AsyncConnectionPool, older_than: timedelta, *, chunk: int = 10_000) -> int:
@@ -340,6 +368,35 @@ class Processor:
             await asyncio.shield(publishing)
             self.store(messages)
 
+    async def sweep(self) -> None:
+        """Release holds past their expiry, every PROCESSOR_RESERVATION_SWEEP_S: each becomes an expiry event
+        on inventory.events, applied like any other. A hold swept recently is not published again until
+        ten sweeps later (the event is probably in flight; a second copy would only be a duplicate)."""
+        settings = self.settings
+        small = settings.postgres.model_copy(update={"pool_min_size": 1, "pool_max_size": 1})
+        recent: dict[str, float] = {}
+        async with open_pool(small, name="processor-sweep") as pool:
+            while True:
+                try:
+                    due = await expired_holds(pool)
+                    now = time.monotonic()
+                    recent = {
+                        rid: at for rid, at in recent.items() if now - at < 10 * settings.reservation_sweep_s
+                    }
+                    fresh = [e for e in due if e.reservation_id not in recent]
+                    if fresh:
+                        topic = settings.kafka.topic(inventory_events.TOPIC)
+                        await self.producer.send_all(
+                            [(topic, inventory_events.key(e), inventory_events.encode(e)) for e in fresh]
+                        )
+                        recent.update((e.reservation_id, now) for e in fresh)
+                        log.info("reservations: %d hold(s) past their expiry released", len(fresh))
+                except (psycopg.Error, OSError, DeliveryError) as exc:  # the next sweep tries again
+                    log.warning(
+                        "reservation sweep failed, retrying in %.1f s: %s", settings.reservation_sweep_s, exc
+                    )
+                await asyncio.sleep(settings.reservation_sweep_s)  # the sweep's schedule
+
     async def ops(self) -> None:
         """The ops HTTP server and the processed_events retention, on a small pool of their own."""
         settings = self.settings
@@ -412,10 +469,12 @@ async def run_processor(
 ) -> None:
     """Build the processor and run it, with its ops server, until `stop`."""
     async with build_processor(settings, connections=connections) as processor:
-        ops = asyncio.create_task(processor.ops())
+        side = [asyncio.create_task(processor.ops()), asyncio.create_task(processor.sweep())]
         try:
             await processor.run(stop)
         finally:
-            ops.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ops
+            for task in side:
+                task.cancel()
+            for task in side:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task

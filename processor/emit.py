@@ -25,6 +25,7 @@ from allocation.rules import Policy
 from schemas import inventory_events, processor_dlq, stock_changed, stock_rejected
 from schemas.base import partition_key
 from schemas.inventory_events import AnyInventoryEvent, OrderPlaced
+from schemas.inventory_events import ReservationCommitted as Committed
 from schemas.processor_dlq import EventDeadLettered
 from schemas.stock_changed import StockChanged
 from schemas.stock_rejected import StockRejected
@@ -69,13 +70,14 @@ def _serialised(schema: type[BaseModel], **values: Any) -> bytes:
 
 
 def emit(decision: Decision, *, policy: Policy = "mirror", now: datetime | None = None) -> Result:
-    """The Result of a fresh decision, its record serialised (none for stale, ignored and observed);
+    """The Result of a fresh decision, its record serialised (none for stale, ignored and observed, nor for
+    a committed reservation: its units left the count at the hold);
     `policy` is the SKU's allocation policy, which tells the fan-out how to show it."""
     e, outcome, after, version = decision.event, decision.outcome, decision.after, decision.version
     now = now or datetime.now(UTC)
     topic: str | None = None
     payload: bytes | None = None
-    if outcome == "applied" and after is not None and version is not None:
+    if outcome == "applied" and after is not None and version is not None and not isinstance(e, Committed):
         topic = stock_changed.TOPIC
         payload = _serialised(
             StockChanged,

@@ -31,6 +31,19 @@ The rules, per event:
   happened after C (by the sales rule above for sales, strictly after C for restocks and receipts). A count
   older than the latest applied one is ``stale``. A SKU seen for the first time starts here.
 - **stock_observed** (a channel's own count) is recorded (``observed``); the master does not change.
+- **reservation_held** (an agent checkout's hold, issue 16) takes ``quantity`` like a sale, but only from
+  what an agent may hold (allocation.availability: under never_cancel the slack no marketplace was granted,
+  with the grants moved by the batch's own sales and cancellations as processor.allocate moves them): else
+  ``rejected``. Never ``stale``: a hold is stamped by the gateway as it arrives and applied on top of any
+  count (at worst a unit too few on the shelf). The reservation is then ``held`` until its ``expires_at``.
+- **reservation_committed** turns a ``held`` reservation into a sale (``applied``; the count does not move
+  again, its units left at the hold); ``rejected`` when stamped at or after the hold's expiry, or once the
+  hold was released or expired, or for a reservation never held.
+- **reservation_released** (by the agent, or ``expired`` by the processor's sweep) gives a ``held``
+  reservation's units back (``applied``; ``stale`` when stamped at or before the latest count, like a
+  restock) and ends it; nothing (``ignored``) for a committed, ended or unknown one. The quantity is always
+  the hold's, whatever the event says. Commit and release name the hold's id as ``sale_event_id`` in the
+  ledger.
 
 Every applied change bumps the SKU's version by one; every event gets exactly one ledger row (a duplicate
 none), in log order.
@@ -43,14 +56,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
+from allocation.availability import agent_visible
+from allocation.rules import Policy, after_cancellation, after_sale
 from processor.emit import Decision, Outcome
 from schemas.inventory_events import (
     AnyInventoryEvent,
     OrderCancelled,
     OrderPlaced,
+    ReservationCommitted,
+    ReservationHeld,
+    ReservationReleased,
     StockCounted,
     StockObserved,
     StockReceived,
+    reservation_event_id,
 )
 
 __all__ = [
@@ -60,6 +79,8 @@ __all__ = [
     "Master",
     "Movement",
     "Outcome",
+    "Reservation",
+    "Spend",
     "Verdict",
     "count_window",
     "decide_batch",
@@ -69,8 +90,11 @@ __all__ = [
 
 Key = tuple[str, str]  # (tenant, sku)
 
-RESTOCKING = ("order_cancelled", "stock_received")
+RESTOCKING = ("order_cancelled", "stock_received", "reservation_released")
+TAKING = ("order_placed", "reservation_held")  # kinds a count treats by the sales rule
+MOVING = TAKING + RESTOCKING  # the ledger kinds a count may have to re-apply
 ABSOLUTE = ("stock_counted", "stock_observed")  # kinds whose quantity is a count: the ledger's absolute
+SOLD = ("applied", "rejected", "stale")  # a sale the channel took, whatever the master decided
 
 
 @dataclass
@@ -93,6 +117,30 @@ class Movement(NamedTuple):
 
 
 @dataclass
+class Reservation:
+    """One agent hold as the batch sees it (table ``reservations``)."""
+
+    tenant: str
+    sku: str
+    quantity: int
+    state: str  # held | committed | released | expired
+    expires_at: datetime
+    connection_id: str | None = None
+    existed: bool = True
+    changed: bool = False
+
+
+@dataclass
+class Spend:
+    """What bounds an agent's holds of one SKU: its policy and buffer, and the marketplace connections'
+    grants (connection id -> units) as read before the batch."""
+
+    policy: Policy
+    buffer: int = 0
+    granted: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
 class Known:
     """What the database knew before the batch, beyond the master rows (processor.store reads it)."""
 
@@ -109,6 +157,10 @@ class Known:
     """Per SKU with a count in the batch (every such SKU has a list, maybe empty): the applied sales,
     cancellations and receipts stamped after ``count_window`` before its earliest count, in any order. The
     batch's own applied changes of those SKUs are added as they are decided."""
+    reservations: dict[str, Reservation] = field(default_factory=dict)
+    """Reservation id -> its row, for the reservations the batch's commits and releases name."""
+    spend: dict[Key, Spend] = field(default_factory=dict)
+    """Per SKU with a hold in the batch: what bounds an agent's holds."""
 
 
 class LedgerRow(NamedTuple):
@@ -160,6 +212,8 @@ class Decided:
     """Every master row the batch touched, as it leaves them (``existed`` / ``changed`` say what to write)."""
     claimed: list[tuple[AnyInventoryEvent, Outcome]]
     """The ids to insert into processed_events, with their outcome, in log order."""
+    reservations: dict[str, Reservation] = field(default_factory=dict)
+    """Every reservation the batch created or moved (``existed`` / ``changed`` say what to write)."""
 
 
 class Verdict(NamedTuple):
@@ -204,6 +258,7 @@ class _Batch:
         self.masters, self.known, self.skew = masters, known, skew
         self.sold = dict(known.sold)
         self.returned = dict(known.returned)
+        self.reservations = known.reservations
 
     def row(self, e: AnyInventoryEvent) -> Master | None:
         return self.masters.get((e.tenant, e.sku))
@@ -292,7 +347,7 @@ class _Batch:
             for mv in self.known.movements.get((e.tenant, e.sku), ())
             if (
                 mv.occurred_at + self.skew + precision(mv.occurred_at) > at
-                if mv.kind == "order_placed"
+                if mv.kind in TAKING
                 else mv.kind in RESTOCKING and mv.occurred_at > at
             )
         )
@@ -313,18 +368,93 @@ class _Batch:
         reason = f"{e.channel} shows {e.quantity}; the master has {m.available}"
         return Verdict("observed", m.available, m.available, m.version, 0, reason)
 
+    def granted(self, e: OrderPlaced | OrderCancelled, outcome: Outcome) -> None:
+        """Move a tracked SKU's grants by a sale or cancellation as processor.allocate will (so a later
+        hold in the batch sees the slack the allocation step will see)."""
+        spend = self.known.spend.get((e.tenant, e.sku))
+        if spend is None or e.connection_id not in spend.granted:
+            return
+        was = spend.granted[e.connection_id]
+        if isinstance(e, OrderPlaced) and outcome in SOLD:
+            spend.granted[e.connection_id] = after_sale(was, e.quantity)
+        elif isinstance(e, OrderCancelled) and outcome == "applied":
+            spend.granted[e.connection_id] = after_cancellation(was, e.quantity)
+
+    def hold(self, e: ReservationHeld) -> Verdict:
+        m, q = self.row(e), e.quantity
+        if m is None:
+            reason = f"SKU {e.sku} is not in the master record of tenant {e.tenant}"
+            return Verdict("unknown_sku", delta=-q, reason=reason)
+        spend = self.known.spend.get((e.tenant, e.sku))
+        if spend is None:
+            visible = m.available
+        else:
+            granted = sum(spend.granted.values())
+            visible = agent_visible(m.available, policy=spend.policy, buffer=spend.buffer, granted=granted)
+        if q > visible:
+            reason = f"requested {q}, only {visible} available to agents (the master holds {m.available})"
+            return Verdict("rejected", m.available, m.available, m.version, -q, reason)
+        before = m.available
+        self.bump(m, before - q)
+        self.moved(e, -q)
+        self.reservations[e.reservation_id] = Reservation(
+            e.tenant, e.sku, q, "held", e.expires_at, e.connection_id, existed=False, changed=True
+        )
+        return Verdict("applied", before, m.available, m.version, -q)
+
+    def commit(self, e: ReservationCommitted) -> Verdict:
+        m, r = self.row(e), self.reservations.get(e.reservation_id)
+        available, version = (m.available, m.version) if m is not None else (None, None)
+        if r is None or r.tenant != e.tenant:
+            return Verdict("rejected", available, available, version, 0, f"no hold {e.reservation_id}")
+        if r.state != "held":
+            reason = f"reservation {e.reservation_id} was {r.state} before this commit"
+            return Verdict("rejected", available, available, version, 0, reason)
+        if e.occurred_at >= r.expires_at:
+            reason = f"reservation {e.reservation_id} expired at {pg_text(r.expires_at)}"
+            return Verdict("rejected", available, available, version, 0, reason)
+        r.state, r.changed = "committed", True
+        return Verdict("applied", available, available, version, 0)
+
+    def release(self, e: ReservationReleased) -> Verdict:
+        m, r = self.row(e), self.reservations.get(e.reservation_id)
+        available, version = (m.available, m.version) if m is not None else (None, None)
+        if r is None or r.tenant != e.tenant or r.state != "held":
+            state = "never held" if r is None or r.tenant != e.tenant else r.state
+            reason = f"reservation {e.reservation_id} is {state}: nothing to give back"
+            return Verdict("ignored", available, available, version, 0, reason)
+        r.state, r.changed = e.reason, True
+        q = r.quantity
+        if m is not None and (m.counted_at is None or m.counted_at < e.occurred_at):
+            before = m.available
+            self.bump(m, before + q)
+            self.moved(e, q)
+            return Verdict("applied", before, m.available, m.version, q)
+        counted_at = m.counted_at if m is not None else None
+        reason = f"release at {pg_text(e.occurred_at)} is already in the count as of {pg_text(counted_at)}"
+        return Verdict("stale", available, available, version, q, reason)
+
     def decide(self, e: AnyInventoryEvent) -> Verdict:
         if isinstance(e, OrderPlaced):
             verdict = self.sale(e)
             if verdict.outcome in ("applied", "stale"):
                 self.sold[e.event_id] = e.quantity
+            self.granted(e, verdict.outcome)
             return verdict
         if isinstance(e, OrderCancelled):
-            return self.cancellation(e)
+            verdict = self.cancellation(e)
+            self.granted(e, verdict.outcome)
+            return verdict
         if isinstance(e, StockReceived):
             return self.receipt(e)
         if isinstance(e, StockCounted):
             return self.count(e)
+        if isinstance(e, ReservationHeld):
+            return self.hold(e)
+        if isinstance(e, ReservationCommitted):
+            return self.commit(e)
+        if isinstance(e, ReservationReleased):
+            return self.release(e)
         return self.observation(e)
 
 
@@ -353,7 +483,7 @@ def decide_batch(
             continue
         v = batch.decide(e)
         absolute = e.quantity if e.type in ABSOLUTE else None
-        sale = e.sale_event_id if isinstance(e, OrderCancelled) else None
+        sale = _names(e)
         ledger.append(
             LedgerRow(
                 e.event_id,
@@ -375,7 +505,17 @@ def decide_batch(
         )
         claimed.append((e, v.outcome))
         decisions.append(Decision(e, v.outcome, after=v.after, version=v.version))
-    return Decided(decisions, ledger, masters, claimed)
+    touched_reservations = {rid: r for rid, r in batch.reservations.items() if r.changed}
+    return Decided(decisions, ledger, masters, claimed, touched_reservations)
+
+
+def _names(e: AnyInventoryEvent) -> str | None:
+    """The earlier event a ledger row points at: a cancellation's sale, a commit's or release's hold."""
+    if isinstance(e, OrderCancelled):
+        return e.sale_event_id
+    if isinstance(e, ReservationCommitted | ReservationReleased):
+        return reservation_event_id(e.reservation_id, "hold")
+    return None
 
 
 def touched(events: Iterable[AnyInventoryEvent]) -> list[Key]:

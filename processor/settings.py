@@ -57,5 +57,8 @@ class ProcessorSettings(BaseSettings):
     connections_table: bool = Field(True, description="Also read connections from the database.")
     retention_days: float = Field(30.0, gt=0, description="How long processed_events keeps an event id.")
     retention_interval_s: float = Field(3600.0, gt=0, description="How often old ids are pruned.")
+    reservation_sweep_s: float = Field(
+        1.0, gt=0, description="How often holds past their expiry are released (an expiry event each)."
+    )
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     postgres: PostgresSettings = Field(default_factory=PostgresSettings)

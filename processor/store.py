@@ -25,11 +25,30 @@ from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 
 from allocation.policy import rules_for
-from allocation.rules import DEFAULT_POLICY
+from allocation.rules import DEFAULT_POLICY, Policy
 from processor.allocate import AllocationConfig, rebalance
 from processor.emit import Decision, Result, emit, invalid
-from processor.rules import LEDGER_COLUMNS, Decided, Known, Master, Movement, count_window, decide_batch
-from schemas.inventory_events import AnyInventoryEvent, OrderCancelled, StockCounted
+from processor.rules import (
+    LEDGER_COLUMNS,
+    MOVING,
+    Decided,
+    Known,
+    Master,
+    Movement,
+    Reservation,
+    Spend,
+    count_window,
+    decide_batch,
+)
+from schemas.inventory_events import (
+    AnyInventoryEvent,
+    OrderCancelled,
+    ReservationCommitted,
+    ReservationHeld,
+    ReservationReleased,
+    StockCounted,
+)
+from stocksync.db import RESERVATIONS_CHANNEL
 
 __all__ = ["DEFAULT_SKEW", "Decision", "Result", "apply_batch", "decide", "record_invalid"]
 
@@ -62,9 +81,15 @@ async def _masters(conn: AsyncConnection, keys: list[Key]) -> dict[Key, Master]:
     return {(r[0], r[1]): Master(r[2], r[3], r[4]) async for r in cur}
 
 
-async def _known(conn: AsyncConnection, events: Sequence[AnyInventoryEvent], skew: timedelta) -> Known:
+async def _known(
+    conn: AsyncConnection,
+    events: Sequence[AnyInventoryEvent],
+    skew: timedelta,
+    default_policy: Policy = DEFAULT_POLICY,
+) -> Known:
     """What the database knows about the batch beyond its master rows (processor.rules.Known), read in one
-    round trip (a pipeline); each read is an index lookup per value of a jsonb array."""
+    round trip (a pipeline; a batch with agent holds adds one for their SKUs' policies); each read is an
+    index lookup per value of a jsonb array."""
     ids = _json(list({e.event_id for e in events}))
     sold = list({e.sale_event_id for e in events if isinstance(e, OrderCancelled)})
     sales = _json(sold)
@@ -99,9 +124,31 @@ async def _known(conn: AsyncConnection, events: Sequence[AnyInventoryEvent], ske
                 "SELECT l.tenant, l.sku, l.kind, l.delta, l.occurred_at FROM ledger l "
                 "JOIN unnest(%s::text[], %s::text[], %s::timestamptz[]) AS c(tenant, sku, since) "
                 "ON l.tenant = c.tenant AND l.sku = c.sku AND l.occurred_at > c.since "
-                "WHERE l.outcome = 'applied' "
-                "AND l.kind IN ('order_placed', 'order_cancelled', 'stock_received')",
-                ([k[0] for k in since], [k[1] for k in since], list(since.values())),
+                "WHERE l.outcome = 'applied' AND l.kind = ANY(%s::text[])",
+                ([k[0] for k in since], [k[1] for k in since], list(since.values()), list(MOVING)),
+            )
+        )
+    named = {
+        e.reservation_id: e.tenant
+        for e in events
+        if isinstance(e, ReservationCommitted | ReservationReleased)
+    }
+    if named:
+        reads.append(
+            (
+                "SELECT r.reservation_id, r.tenant, r.sku, r.quantity, r.state, r.expires_at, "
+                "r.connection_id FROM jsonb_array_elements(%s) AS k JOIN reservations r "
+                "ON r.tenant = k->>0 AND r.reservation_id = k->>1",
+                (_json([[tenant, rid] for rid, tenant in named.items()]),),
+            )
+        )
+    holding = sorted({(e.tenant, e.sku) for e in events if isinstance(e, ReservationHeld)})
+    if holding:
+        reads.append(
+            (
+                "SELECT a.tenant, a.sku, a.connection_id, a.granted FROM jsonb_array_elements(%s) AS k "
+                "JOIN allocations a ON a.tenant = k->>0 AND a.sku = k->>1",
+                (_json(holding),),
             )
         )
     cursors = [conn.cursor() for _ in reads]
@@ -111,22 +158,75 @@ async def _known(conn: AsyncConnection, events: Sequence[AnyInventoryEvent], ske
     rows = [await cur.fetchall() for cur in cursors]
     known = Known(processed={r[0] for r in rows[0]})
     known.in_ledger = {r[0] for r in rows[1]} - known.processed
+    n = 2  # the next result set
     if sold:
-        known.sold = {r[0]: r[1] for r in rows[2]}
-        known.returned = {r[0]: r[1] for r in rows[3]}
+        known.sold = {r[0]: r[1] for r in rows[n]}
+        known.returned = {r[0]: r[1] for r in rows[n + 1]}
+        n += 2
     known.movements = {key: [] for key in since}
     if since:
-        for tenant, sku, kind, delta, occurred_at in rows[-1]:
+        for tenant, sku, kind, delta, occurred_at in rows[n]:
             known.movements[(tenant, sku)].append(Movement(kind, delta, occurred_at))
+        n += 1
+    if named:
+        known.reservations = {
+            rid: Reservation(tenant, sku, quantity, state, expires_at, connection_id)
+            for rid, tenant, sku, quantity, state, expires_at, connection_id in rows[n]
+        }
+        n += 1
+    if holding:
+        rules = await rules_for(conn, holding, default=default_policy)
+        known.spend = {key: Spend(rules[key].policy, rules[key].buffer) for key in holding}
+        for tenant, sku, connection_id, granted in rows[n]:
+            known.spend[(tenant, sku)].granted[connection_id] = granted
     return known
 
 
 async def decide(
-    conn: AsyncConnection, events: Sequence[AnyInventoryEvent], *, skew: timedelta = DEFAULT_SKEW
+    conn: AsyncConnection,
+    events: Sequence[AnyInventoryEvent],
+    *,
+    skew: timedelta = DEFAULT_SKEW,
+    default_policy: Policy = DEFAULT_POLICY,
 ) -> Decided:
     """Read what `events` need (locking their master rows) and decide them in log order; nothing written."""
     masters = await _masters(conn, sorted({(e.tenant, e.sku) for e in events}))
-    return decide_batch(events, masters, await _known(conn, events, skew), skew=skew)
+    known = await _known(conn, events, skew, default_policy)
+    return decide_batch(events, masters, known, skew=skew)
+
+
+async def _write_reservations(conn: AsyncConnection, reservations: dict[str, Reservation]) -> None:
+    """The reservations the batch created or moved, in one statement."""
+    if not reservations:
+        return
+    values = [
+        (r.tenant, rid, r.sku, r.quantity, r.state, r.expires_at.isoformat(), r.connection_id)
+        for rid, r in reservations.items()
+    ]
+    await conn.execute(
+        "INSERT INTO reservations (tenant, reservation_id, sku, quantity, state, expires_at, connection_id) "
+        "SELECT v->>0, v->>1, v->>2, (v->>3)::int, v->>4, (v->>5)::timestamptz, v->>6 "
+        "FROM jsonb_array_elements(%s) AS v "
+        "ON CONFLICT (tenant, reservation_id) DO UPDATE SET state = EXCLUDED.state, updated_at = now()",
+        (_json(values),),
+    )
+
+
+async def _notify_reservations(conn: AsyncConnection, events: Sequence[AnyInventoryEvent]) -> None:
+    """Name every reservation step of the batch (duplicates too) on RESERVATIONS_CHANNEL; PostgreSQL
+    delivers the notifications when the transaction commits, so a waiter reads a committed outcome."""
+    ids = list(
+        {
+            e.event_id
+            for e in events
+            if isinstance(e, ReservationHeld | ReservationCommitted | ReservationReleased)
+        }
+    )
+    if ids:
+        await conn.execute(
+            "SELECT pg_notify(%s, id) FROM jsonb_array_elements_text(%s) AS id",
+            (RESERVATIONS_CHANNEL, _json(ids)),
+        )
 
 
 async def _write_masters(conn: AsyncConnection, masters: dict[Key, Master]) -> None:
@@ -179,11 +279,13 @@ async def apply_batch(
     ``stock.allocated`` record rides on its last event's Result."""
     if not events:
         return []
-    decided = await decide(conn, events, skew=skew)
+    default = allocation.default_policy if allocation else DEFAULT_POLICY
+    decided = await decide(conn, events, skew=skew, default_policy=default)
     await _write_masters(conn, decided.masters)
+    await _write_reservations(conn, decided.reservations)
+    await _notify_reservations(conn, events)
     results: list[Result] = []
     first: dict[str, Result] = {}  # an id seen twice in one batch: the second is a duplicate of the first
-    default = allocation.default_policy if allocation else DEFAULT_POLICY
     rules = await rules_for(conn, ((e.tenant, e.sku) for e in events), default=default)
     for decision in decided.decisions:
         event = decision.event

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, Field, TypeAdapter
+from pydantic import AwareDatetime, Field, StringConstraints, TypeAdapter
 
 from schemas.base import Channel, Count, Event, EventId, Quantity, Sku, Tenant, Text, partition_key
 
@@ -99,7 +99,74 @@ class StockObserved(Event):
     received_at: AwareDatetime
 
 
-AnyInventoryEvent = OrderPlaced | OrderCancelled | StockReceived | StockCounted | StockObserved
+ReservationId = Annotated[str, StringConstraints(pattern=r"^rsv_[0-9a-f]{8,64}$")]
+"""A reservation's id: ``rsv_`` and hex digits (ingest.reservations derives it from the tenant and the
+idempotency key)."""
+
+
+class ReservationHeld(Event):
+    """An agent checkout asks to hold `quantity` of `sku` until `expires_at` (issue 16): taken from the
+    master count like a sale when the units are there (under never_cancel only from what no marketplace was
+    granted), refused otherwise. ``event_id`` is ``rsv:<reservation_id>:hold``."""
+
+    type: Literal["reservation_held"] = "reservation_held"
+    event_id: EventId
+    tenant: Tenant
+    sku: Sku
+    quantity: Quantity
+    reservation_id: ReservationId
+    expires_at: AwareDatetime
+    connection_id: Text | None = None
+    channel: Literal["agent"] = "agent"
+    occurred_at: AwareDatetime
+    received_at: AwareDatetime
+
+
+class ReservationCommitted(Event):
+    """The agent's checkout completed: the held units become a sale (the count does not move again). Refused
+    once the hold expired or was released. ``event_id`` is ``rsv:<reservation_id>:commit``."""
+
+    type: Literal["reservation_committed"] = "reservation_committed"
+    event_id: EventId
+    tenant: Tenant
+    sku: Sku
+    quantity: Quantity
+    reservation_id: ReservationId
+    connection_id: Text | None = None
+    channel: Literal["agent"] = "agent"
+    occurred_at: AwareDatetime
+    received_at: AwareDatetime
+
+
+class ReservationReleased(Event):
+    """A hold given back (``released`` by the agent, or ``expired``): its units return to the count unless it
+    was committed. ``event_id`` is ``rsv:<reservation_id>:release``, whichever the reason, so a release and
+    an expiry of the same hold apply once."""
+
+    type: Literal["reservation_released"] = "reservation_released"
+    event_id: EventId
+    tenant: Tenant
+    sku: Sku
+    quantity: Quantity
+    reservation_id: ReservationId
+    reason: Literal["released", "expired"]
+    connection_id: Text | None = None
+    channel: Literal["agent"] = "agent"
+    occurred_at: AwareDatetime
+    received_at: AwareDatetime
+
+
+ReservationEvent = ReservationHeld | ReservationCommitted | ReservationReleased
+AnyInventoryEvent = (
+    OrderPlaced
+    | OrderCancelled
+    | StockReceived
+    | StockCounted
+    | StockObserved
+    | ReservationHeld
+    | ReservationCommitted
+    | ReservationReleased
+)
 ChannelEvent = OrderPlaced | OrderCancelled | StockObserved
 """What a channel's webhook can say: sales, restocks, and its own count (a drift signal)."""
 InventoryEvent = Annotated[AnyInventoryEvent, Field(discriminator="type")]
@@ -119,6 +186,11 @@ def encode(event: AnyInventoryEvent) -> bytes:
 def key(event: AnyInventoryEvent) -> bytes:
     """The record key of `event`: its tenant/SKU, so a SKU's events share a partition and keep their order."""
     return partition_key(event.tenant, event.sku)
+
+
+def reservation_event_id(reservation_id: str, step: Literal["hold", "commit", "release"]) -> str:
+    """The event id of one step of a reservation: each step happens at most once per reservation."""
+    return f"rsv:{reservation_id}:{step}"
 
 
 def headers(event: AnyInventoryEvent, **extra: str) -> dict[str, str]:

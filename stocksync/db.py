@@ -21,6 +21,10 @@ from stocksync.settings import PostgresSettings
 
 _LOCK_KEY = 0x5707C5  # advisory lock id for "stocksync migrations"
 
+RESERVATIONS_CHANNEL = "stocksync_reservations"
+"""The LISTEN/NOTIFY channel on which the processor names, at commit, the event id of every reservation
+step it handled (payload: the event id); the gateway waits on it to answer a reservation call."""
+
 
 class MigrationError(RuntimeError):
     """The database's migration history does not match the files shipped with this version."""
