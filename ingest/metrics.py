@@ -51,6 +51,19 @@ class IngestMetrics:
             ["action", "outcome"],
             registry=registry,
         )
+        self.reservations = Counter(
+            "reservation_requests_total",
+            "Reservation API calls by action (hold, commit, release, read) and answer (held, refused, ...).",
+            ["action", "outcome"],
+            registry=registry,
+        )
+        self.reservation_seconds = Histogram(
+            "reservation_round_trip_seconds",
+            "From a reservation call's arrival to its answer, the processor's decision included.",
+            ["action"],
+            buckets=(0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
+            registry=registry,
+        )
         # Children looked up once per label set: ``labels()`` validates and joins its values on every call,
         # which showed in the gateway's profile; the label values are bounded, so these stay small.
         self._outcomes: dict[tuple[str, str], Counter] = {}

@@ -25,5 +25,11 @@ class IngestSettings(BaseSettings):
     connections_refresh_s: float = Field(30.0, gt=0, description="How often the tables are read again.")
     ack_timeout_s: float = Field(2.0, gt=0, description="Longest wait for Kafka before answering 503.")
     max_body_bytes: int = Field(1024 * 1024, gt=0, description="Larger webhook bodies are refused with 413.")
+    reservation_wait_s: float = Field(
+        10.0,
+        gt=0,
+        description="Longest wait for the processor's decision on a reservation step before answering 503 "
+        "(the step stays recorded; the same call again returns its answer).",
+    )
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     postgres: PostgresSettings = Field(default_factory=PostgresSettings)
