@@ -259,6 +259,48 @@ def print_tables(console: Console, result: dict[str, Any]) -> None:
             ],
         )
     )
+    agent = result.get("agent")
+    if agent:
+        console.print(
+            _table(
+                f"agent reservations: open loop at {agent['rate_per_s']:,.0f} requests/s, each timed from "
+                "when it was due to its answer (the processor's decision included)",
+                ("step", "requests", "p50 ms", "p90 ms", "p99 ms", "max ms", "answers"),
+                [
+                    [
+                        f"{step} ({path})",
+                        agent[step]["webhooks"],
+                        agent[step]["ack_p50_ms"],
+                        agent[step]["ack_p90_ms"],
+                        agent[step]["ack_p99_ms"],
+                        agent[step]["ack_max_ms"],
+                        ", ".join(f"{k}: {v}" for k, v in agent[step]["statuses"].items()),
+                    ]
+                    for step, path in (
+                        ("hold", "POST /v1/reservations"),
+                        ("commit", "POST /v1/reservations/{id}/commit"),
+                    )
+                    if step in agent
+                ]
+                + (
+                    [
+                        [
+                            "stream lag (commit -> SSE message)",
+                            agent["sse"]["messages"],
+                            agent["sse"]["lag_p50_ms"],
+                            "-",
+                            agent["sse"]["lag_p99_ms"],
+                            agent["sse"]["lag_max_ms"],
+                            "-",
+                        ]
+                    ]
+                    if "sse" in agent
+                    else []
+                ),
+                caption=f"target: p99 <= {agent['p99_target_ms']:.0f} ms "
+                f"({'met' if agent.get('meets_target') else 'not met'})",
+            )
+        )
     flash = result.get("flash_sale")
     if flash:
         console.print(

@@ -1,5 +1,6 @@
 """``stocksync bench``: the three parts in turn on one local Kafka, one PostgreSQL and the nine simulators,
-then a small real-time flash sale under ``never_cancel`` (lab.bench.flash)."""
+then agent reservations (lab.bench.agent) and a small real-time flash sale under ``never_cancel``
+(lab.bench.flash)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 from rich.console import Console
 
+from lab.bench.agent import agent_part
 from lab.bench.config import BenchConfig
 from lab.bench.e2e import SKUS, e2e_part, nine_marketplaces
 from lab.bench.flash import flash_sale_row
@@ -18,6 +20,7 @@ from lab.bench.processor import processor_part
 from lab.bench.report import machine
 from lab.bench.usage import infra_pids
 from lab.local import local_kafka, local_postgres
+from lab.local.process import make_run_dir
 
 
 async def run_bench(console: Console, config: BenchConfig) -> dict[str, Any]:
@@ -43,6 +46,7 @@ async def run_bench(console: Console, config: BenchConfig) -> dict[str, Any]:
             )
             result.update(e2e)
             usage.update(e2e_usage)
+        result["agent"] = await agent_part(console, kafka_endpoint, pg.url, make_run_dir("bench-agent"))
         result["services"] = usage
     # The flash sale under never_cancel, on infrastructure of its own (after the parts above released theirs).
     result["flash_sale"] = await flash_sale_row(lambda m: console.print(f"[dim]{m}[/]"))
