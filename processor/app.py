@@ -72,6 +72,7 @@ from stocksync.kafka import AsyncProducer, DeliveryError, consumer_config, produ
 log = logging.getLogger(__name__)
 
 REFUSED = frozenset({"rejected", "unknown_sku", "invalid"})
+GATHER_SLICE_S = 0.005  # how long one consume waits while the batch before is applied
 
 
 @dataclass
@@ -238,17 +239,22 @@ class Processor:
     allocation: AllocationConfig
     progress: Progress = field(default_factory=Progress)
     assigned: set[tuple[str, int]] = field(default_factory=set)
+    applying: bool = False  # a batch is in PostgreSQL: the next one may gather meanwhile (gather)
 
     async def apply(self, batch: Decoded) -> list[Outgoing]:
         """Apply one batch (retried until it commits); what it publishes."""
-        return await commit_batch(
-            self.pool,
-            batch,
-            self.metrics,
-            progress=self.progress,
-            skew=timedelta(seconds=self.settings.clock_skew_s),
-            allocation=self.allocation,
-        )
+        self.applying = True
+        try:
+            return await commit_batch(
+                self.pool,
+                batch,
+                self.metrics,
+                progress=self.progress,
+                skew=timedelta(seconds=self.settings.clock_skew_s),
+                allocation=self.allocation,
+            )
+        finally:
+            self.applying = False
 
     async def publish(self, records: list[Outgoing], after: asyncio.Future[None] | None) -> None:
         """Publish a committed batch's records once the batch before it is acknowledged (so the results
@@ -263,17 +269,25 @@ class Processor:
         self.metrics.stalled.set(0)
 
     async def gather(self) -> list[Message]:
-        """Wait up to 0.2 s for a first record, then gather more for up to PROCESSOR_BATCH_WITHIN_S (or
-        until PROCESSOR_BATCH_MAX): at low traffic a record waits for no full batch."""
+        """Wait up to 0.2 s for a first record, then take what the consumer already holds, up to
+        PROCESSOR_BATCH_MAX. While the batch before is being applied, go on gathering (in slices of
+        GATHER_SLICE_S) until it is done or PROCESSOR_BATCH_WITHIN_S has passed: a busy pipeline batches
+        itself (what arrives during one apply joins the next batch), an idle one applies a lone record at
+        once instead of waiting for company (an agent's reservation waits on that answer)."""
         first = await asyncio.to_thread(self.consumer.poll, 0.2)
         if first is None:
             return []
         messages = [first]
         deadline = time.monotonic() + self.settings.batch_within_s
-        while len(messages) < self.settings.batch_max and (left := deadline - time.monotonic()) > 0:
-            messages += await asyncio.to_thread(
-                self.consumer.consume, self.settings.batch_max - len(messages), left
+        while len(messages) < self.settings.batch_max:
+            left = deadline - time.monotonic()
+            wait = min(GATHER_SLICE_S, left) if self.applying and left > 0 else 0.0
+            got = await asyncio.to_thread(
+                self.consumer.consume, self.settings.batch_max - len(messages), wait
             )
+            messages += got
+            if not got and wait == 0.0:
+                break
         readable = []
         for m in messages:
             if m.error() is None:

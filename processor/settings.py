@@ -20,7 +20,12 @@ class ProcessorSettings(BaseSettings):
         "stocksync-processor", description="The consumer group id of the processor's workers."
     )
     batch_max: int = Field(500, ge=1, description="Most events applied in one database transaction.")
-    batch_within_s: float = Field(0.02, gt=0, description="Longest wait to fill a batch.")
+    batch_within_s: float = Field(
+        0.02,
+        gt=0,
+        description="Longest wait to fill a batch while the one before is being applied (an idle processor "
+        "applies what it holds at once).",
+    )
     datadir: Path = Field(
         default_factory=lambda: Path(tempfile.gettempdir()) / "stocksync-processor",
         description="Unused since issue 15 (was Faust's local state directory); accepted, so that existing "
