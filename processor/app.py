@@ -33,6 +33,13 @@ Delivery: at least once, never acknowledged before applied.
   partitions go; a batch still waiting for its acknowledgement, or gathered across the revocation, is
   redone by the new owner, its events duplicates that re-emit their stored results.
 tests/e2e/test_processor_guarantees.py checks all of this against worker processes.
+
+Batching: an idle processor applies what its consumer holds at once (a lone record, such as an agent's
+reservation waiting on its answer, waits for no company); while a batch is in PostgreSQL the next one goes on
+gathering, up to PROCESSOR_BATCH_WITHIN_S, so a busy pipeline batches itself.
+
+Beside the loop: the ops server (processor.ops) and the reservation sweep, which turns every hold past its
+expiry into a ``reservation_released`` event (reason ``expired``) on inventory.events, applied like any other.
 """
 
 from __future__ import annotations
