@@ -10,6 +10,7 @@ import typer
 from channels.connection_store import connections_or_exit
 from fanout.app import run_fanout
 from fanout.settings import FanoutSettings
+from fanout.subscribers import SubscriberSettings, run_subscribers
 from stocksync import logs
 from stocksync.lifecycle import run_until_signalled
 
@@ -19,8 +20,28 @@ def main(
         list[str] | None,
         typer.Option(help="Channel to serve; repeat for several (default: FANOUT_CHANNELS)."),
     ] = None,
+    subscribers: Annotated[
+        bool,
+        typer.Option(
+            "--subscribers",
+            help="Send the signed availability webhooks of agent_subscribers (group fanout.subscribers) "
+            "instead of serving channels (fanout/subscribers.py).",
+        ),
+    ] = False,
 ) -> None:
     logs.configure("fanout")
+    if subscribers:
+        if channel:
+            raise typer.BadParameter(
+                "--subscribers runs no channel workers; run --channel in another process"
+            )
+        subscriber_settings = SubscriberSettings()
+
+        async def send_webhooks(stop: asyncio.Event) -> None:
+            await run_subscribers(subscriber_settings, stop)
+
+        run_until_signalled(send_webhooks)
+        return
     settings = FanoutSettings() if not channel else FanoutSettings(channels=channel)
     connections = connections_or_exit(
         settings.connections_file,

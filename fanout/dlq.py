@@ -29,6 +29,8 @@ from schemas.fanout_dlq import UpdateDeadLettered
 from stocksync.kafka import read_to_end
 from stocksync.settings import KafkaSettings
 
+SUBSCRIBER = "subscriber"  # the channel of an agent subscriber's dead letters (fanout/subscribers.py)
+
 
 def read_dead_letters(kafka: KafkaSettings, *, connection: str | None = None) -> list[UpdateDeadLettered]:
     """Every dead letter in the topic (optionally of one connection), oldest first."""
@@ -56,8 +58,10 @@ class Replayed:
 async def replay(
     letters: list[UpdateDeadLettered], connections: ConnectionRegistry, database_url: str
 ) -> list[Replayed]:
-    """Bring each dead-lettered (connection, SKU) to what the master allows now."""
-    newest = {(d.connection_id, d.sku): d for d in letters}
+    """Bring each dead-lettered (connection, SKU) to what the master allows now. A subscriber's letters
+    (channel ``subscriber``, fanout/subscribers.py) are not replayed: the SKU's next change brings that
+    subscriber up to date, and it holds no count of its own that could be wrong."""
+    newest = {(d.connection_id, d.sku): d for d in letters if d.channel != SUBSCRIBER}
     out: list[Replayed] = []
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
         for (conn_id, sku), letter in newest.items():

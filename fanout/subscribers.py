@@ -66,10 +66,9 @@ committed offsets back for as long as its retries take (per SKU about a minute, 
 time); past ``FANOUT_SUBSCRIBER_MAX_UNSETTLED`` batches not yet acknowledged the worker stops consuming
 (every subscriber then waits) until they settle. While PostgreSQL is away the worker consumes nothing new and
 retries. A subscriber's dead letter is there to be read (``stocksync dlq list``); the SKU's next change brings
-the subscriber up to date. ``stocksync dlq replay`` knows only channel connections: it reports a
-subscriber's letters as ``unknown_connection`` (and exits 1); ``--connection ID`` replays one channel
-connection's letters alone. Secrets are kept in the table as they are (they sign every request); the
-command line shows each once. The ``limited_stock`` threshold is the default one (5).
+the subscriber up to date, so ``stocksync dlq replay`` leaves a subscriber's letters alone. Secrets are
+kept in the table as they are (they sign every request); the command line shows each once. The
+``limited_stock`` threshold is the default one (5).
 
 Metrics on ``FANOUT_PORT``: ``fanout_subscriber_deliveries_total{outcome}``,
 ``fanout_subscriber_attempts_total{result}``, ``fanout_subscriber_delivery_lag_seconds`` (commit of the
@@ -110,6 +109,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from allocation.availability import agent_visible, status
 from allocation.policy import Rule, rules_for
 from allocation.rules import Policy
+from fanout.dlq import SUBSCRIBER
 from fanout.metrics import FanoutMetrics
 from fanout.ops import serve_ops
 from fanout.settings import FanoutSettings
@@ -125,7 +125,7 @@ log = logging.getLogger(__name__)
 
 GROUP = "fanout.subscribers"
 """The consumer group (before the deployment's prefix), named like the channel workers' groups."""
-CHANNEL = "subscriber"
+CHANNEL = SUBSCRIBER  # the dead letters' channel: fanout.dlq.replay leaves them alone
 """The ``channel`` of a subscriber's dead letter on ``fanout.dlq``."""
 SIGNATURE_TOLERANCE_S = 300
 """How far from its clock a receiver should accept ``X-Stocksync-Timestamp`` (documented, not enforced)."""
