@@ -29,7 +29,7 @@ from channels.connection import Connection, ConnectionRegistry
 from channels.errors import ChannelError, PayloadError
 from channels.payload import LinesRefused, RefusedLine
 from channels.registry import SPECS
-from ingest import admin, reservations
+from ingest import admin, availability, openapi, reservations
 from ingest.metrics import IngestMetrics
 from ingest.settings import IngestSettings
 from ingest.state import CONNECTIONS, HTTP, METRICS, POOL, PRODUCER, SETTINGS, Directory, publish_all
@@ -305,5 +305,7 @@ def build_app(
     app.router.add_get("/readyz", health.Readiness({"kafka": health.kafka_check(settings.kafka)}).handle)
     app.router.add_get("/metrics", metrics_handler(registry))
     admin.add_routes(app)
+    availability.add_routes(app)
     reservations.add_routes(app)
+    openapi.add_routes(app)
     return app
