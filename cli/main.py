@@ -24,7 +24,9 @@ from rich.table import Table
 
 from cli.connections import connections_app, tenants_app
 from cli.errors import BoundaryGroup, LabMissing, kafka_reachable
+from cli.feed import feed_app
 from cli.policy import policy_app
+from cli.subscribers import subscribers_app
 from reconciler.cli import reconcile as reconcile_command
 from schemas import TOPICS
 from stocksync.db import migrate as apply_migrations
@@ -44,6 +46,8 @@ console = Console(emoji=False)  # ids such as "admin:receipt:R-1" must print as 
 app.add_typer(connections_app, name="connections")
 app.add_typer(tenants_app, name="tenants")
 app.add_typer(policy_app, name="policy")
+app.add_typer(feed_app, name="feed")
+app.add_typer(subscribers_app, name="subscribers")
 app.command("reconcile")(reconcile_command)
 
 

@@ -53,6 +53,7 @@ def minimal_args(path: tuple[str, ...], *, database_url: str, empty_file: Path) 
         "id": "shop-x",
         "webhook_secret": "s",
         "file": str(empty_file),  # a connections file: empty is valid
+        "url": "http://127.0.0.1:1",  # a subscriber's URL (checked before PostgreSQL is reached)
     }
     args: list[str] = []
     for param in command.params:
