@@ -12,12 +12,12 @@ For every change of such a SKU each subscriber that asked for it is POSTed what 
 ``available`` is ``allocation.availability.agent_visible`` of the master count: under ``never_cancel`` the
 units no marketplace was granted (``available - buffer - sum(allocations.granted)``), under ``mirror`` the
 count less the buffer; ``status`` is ``allocation.availability.status`` of it (``out_of_stock``,
-``limited_stock`` at 5 or fewer, ``in_stock``). The policy and buffer are the SKU's or tenant's row of
-``allocation_policies`` (``allocation.policy.rules_for``), else the record's own policy (the processor's
-default when it applied the change); the grants are read as they stand when the batch is handled. That is
-the rule the processor holds a reservation by, so a subscriber is told what an agent could reserve. The
-rules and grants of a batch's SKUs are read in three statements at most, whatever its size. ``version`` is
-the master record's version of the SKU and ``as_of`` its commit time.
+``limited_stock`` at or below the tenant's threshold, allocation.thresholds, else ``in_stock``). The policy
+and buffer are the SKU's or tenant's row of ``allocation_policies`` (``allocation.policy.rules_for``), else
+the record's own policy (the processor's default when it applied the change); the grants are read as they
+stand when the batch is handled. That is the rule the processor holds a reservation by, so a subscriber is
+told what an agent could reserve. The rules and grants of a batch's SKUs are read in three statements at most,
+whatever its size. ``version`` is the master record's version of the SKU and ``as_of`` its commit time.
 
 **Signature.** Each request carries ``Content-Type: application/json``, ``X-Stocksync-Timestamp`` (Unix
 seconds when the attempt was made), ``X-Stocksync-Signature: sha256=<hex>``, the HMAC-SHA256 with the
@@ -67,8 +67,7 @@ time); past ``FANOUT_SUBSCRIBER_MAX_UNSETTLED`` batches not yet acknowledged the
 (every subscriber then waits) until they settle. While PostgreSQL is away the worker consumes nothing new and
 retries. A subscriber's dead letter is there to be read (``stocksync dlq list``); the SKU's next change brings
 the subscriber up to date, so ``stocksync dlq replay`` leaves a subscriber's letters alone. Secrets are
-kept in the table as they are (they sign every request); the command line shows each once. The
-``limited_stock`` threshold is the default one (5).
+kept in the table as they are (they sign every request); the command line shows each once.
 
 Metrics on ``FANOUT_PORT``: ``fanout_subscriber_deliveries_total{outcome}``,
 ``fanout_subscriber_attempts_total{result}``, ``fanout_subscriber_delivery_lag_seconds`` (commit of the
@@ -106,9 +105,10 @@ from psycopg_pool import AsyncConnectionPool
 from pydantic import Field, TypeAdapter, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from allocation.availability import agent_visible, status
+from allocation.availability import LIMITED_AT, agent_visible, status
 from allocation.policy import Rule, rules_for
 from allocation.rules import Policy
+from allocation.thresholds import limited_at_for
 from fanout.dlq import SUBSCRIBER
 from fanout.metrics import FanoutMetrics
 from fanout.ops import serve_ops
@@ -345,12 +345,12 @@ class Change:
         return (self.tenant, self.sku)
 
 
-def change_of(record: StockChanged, visible: int) -> Change:
+def change_of(record: StockChanged, visible: int, limited_at: int = LIMITED_AT) -> Change:
     payload: dict[str, Any] = {
         "tenant": record.tenant,
         "sku": record.sku,
         "available": visible,
-        "status": status(visible),
+        "status": status(visible, limited_at=limited_at),
         "version": record.version,
         "as_of": record.committed_at.isoformat(),
     }
@@ -358,10 +358,11 @@ def change_of(record: StockChanged, visible: int) -> Change:
     return Change(record.tenant, record.sku, record.version, visible, record.committed_at, payload, body)
 
 
-async def agent_counts(conn: AsyncConnection, records: Sequence[StockChanged]) -> dict[Key, int]:
-    """What agents may see of each record's SKU (allocation.availability.agent_visible), set-based: the rules
-    of every SKU (one statement per policy the records carry, which stands for the processor's default where
-    no row exists) and the sum of each SKU's grants (one statement)."""
+async def agent_counts(conn: AsyncConnection, records: Sequence[StockChanged]) -> dict[Key, tuple[int, int]]:
+    """What agents may see of each record's SKU (allocation.availability.agent_visible) and its tenant's
+    ``limited_stock`` threshold (allocation.thresholds), set-based: the rules of every SKU (one statement per
+    policy the records carry, which stands for the processor's default where no row exists), the sum of each
+    SKU's grants and the tenants' thresholds (one statement each)."""
     by_policy: dict[Policy, list[Key]] = {}
     for r in records:
         by_policy.setdefault(r.policy, []).append((r.tenant, r.sku))
@@ -376,13 +377,15 @@ async def agent_counts(conn: AsyncConnection, records: Sequence[StockChanged]) -
         ([t for t, _ in keys], [s for _, s in keys]),
     )
     granted = {(str(t), str(s)): int(g) for t, s, g in await cur.fetchall()}
-    out: dict[Key, int] = {}
+    limits = await limited_at_for(conn, (t for t, _ in keys))
+    out: dict[Key, tuple[int, int]] = {}
     for r in records:
         key = (r.tenant, r.sku)
         rule = rules[key]
-        out[key] = agent_visible(
+        visible = agent_visible(
             r.available, policy=rule.policy, buffer=rule.buffer, granted=granted.get(key, 0)
         )
+        out[key] = (visible, limits[r.tenant])
     return out
 
 
@@ -862,7 +865,9 @@ class SubscriberWorker:
                 log.error("skipping a record of %s that does not parse: %s", m.topic(), exc)
         return out
 
-    async def _counts(self, records: list[StockChanged], stop: asyncio.Event) -> dict[Key, int] | None:
+    async def _counts(
+        self, records: list[StockChanged], stop: asyncio.Event
+    ) -> dict[Key, tuple[int, int]] | None:
         """agent_counts, retried while PostgreSQL cannot answer; None if `stop` came first."""
         wait = 0.5
         while not stop.is_set():
@@ -895,7 +900,7 @@ class SubscriberWorker:
             for r in newest.values()
             if any(box.subscriber.wants(r.tenant, r.sku) for box in self.by_tenant.get(r.tenant, ()))
         ]
-        counts: dict[Key, int] = {}
+        counts: dict[Key, tuple[int, int]] = {}
         if wanted:
             found = await self._counts(wanted, stop)
             if found is None:
@@ -906,7 +911,7 @@ class SubscriberWorker:
         touched: set[str] = set()
         for r in wanted:
             key = (r.tenant, r.sku)
-            change = change_of(r, counts[key])
+            change = change_of(r, *counts[key])
             for box in self.by_tenant.get(r.tenant, ()):
                 if box.subscriber.wants(r.tenant, r.sku):
                     box.offer(change, ticket, superseded=seen[key] - 1)

@@ -85,8 +85,9 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from pydantic import TypeAdapter, ValidationError
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_fixed
 
-from allocation.availability import agent_visible, status
+from allocation.availability import LIMITED_AT, agent_visible, status
 from allocation.policy import Key, Rule, rules_for
+from allocation.thresholds import limited_at_for
 from ingest.auth import error, tenant_of
 from ingest.state import POOL, SETTINGS
 from schemas import stock_changed
@@ -146,14 +147,21 @@ class Unavailable(RuntimeError):
 
 
 def shown(
-    sku: str, available: int, version: int, as_of: datetime, rule: Rule, granted: int
+    sku: str,
+    available: int,
+    version: int,
+    as_of: datetime,
+    rule: Rule,
+    granted: int,
+    limited_at: int = LIMITED_AT,
 ) -> dict[str, Any]:
-    """The availability of one SKU as the API and the stream show it."""
+    """The availability of one SKU as the API and the stream show it (`limited_at`: the tenant's
+    ``limited_stock`` threshold, allocation.thresholds)."""
     visible = agent_visible(available, policy=rule.policy, buffer=rule.buffer, granted=granted)
     return {
         "sku": sku,
         "available": visible,
-        "status": status(visible),
+        "status": status(visible, limited_at=limited_at),
         "version": version,
         "as_of": as_of.isoformat(),
     }
@@ -161,8 +169,9 @@ def shown(
 
 async def _rules_and_grants(
     conn: AsyncConnection, keys: Iterable[Key]
-) -> tuple[dict[Key, Rule], dict[Key, int]]:
-    """The rule of each (tenant, sku) and the sum of its grants (0 where none): two statements."""
+) -> tuple[dict[Key, Rule], dict[Key, int], dict[str, int]]:
+    """The rule of each (tenant, sku), the sum of its grants (0 where none) and each tenant's
+    ``limited_stock`` threshold: three statements."""
     keys = list(dict.fromkeys(keys))
     cur = await conn.execute(
         "SELECT a.tenant, a.sku, sum(a.granted) FROM allocations a "
@@ -171,7 +180,7 @@ async def _rules_and_grants(
         ([t for t, _ in keys], [s for _, s in keys]),
     )
     granted = {(str(t), str(s)): int(g) async for t, s, g in cur}
-    return await rules_for(conn, keys), granted
+    return await rules_for(conn, keys), granted, await limited_at_for(conn, (t for t, _ in keys))
 
 
 def _invalid_skus(skus: Sequence[str]) -> web.Response | None:
@@ -220,11 +229,12 @@ async def _read(request: web.Request, tenant: str, skus: list[str]) -> list[dict
             )
             rows = await cur.fetchall()
             rules = await rules_for(conn, [(tenant, str(row[0])) for row in rows]) if rows else {}
+            limited_at = (await limited_at_for(conn, [tenant]))[tenant]
     except (PoolTimeout, psycopg.OperationalError, OSError) as exc:
         log.warning("availability read for tenant %s: master record unreachable: %s", tenant, exc)
         return _unavailable("the master record (PostgreSQL) is unreachable; retry shortly")
     return [
-        shown(sku, int(available), int(version), as_of, rules[tenant, sku], int(granted))
+        shown(sku, int(available), int(version), as_of, rules[tenant, sku], int(granted), limited_at)
         for sku, available, version, as_of, granted in rows
     ]
 
@@ -589,7 +599,9 @@ async def _changes(
     while True:
         try:
             async with pool.connection(timeout=2.0) as conn:
-                rules, granted = await _rules_and_grants(conn, ((r.tenant, r.sku) for *_, r in records))
+                rules, granted, limits = await _rules_and_grants(
+                    conn, ((r.tenant, r.sku) for *_, r in records)
+                )
             break
         except (PoolTimeout, psycopg.OperationalError, OSError) as exc:
             if not failing:
@@ -605,7 +617,9 @@ async def _changes(
     out = []
     for p, o, r in records:
         key = (r.tenant, r.sku)
-        data = shown(r.sku, r.available, r.version, r.committed_at, rules[key], granted.get(key, 0))
+        data = shown(
+            r.sku, r.available, r.version, r.committed_at, rules[key], granted.get(key, 0), limits[r.tenant]
+        )
         out.append(Change(r.tenant, r.sku, r.version, p, o, json.dumps(data, separators=(",", ":"))))
     return out
 

@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from allocation.thresholds import set_limited_at
 from channels.connection import ConnectionRegistry, TenantToken, token_digest
 from ingest.app import build_app
 from ingest.settings import IngestSettings
@@ -130,6 +131,16 @@ async def test_each_policy_shows_what_an_agent_may_hold(client: Client) -> None:
     assert (await read(client, "G-1", GLOBEX))["available"] == 2
     assert (await read(client, "G-1", GLOBEX))["status"] == "limited_stock"
     assert (await read(client, "BIG", GLOBEX))["available"] == 99
+
+
+async def test_a_tenants_own_threshold_decides_limited_stock(client: Client, database_url: str) -> None:
+    """The tenant's threshold (stocksync feed thresholds) is the one the read API uses, as the feed does."""
+    assert (await read(client, "BIG"))["status"] == "in_stock"  # 12 units, default threshold 5
+    set_limited_at(database_url, "acme", 12)
+    assert (await read(client, "BIG"))["status"] == "limited_stock"
+    assert (await read(client, "G-1", GLOBEX))["status"] == "limited_stock"  # globex keeps the default
+    set_limited_at(database_url, "globex", 0)
+    assert (await read(client, "G-1", GLOBEX))["status"] == "in_stock"
 
 
 async def test_a_batch_answers_known_skus_in_order_and_names_the_unknown(client: Client) -> None:
