@@ -4,26 +4,32 @@ On a sandbox of its own (fresh database and topics; a gateway and a processor pr
 tenant with ample stock of a few SKUs: an open loop of holds (``POST /v1/reservations``) at AGENT_RATE
 requests/s, then the same rate of commits of those holds (``POST /v1/reservations/{id}/commit``), each timed
 from when it was due until its answer (lab.bench.load.drive: requests built before the clock starts, no
-coordinated omission). A round trip is the gateway publishing the step (acks=all), the processor deciding it
-in a batch and committing, PostgreSQL's NOTIFY waking the gateway, and the gateway reading the decision back.
+coordinated omission); meanwhile a client of the tenant's availability stream times each message from its
+change's commit (``as_of``) to its arrival. A round trip is the gateway publishing the step (acks=all), the
+processor deciding it in a batch and committing, PostgreSQL's NOTIFY waking the gateway, and the gateway
+reading the decision back.
 Target: p99 <= 50 ms at 100 requests/s.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import urllib.error
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import psycopg
 from rich.console import Console
 
 from channels.connection import TenantToken, to_toml, token_digest
 from ingest.reservations import reservation_id
 from lab.bench.load import RawHttp, drive
+from lab.bench.stats import ms
 from lab.local.kafka import KafkaEndpoint
 from lab.local.process import wait_until
 from lab.sandbox import sandbox
@@ -42,11 +48,29 @@ def _ready(url: str) -> bool:
         return False
 
 
-def _requests(port: int, count: int, *, commit: bool) -> list[bytes]:
+async def _stream_lags(base: str, lags: list[float], listening: asyncio.Event) -> None:
+    """Read the tenant's availability stream; each message's lag from its change's commit (``as_of``) to
+    its arrival here, in seconds (same machine, same clock)."""
+    headers = {"Authorization": f"Bearer {TOKEN}", "Accept": "text/event-stream"}
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as http,
+        http.get(f"{base}/v1/availability/stream", headers=headers) as resp,
+    ):
+        resp.raise_for_status()
+        async for raw in resp.content:
+            line = raw.decode().rstrip("\n")
+            if line.startswith(": connected"):
+                listening.set()
+            elif line.startswith("data:"):
+                data = json.loads(line[5:])
+                lags.append((datetime.now(UTC) - datetime.fromisoformat(data["as_of"])).total_seconds())
+
+
+def _requests(port: int, count: int, *, commit: bool, first: int = 0) -> list[bytes]:
     http = RawHttp("127.0.0.1", port)
     headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
     out = []
-    for n in range(count):
+    for n in range(first, first + count):
         key = f"bench-{n}"
         if commit:
             out.append(http.request(f"/v1/reservations/{reservation_id(TENANT, key)}/commit", b"", headers))
@@ -85,22 +109,42 @@ async def agent_part(
             wait_until, lambda: _ready(f"http://127.0.0.1:{ops}/readyz"), timeout_s=60, what="the processor"
         )
         result: dict[str, Any] = {"rate_per_s": AGENT_RATE, "p99_target_ms": AGENT_P99_TARGET_MS}
-        for step, commit in (("hold", False), ("commit", True)):
+        # holds, commits of them, then holds again with a client of the availability stream attached (its
+        # lag from each change's commit; and what serving it costs the round trips)
+        phases = (("hold", "hold", False), ("commit", "commit", False), ("hold_streamed", "hold", True))
+        for n, (name, step, streamed) in enumerate(phases):
+            lags: list[float] = []
+            stream = None
+            if streamed:
+                listening = asyncio.Event()
+                stream = asyncio.create_task(_stream_lags(f"http://127.0.0.1:{port}", lags, listening))
+                await asyncio.wait_for(listening.wait(), 30)
             console.print(
-                f"agent: {step}s at {AGENT_RATE:,.0f}/s, {warmup:.0f} s warm-up, {seconds:.0f} s measured"
+                f"agent: {step}s at {AGENT_RATE:,.0f}/s{' with a stream client' if streamed else ''}, "
+                f"{warmup:.0f} s warm-up, {seconds:.0f} s measured"
             )
             run = await drive(
                 port,
-                _requests(port, count, commit=commit),
+                _requests(port, count, commit=step == "commit", first=0 if n < 2 else count),
                 concurrency=32,
                 warmup_s=warmup,
                 seconds=seconds,
                 rate=AGENT_RATE,
             )
-            result[step] = {
+            result[name] = {
                 k: run[k]
                 for k in ("webhooks", "ack_p50_ms", "ack_p90_ms", "ack_p99_ms", "ack_max_ms", "statuses")
             }
+            if stream is not None:
+                stream.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await stream
+                result["sse"] = {
+                    "messages": len(lags),
+                    "lag_p50_ms": ms(lags, 50),
+                    "lag_p99_ms": ms(lags, 99),
+                    "lag_max_ms": round(max(lags) * 1000, 1) if lags else None,
+                }
         result["meets_target"] = all(
             result[step]["ack_p99_ms"] is not None and result[step]["ack_p99_ms"] <= AGENT_P99_TARGET_MS
             for step in ("hold", "commit")
