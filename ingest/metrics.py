@@ -53,7 +53,7 @@ class IngestMetrics:
         )
         self.reservations = Counter(
             "reservation_requests_total",
-            "Reservation API calls by action (hold, commit, release, read) and answer (held, refused, ...).",
+            "Reservation API calls by action (hold, commit, release, read) and the HTTP status answered.",
             ["action", "outcome"],
             registry=registry,
         )
