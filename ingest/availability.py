@@ -9,9 +9,10 @@ carries only the token's tenant. ``available`` is what an agent may see and hold
 (allocation.availability.agent_visible: the allocation's slack under ``never_cancel``, the count less the
 buffer under ``mirror``) from the master count, the SKU's rule (allocation.policy.rules_for) and the sum of
 its marketplace grants; ``status`` is ``in_stock``, ``limited_stock`` (at most the tenant's threshold,
-allocation.thresholds; LIMITED_AT by default) or ``out_of_stock``; ``version`` is the master record's per-SKU version; ``as_of`` is the master record's
-``updated_at`` (read API) or the change's ``committed_at`` (stream). A batch read is two SQL statements
-whatever the number of SKUs (and one for the tenant's threshold). A SKU literally named ``stream`` is read with the batch form.
+allocation.thresholds; LIMITED_AT by default) or ``out_of_stock``; ``version`` is the master record's per-SKU
+version; ``as_of`` is the master record's ``updated_at`` (read API) or the change's ``committed_at`` (stream).
+A batch read is two SQL statements whatever the number of SKUs (and one for the tenant's threshold). A SKU
+literally named ``stream`` is read with the batch form.
 
 The stream is fed from ``stock.changed``. Each message is::
 

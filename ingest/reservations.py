@@ -275,50 +275,49 @@ class ReservationsApi:
             return error(404, f"no reservation {rid!r} for tenant {tenant!r}")
         return row
 
-    async def _commit(self, request: web.Request, tenant: str) -> web.Response:
+    async def _step(
+        self, request: web.Request, tenant: str, step: Literal["commit", "release"]
+    ) -> tuple[dict[str, Any], dict[str, Any]] | web.Response:
+        """Publish a commit or release of the named reservation and wait for its decision; (decision, the
+        reservation as it stands after it), else the answer to send."""
         row = await self._named(request, tenant)
         if isinstance(row, web.Response):
             return row
         rid, now = row["reservation_id"], datetime.now(UTC)
-        event = ReservationCommitted(
-            event_id=reservation_event_id(rid, "commit"),
-            tenant=tenant,
-            sku=row["sku"],
-            quantity=row["quantity"],
-            reservation_id=rid,
-            connection_id="agent",
-            occurred_at=now,
-            received_at=now,
+        fields: dict[str, Any] = {
+            "event_id": reservation_event_id(rid, step),
+            "tenant": tenant,
+            "sku": row["sku"],
+            "quantity": row["quantity"],
+            "reservation_id": rid,
+            "connection_id": "agent",
+            "occurred_at": now,
+            "received_at": now,
+        }
+        event: ReservationEvent = (
+            ReservationCommitted(**fields)
+            if step == "commit"
+            else ReservationReleased(reason="released", **fields)
         )
         decided = await self._decide(event)
         if isinstance(decided, web.Response):
             return decided
-        after = await self._row(tenant, rid) or row
+        return decided, await self._row(tenant, rid) or row
+
+    async def _commit(self, request: web.Request, tenant: str) -> web.Response:
+        done = await self._step(request, tenant, "commit")
+        if isinstance(done, web.Response):
+            return done
+        decided, after = done
         if decided["outcome"] != "applied":
             return error(409, f"not committed: {decided['reason'] or decided['outcome']}", **_public(after))
         return web.json_response(_public(after))
 
     async def _release(self, request: web.Request, tenant: str) -> web.Response:
-        row = await self._named(request, tenant)
-        if isinstance(row, web.Response):
-            return row
-        rid, now = row["reservation_id"], datetime.now(UTC)
-        reason: Literal["released"] = "released"
-        event = ReservationReleased(
-            event_id=reservation_event_id(rid, "release"),
-            tenant=tenant,
-            sku=row["sku"],
-            quantity=row["quantity"],
-            reservation_id=rid,
-            reason=reason,
-            connection_id="agent",
-            occurred_at=now,
-            received_at=now,
-        )
-        decided = await self._decide(event)
-        if isinstance(decided, web.Response):
-            return decided
-        after = await self._row(tenant, rid) or row
+        done = await self._step(request, tenant, "release")
+        if isinstance(done, web.Response):
+            return done
+        _decided, after = done
         if after["state"] == "committed":
             return error(409, "already committed: a sale now; cancel the order to restock", **_public(after))
         return web.json_response(_public(after))
