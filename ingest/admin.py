@@ -37,8 +37,8 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
 )
-from pydantic_core import ErrorDetails
 
+from ingest.answers import body_as, error
 from ingest.state import CONNECTIONS, METRICS, POOL, PRODUCER, SETTINGS, publish_all
 from schemas.base import Count, Quantity, Sku, Tenant
 from schemas.inventory_events import TOPIC, StockCounted, StockReceived, encode, headers, key
@@ -68,34 +68,6 @@ class ReceiptIn(BaseModel):
     reference: str | None = Field(None, max_length=200)
 
 
-# pydantic error types that mean "not a whole number in range": answered with the field's range
-_NUMBER_ERRORS = frozenset(
-    {"greater_than_equal", "less_than_equal", "int_type", "int_parsing", "int_from_float", "int_parsing_size"}
-)
-
-
-def _problem(model: type[BaseModel], error: ErrorDetails) -> str:
-    """One refused field of a request body for a person: ``field: what it must be (got what)``."""
-    field = ".".join(map(str, error["loc"])) or "body"
-    info = model.model_fields.get(str(error["loc"][0])) if error["loc"] else None
-    if info is not None and error["type"] in _NUMBER_ERRORS:
-        # the field's Ge/Le constraints (schemas.base Count, Quantity)
-        low = next((m.ge for m in info.metadata if hasattr(m, "ge")), None)
-        high = next((m.le for m in info.metadata if hasattr(m, "le")), None)
-        if low is not None and high is not None:
-            return f"{field}: must be a whole number between {low} and {high} (got {error['input']!r})"
-    if error["type"] == "model_type":
-        return f"body: must be a JSON object with the fields {', '.join(model.model_fields)}"
-    if error["type"] == "extra_forbidden":
-        return f"{field}: not a field of this request; allowed: {', '.join(model.model_fields)}"
-    return f"{field}: {error['msg']}"
-
-
-def _error(status: int, message: str, **extra: Any) -> web.Response:
-    headers = {"WWW-Authenticate": 'Bearer realm="stocksync"'} if status == 401 else None
-    return web.json_response({"error": message, **extra}, status=status, headers=headers)
-
-
 class AdminApi:
     """Handlers over the gateway's shared pieces (ingest.state; ingest.app owns their lifetimes)."""
 
@@ -110,37 +82,32 @@ class AdminApi:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             metrics.admin.labels(action, "unauthorized").inc()
-            return _error(
+            return error(
                 401, "missing bearer token: send 'Authorization: Bearer <your tenant's admin token>'"
             )
         owner = self.app[CONNECTIONS].current.tenant_for_token(token.strip())
         if owner is None:
             metrics.admin.labels(action, "unauthorized").inc()
-            return _error(401, "unknown admin token: check it, or issue one with `stocksync tenants add`")
+            return error(401, "unknown admin token: check it, or issue one with `stocksync tenants add`")
         tenant, sku = request.match_info["tenant"], request.match_info["sku"]
         if tenant != owner:
             metrics.admin.labels(action, "forbidden").inc()
             log.warning("admin token of tenant %s used on tenant %s's SKU %s: refused", owner, tenant, sku)
-            return _error(403, f"this token belongs to tenant {owner!r}; it cannot act for tenant {tenant!r}")
+            return error(403, f"this token belongs to tenant {owner!r}; it cannot act for tenant {tenant!r}")
         try:
             _tenant.validate_python(tenant)
             _sku.validate_python(sku)
         except ValidationError as exc:
             metrics.admin.labels(action, "invalid").inc()
-            return _error(400, f"invalid tenant or SKU in the path: {exc.errors()[0]['msg']}")
+            return error(400, f"invalid tenant or SKU in the path: {exc.errors()[0]['msg']}")
         return tenant, sku
 
     async def _body(self, request: web.Request, model: type[CountIn] | type[ReceiptIn], action: str) -> Any:
         """The body as `model`; else the answer: 400 if it is not JSON, 422 if its content is refused."""
-        try:
-            return model.model_validate_json(await request.read())
-        except ValidationError as exc:
+        body = body_as(model, await request.read())
+        if isinstance(body, web.Response):
             self.app[METRICS].admin.labels(action, "invalid").inc()
-            errors = exc.errors()
-            if any(e["type"] == "json_invalid" for e in errors):
-                return _error(400, f"the request body is not JSON: {errors[0]['msg']}; send a JSON object")
-            problems = "; ".join(_problem(model, e) for e in errors)
-            return _error(422, f"invalid request body: {problems}")
+        return body
 
     async def _publish(self, action: str, event: StockCounted | StockReceived) -> web.Response:
         settings, metrics = self.app[SETTINGS], self.app[METRICS]
@@ -155,7 +122,7 @@ class AdminApi:
         except (TimeoutError, DeliveryError) as exc:
             metrics.admin.labels(action, "unavailable").inc()
             log.warning("admin %s for %s/%s not stored in Kafka: %r", action, event.tenant, event.sku, exc)
-            return _error(503, "event store unavailable; nothing was recorded, retry later")
+            return error(503, "event store unavailable; nothing was recorded, retry later")
         metrics.admin.labels(action, "accepted").inc()
         return web.json_response(
             {"status": "accepted", "event_id": event.event_id, "note": "applied by the processor shortly"},
@@ -231,10 +198,10 @@ class AdminApi:
         except (PoolTimeout, OSError) as exc:
             self.app[METRICS].admin.labels("read", "unavailable").inc()
             log.warning("admin read of %s/%s: master record unreachable: %s", tenant, sku, exc)
-            return _error(503, "the master record (PostgreSQL) is unreachable; retry later")
+            return error(503, "the master record (PostgreSQL) is unreachable; retry later")
         if record is None:
             self.app[METRICS].admin.labels("read", "not_found").inc()
-            return _error(404, f"tenant {tenant!r} has no SKU {sku!r}: record a count or a receipt first")
+            return error(404, f"tenant {tenant!r} has no SKU {sku!r}: record a count or a receipt first")
         self.app[METRICS].admin.labels("read", "ok").inc()
         return web.json_response(
             {

@@ -3,17 +3,10 @@ tenant only, and the tenant is the token's, never a path segment the caller choo
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 
+from ingest.answers import error
 from ingest.state import CONNECTIONS
-
-
-def error(status: int, message: str, **extra: Any) -> web.Response:
-    """A JSON error answer (``{"error": message, ...}``); a 401 names the scheme to use."""
-    headers = {"WWW-Authenticate": 'Bearer realm="stocksync"'} if status == 401 else None
-    return web.json_response({"error": message, **extra}, status=status, headers=headers)
 
 
 def tenant_of(request: web.Request) -> str | web.Response:

@@ -89,7 +89,8 @@ from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_fixed
 from allocation.availability import LIMITED_AT, agent_visible, status
 from allocation.policy import Key, Rule, rules_for
 from allocation.thresholds import limited_at_for
-from ingest.auth import error, tenant_of
+from ingest.answers import error
+from ingest.auth import tenant_of
 from ingest.state import POOL, SETTINGS
 from schemas import stock_changed
 from schemas.base import Sku

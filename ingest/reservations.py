@@ -37,10 +37,11 @@ from aiohttp import web
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
-from ingest.auth import error, tenant_of
+from ingest.answers import body_as, error
+from ingest.auth import tenant_of
 from ingest.state import METRICS, POOL, PRODUCER, SETTINGS, publish_all
 from schemas.base import Quantity, Sku
 from schemas.inventory_events import (
@@ -60,7 +61,6 @@ from stocksync.kafka import DeliveryError
 log = logging.getLogger(__name__)
 
 IdempotencyKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:-]{1,100}$")]
-RESERVATION_ID = r"rsv_[0-9a-f]{32}"
 POLL_S = 0.5  # while waiting, the outcome is also read this often (a notification may have been missed)
 MAX_TTL_S = 86_400
 
@@ -219,14 +219,9 @@ class ReservationsApi:
         return await self._guarded(request, "read", self._read)
 
     async def _hold(self, request: web.Request, tenant: str) -> web.Response:
-        try:
-            body = HoldIn.model_validate_json(await request.read())
-        except ValidationError as exc:
-            errors = exc.errors()
-            if any(e["type"] == "json_invalid" for e in errors):
-                return error(400, f"the request body is not JSON: {errors[0]['msg']}; send a JSON object")
-            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in errors)
-            return error(422, f"invalid reservation: {problems}")
+        body = body_as(HoldIn, await request.read(), refused="invalid reservation")
+        if isinstance(body, web.Response):
+            return body
         rid = reservation_id(tenant, body.idempotency_key)
         event_id = reservation_event_id(rid, "hold")
         now = datetime.now(UTC)
@@ -353,6 +348,7 @@ def add_routes(app: web.Application) -> None:
 
     app.cleanup_ctx.append(decisions)
     app.router.add_post("/v1/reservations", api.hold)
-    app.router.add_post(f"/v1/reservations/{{reservation_id:{RESERVATION_ID}}}/commit", api.commit)
-    app.router.add_delete(f"/v1/reservations/{{reservation_id:{RESERVATION_ID}}}", api.release)
-    app.router.add_get(f"/v1/reservations/{{reservation_id:{RESERVATION_ID}}}", api.read)
+    # Any id reaches the handler, so an unknown or malformed one is answered 404 in JSON like the rest.
+    app.router.add_post("/v1/reservations/{reservation_id}/commit", api.commit)
+    app.router.add_delete("/v1/reservations/{reservation_id}", api.release)
+    app.router.add_get("/v1/reservations/{reservation_id}", api.read)

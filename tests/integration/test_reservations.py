@@ -212,3 +212,30 @@ async def test_one_idempotency_key_is_one_reservation_and_tenants_reach_only_the
         assert (status, released["state"]) == (200, "released")
     assert available(database_url, "acme", "SKU-1") == 10
     assert available(database_url, "globex", "SKU-G") == 0
+    # bad requests are answered with what to send, and nothing is held
+    async with aiohttp.ClientSession() as http:
+        url = f"{gateway}/v1/reservations"
+        async with http.post(url, data=b"{not json", headers=bearer(ACME)) as resp:
+            assert resp.status == 400
+            assert "not JSON" in (await resp.json())["error"]
+        refusals: dict[str, tuple[dict[str, Any], str]] = {
+            "quantity": (
+                {"sku": "SKU-1", "quantity": 0, "idempotency_key": "b1"},
+                "between 1 and 2147483647",
+            ),
+            "ttl_s": ({"sku": "SKU-1", "quantity": 1, "ttl_s": 10**6, "idempotency_key": "b2"}, "ttl_s"),
+            "extra": ({"sku": "SKU-1", "quantity": 1, "idempotency_key": "b3", "price": 1}, "not a field"),
+            "key": ({"sku": "SKU-1", "quantity": 1, "idempotency_key": "no spaces"}, "idempotency_key"),
+            "missing": ({"sku": "SKU-1", "quantity": 1}, "idempotency_key"),
+        }
+        for case, (body, says) in refusals.items():
+            status, answer = await call(http, "POST", url, **body)
+            assert status == 422, case
+            assert says in answer["error"], (case, answer)
+        status, _ = await call(http, "GET", f"{url}/rsv_not-an-id")
+        assert status == 404
+    assert available(database_url, "acme", "SKU-1") == 10
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute("SELECT count(*) FROM ledger WHERE event_id LIKE 'rsv:%%'").fetchone()
+    # acme's hold and its release, globex's hold and its refused hold of a SKU it lacks: no bad request's
+    assert row == (4,)
