@@ -37,10 +37,9 @@ from allocation.rules import (
 from channels.connection import Connection, ConnectionRegistry
 from channels.registry import SPECS
 from processor.emit import Decision
+from processor.rules import SOLD
 from schemas.inventory_events import OrderCancelled, OrderPlaced
 from schemas.stock_allocated import Allotment, StockAllocated
-
-SOLD = ("applied", "rejected", "stale")  # a sale the channel took, whatever the master decided
 
 
 class Listed:

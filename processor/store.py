@@ -16,7 +16,7 @@ records an event the database cannot apply (processor.isolation decides when).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from functools import partial
@@ -24,8 +24,8 @@ from functools import partial
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 
-from allocation.policy import rules_for
-from allocation.rules import DEFAULT_POLICY, Policy
+from allocation.policy import Rule, rules_for
+from allocation.rules import DEFAULT_POLICY
 from processor.allocate import AllocationConfig, rebalance
 from processor.emit import Decision, Result, emit, invalid
 from processor.rules import (
@@ -44,6 +44,7 @@ from schemas.inventory_events import (
     AnyInventoryEvent,
     OrderCancelled,
     ReservationCommitted,
+    ReservationEvent,
     ReservationHeld,
     ReservationReleased,
     StockCounted,
@@ -82,14 +83,11 @@ async def _masters(conn: AsyncConnection, keys: list[Key]) -> dict[Key, Master]:
 
 
 async def _known(
-    conn: AsyncConnection,
-    events: Sequence[AnyInventoryEvent],
-    skew: timedelta,
-    default_policy: Policy = DEFAULT_POLICY,
+    conn: AsyncConnection, events: Sequence[AnyInventoryEvent], skew: timedelta, rules: Mapping[Key, Rule]
 ) -> Known:
     """What the database knows about the batch beyond its master rows (processor.rules.Known), read in one
-    round trip (a pipeline; a batch with agent holds adds one for their SKUs' policies); each read is an
-    index lookup per value of a jsonb array."""
+    round trip (a pipeline); each read is an index lookup per value of a jsonb array. `rules`: the policy of
+    each SKU of the batch (read once per batch by the caller)."""
     ids = _json(list({e.event_id for e in events}))
     sold = list({e.sale_event_id for e in events if isinstance(e, OrderCancelled)})
     sales = _json(sold)
@@ -175,7 +173,6 @@ async def _known(
         }
         n += 1
     if holding:
-        rules = await rules_for(conn, holding, default=default_policy)
         known.spend = {key: Spend(rules[key].policy, rules[key].buffer) for key in holding}
         for tenant, sku, connection_id, granted in rows[n]:
             known.spend[(tenant, sku)].granted[connection_id] = granted
@@ -187,12 +184,14 @@ async def decide(
     events: Sequence[AnyInventoryEvent],
     *,
     skew: timedelta = DEFAULT_SKEW,
-    default_policy: Policy = DEFAULT_POLICY,
+    rules: Mapping[Key, Rule] | None = None,
 ) -> Decided:
-    """Read what `events` need (locking their master rows) and decide them in log order; nothing written."""
+    """Read what `events` need (locking their master rows) and decide them in log order; nothing written.
+    `rules`: the allocation rule of each SKU of `events` (read here with the default policy if not given)."""
     masters = await _masters(conn, sorted({(e.tenant, e.sku) for e in events}))
-    known = await _known(conn, events, skew, default_policy)
-    return decide_batch(events, masters, known, skew=skew)
+    if rules is None:
+        rules = await rules_for(conn, ((e.tenant, e.sku) for e in events))
+    return decide_batch(events, masters, await _known(conn, events, skew, rules), skew=skew)
 
 
 async def _write_reservations(conn: AsyncConnection, reservations: dict[str, Reservation]) -> None:
@@ -215,13 +214,7 @@ async def _write_reservations(conn: AsyncConnection, reservations: dict[str, Res
 async def _notify_reservations(conn: AsyncConnection, events: Sequence[AnyInventoryEvent]) -> None:
     """Name every reservation step of the batch (duplicates too) on RESERVATIONS_CHANNEL; PostgreSQL
     delivers the notifications when the transaction commits, so a waiter reads a committed outcome."""
-    ids = list(
-        {
-            e.event_id
-            for e in events
-            if isinstance(e, ReservationHeld | ReservationCommitted | ReservationReleased)
-        }
-    )
+    ids = list({e.event_id for e in events if isinstance(e, ReservationEvent)})
     if ids:
         await conn.execute(
             "SELECT pg_notify(%s, id) FROM jsonb_array_elements_text(%s) AS id",
@@ -280,13 +273,13 @@ async def apply_batch(
     if not events:
         return []
     default = allocation.default_policy if allocation else DEFAULT_POLICY
-    decided = await decide(conn, events, skew=skew, default_policy=default)
+    rules = await rules_for(conn, ((e.tenant, e.sku) for e in events), default=default)
+    decided = await decide(conn, events, skew=skew, rules=rules)
     await _write_masters(conn, decided.masters)
     await _write_reservations(conn, decided.reservations)
     await _notify_reservations(conn, events)
     results: list[Result] = []
     first: dict[str, Result] = {}  # an id seen twice in one batch: the second is a duplicate of the first
-    rules = await rules_for(conn, ((e.tenant, e.sku) for e in events), default=default)
     for decision in decided.decisions:
         event = decision.event
         if decision.outcome == "duplicate":
