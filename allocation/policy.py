@@ -46,6 +46,22 @@ async def rules_for(
     return {(t, s): rows.get((t, s)) or rows.get((t, "")) or fallback for t, s in keys}
 
 
+async def granted_sums(conn: AsyncConnection, keys: Iterable[Key]) -> dict[Key, int]:
+    """The sum of the grants of each (tenant, sku) that has any, in one statement: what the allocation has
+    promised the marketplaces (the rest, less the buffer, is what an agent may see:
+    allocation.availability)."""
+    keys = list(dict.fromkeys(keys))
+    if not keys:
+        return {}
+    cur = await conn.execute(
+        "SELECT a.tenant, a.sku, sum(a.granted)::bigint FROM allocations a "
+        "JOIN unnest(%s::text[], %s::text[]) AS k(tenant, sku) ON a.tenant = k.tenant AND a.sku = k.sku "
+        "GROUP BY a.tenant, a.sku",
+        ([t for t, _ in keys], [s for _, s in keys]),
+    )
+    return {(str(t), str(s)): int(g) async for t, s, g in cur}
+
+
 def set_policy(
     database_url: str,
     tenant: str,

@@ -106,7 +106,7 @@ from pydantic import Field, TypeAdapter, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from allocation.availability import LIMITED_AT, agent_visible, status
-from allocation.policy import Rule, rules_for
+from allocation.policy import Rule, granted_sums, rules_for
 from allocation.rules import Policy
 from allocation.thresholds import limited_at_for
 from fanout.dlq import SUBSCRIBER
@@ -370,13 +370,7 @@ async def agent_counts(conn: AsyncConnection, records: Sequence[StockChanged]) -
     for policy, keys in by_policy.items():
         rules.update(await rules_for(conn, keys, default=policy))
     keys = list(dict.fromkeys((r.tenant, r.sku) for r in records))
-    cur = await conn.execute(
-        "SELECT a.tenant, a.sku, sum(a.granted)::bigint FROM allocations a "
-        "JOIN unnest(%s::text[], %s::text[]) AS k(tenant, sku) ON a.tenant = k.tenant AND a.sku = k.sku "
-        "GROUP BY a.tenant, a.sku",
-        ([t for t, _ in keys], [s for _, s in keys]),
-    )
-    granted = {(str(t), str(s)): int(g) for t, s, g in await cur.fetchall()}
+    granted = await granted_sums(conn, keys)
     limits = await limited_at_for(conn, (t for t, _ in keys))
     out: dict[Key, tuple[int, int]] = {}
     for r in records:

@@ -87,7 +87,7 @@ from pydantic import TypeAdapter, ValidationError
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_fixed
 
 from allocation.availability import LIMITED_AT, agent_visible, status
-from allocation.policy import Key, Rule, rules_for
+from allocation.policy import Key, Rule, granted_sums, rules_for
 from allocation.thresholds import limited_at_for
 from ingest.answers import error
 from ingest.auth import tenant_of
@@ -175,13 +175,7 @@ async def _rules_and_grants(
     """The rule of each (tenant, sku), the sum of its grants (0 where none) and each tenant's
     ``limited_stock`` threshold: three statements."""
     keys = list(dict.fromkeys(keys))
-    cur = await conn.execute(
-        "SELECT a.tenant, a.sku, sum(a.granted) FROM allocations a "
-        "JOIN unnest(%s::text[], %s::text[]) AS k(tenant, sku) USING (tenant, sku) "
-        "GROUP BY a.tenant, a.sku",
-        ([t for t, _ in keys], [s for _, s in keys]),
-    )
-    granted = {(str(t), str(s)): int(g) async for t, s, g in cur}
+    granted = await granted_sums(conn, keys)
     return await rules_for(conn, keys), granted, await limited_at_for(conn, (t for t, _ in keys))
 
 
