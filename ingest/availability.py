@@ -84,7 +84,6 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from pydantic import TypeAdapter, ValidationError
-from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_fixed
 
 from allocation.availability import LIMITED_AT, agent_visible, status
 from allocation.policy import Key, Rule, granted_sums, rules_for
@@ -94,6 +93,7 @@ from ingest.auth import tenant_of
 from ingest.state import POOL, SETTINGS
 from schemas import stock_changed
 from schemas.base import Sku
+from stocksync.kafka import watermarks
 from stocksync.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -496,16 +496,6 @@ def _consumer(kafka: KafkaSettings, role: str) -> Consumer:
     )
 
 
-_SETTLING = frozenset(
-    {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError.UNKNOWN_TOPIC_OR_PART}
-)
-
-
-def _settling(exc: BaseException) -> bool:
-    """A passing state (a leader being elected, a new topic's leader not acting yet): worth asking again."""
-    return isinstance(exc, KafkaException) and (exc.args[0].retriable() or exc.args[0].code() in _SETTLING)
-
-
 def _bounds(consumer: Consumer, topic: str, servers: str) -> dict[int, tuple[int, int]]:
     """Partition -> (low, high) watermark of `topic`; Unavailable if Kafka cannot say within
     KAFKA_TIMEOUT_S (a leader being elected is waited for that long)."""
@@ -516,17 +506,10 @@ def _bounds(consumer: Consumer, topic: str, servers: str) -> dict[int, tuple[int
                 f"the topic {topic} does not exist on {servers}: create it with `stocksync topics`"
             )
         bounds = {}
-        for p in sorted(meta.partitions):
-            for attempt in Retrying(
-                retry=retry_if_exception(_settling),
-                stop=stop_after_delay(KAFKA_TIMEOUT_S),
-                wait=wait_fixed(0.1),
-                reraise=True,
-            ):
-                with attempt:
-                    bounds[p] = consumer.get_watermark_offsets(
-                        TopicPartition(topic, p), timeout=KAFKA_TIMEOUT_S
-                    )
+        bounds = {
+            p: watermarks(consumer, TopicPartition(topic, p), timeout_s=KAFKA_TIMEOUT_S)
+            for p in sorted(meta.partitions)
+        }
     except KafkaException as exc:
         raise Unavailable(f"Kafka at {servers} did not answer ({exc.args[0].str()}); retry shortly") from exc
     return bounds

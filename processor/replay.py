@@ -22,6 +22,7 @@ from processor.isolation import apply_isolating, decode_all
 from processor.store import DEFAULT_SKEW
 from schemas import inventory_events
 from stocksync.db import migrate
+from stocksync.kafka import watermarks
 from stocksync.settings import KafkaSettings
 
 
@@ -75,9 +76,7 @@ async def replay(
         meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
         if meta is None or meta.error is not None:
             raise ReplayError(f"topic {topic} does not exist on {kafka.bootstrap_servers}")
-        bounds = {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in meta.partitions
-        }
+        bounds = {p: watermarks(consumer, TopicPartition(topic, p)) for p in meta.partitions}
         total = sum(high - low for low, high in bounds.values())
         pending = {p for p, (low, high) in bounds.items() if high > low}
         consumer.assign([TopicPartition(topic, p, bounds[p][0]) for p in pending])

@@ -21,6 +21,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 from psycopg_pool import AsyncConnectionPool
 
+from stocksync.kafka import watermarks
 from stocksync.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,7 @@ def consumer_lag(
             committed = {tp.partition: tp.offset for tp in consumer.committed(tps, timeout=timeout_s)}
             lag = 0
             for tp in tps:
-                low, high = consumer.get_watermark_offsets(tp, timeout=timeout_s)
+                low, high = watermarks(consumer, tp, timeout_s=timeout_s)
                 done = committed.get(tp.partition, -1)
                 lag += max(0, high - (done if done >= 0 else low))
             out.append(GroupLag(group, topic, lag))
@@ -161,7 +162,7 @@ def topic_depth(settings: KafkaSettings, topic: str, *, timeout_s: float = 5.0) 
             return None
         total = 0
         for p in meta.partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
+            low, high = watermarks(consumer, TopicPartition(topic, p), timeout_s=timeout_s)
             total += max(0, high - low)
         return total
     finally:

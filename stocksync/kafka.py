@@ -341,16 +341,30 @@ class TopicReadError(RuntimeError):
     """A topic could not be read to its end; the message says which and why."""
 
 
-_SETTLING = {
-    KafkaError.NOT_LEADER_FOR_PARTITION,
-    KafkaError.LEADER_NOT_AVAILABLE,
-    KafkaError.UNKNOWN_TOPIC_OR_PART,
-}
+_SETTLING = frozenset(
+    {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError.UNKNOWN_TOPIC_OR_PART}
+)
 
 
-def _leadership_settling(exc: BaseException) -> bool:
-    # A new topic's leader can be named in metadata a moment before the broker itself acts as one.
+def leadership_settling(exc: BaseException) -> bool:
+    """A passing state worth asking again: a leader being elected, a new topic's leader named in metadata a
+    moment before the broker acts as one, a broker briefly fenced by its controller on a loaded box."""
     return isinstance(exc, KafkaException) and (exc.args[0].retriable() or exc.args[0].code() in _SETTLING)
+
+
+def watermarks(consumer: Consumer, tp: TopicPartition, *, timeout_s: float = 10.0) -> tuple[int, int]:
+    """(low, high) watermark of one partition, asked again while leadership settles (up to `timeout_s`);
+    anything else, or a leader still missing after `timeout_s`, raises the KafkaException."""
+    for attempt in Retrying(
+        retry=retry_if_exception(leadership_settling),
+        stop=stop_after_delay(timeout_s),
+        wait=wait_fixed(0.1),
+        reraise=True,
+    ):
+        with attempt:
+            low, high = consumer.get_watermark_offsets(tp, timeout=timeout_s)
+            return int(low), int(high)
+    raise AssertionError("unreachable: tenacity either returns or re-raises")
 
 
 def read_to_end(
@@ -373,16 +387,7 @@ def read_to_end(
             if missing_ok:
                 return []
             raise TopicReadError(f"topic {name} does not exist on {settings.bootstrap_servers}")
-        bounds: dict[int, tuple[int, int]] = {}
-        for p in meta.partitions:
-            for attempt in Retrying(
-                retry=retry_if_exception(_leadership_settling),
-                stop=stop_after_delay(10),
-                wait=wait_fixed(0.1),
-                reraise=True,
-            ):
-                with attempt:
-                    bounds[p] = consumer.get_watermark_offsets(TopicPartition(name, p), timeout=10)
+        bounds = {p: watermarks(consumer, TopicPartition(name, p)) for p in meta.partitions}
         pending = {p for p, (low, high) in bounds.items() if high > low}
         consumer.assign([TopicPartition(name, p, bounds[p][0]) for p in pending])
         records: list[Message] = []

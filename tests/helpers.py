@@ -5,7 +5,7 @@ from __future__ import annotations
 from confluent_kafka import Consumer, Message, TopicPartition
 
 from lab.local.process import eventually
-from stocksync.kafka import read_to_end
+from stocksync.kafka import read_to_end, watermarks
 from stocksync.settings import KafkaSettings
 
 __all__ = ["eventually", "group_caught_up", "read_topic"]
@@ -25,7 +25,7 @@ def group_caught_up(settings: KafkaSettings, group: str, topic: str) -> bool:
         tps = [TopicPartition(name, p) for p in partitions]
         committed = {tp.partition: tp.offset for tp in consumer.committed(tps, timeout=10)}
         for tp in tps:
-            end = consumer.get_watermark_offsets(tp, timeout=10)[1]
+            end = watermarks(consumer, tp)[1]
             if end > 0 and committed.get(tp.partition, -1) < end:
                 return False
         return True

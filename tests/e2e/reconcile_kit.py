@@ -18,7 +18,7 @@ from lab.local.traffic import as_records, stock_counts
 from reconciler.app import build_reconciler
 from reconciler.report import RunReport
 from reconciler.settings import ReconcilerSettings
-from stocksync.kafka import AsyncProducer, producer_config
+from stocksync.kafka import AsyncProducer, producer_config, watermarks
 from stocksync.settings import KafkaSettings, PostgresSettings
 
 
@@ -79,9 +79,7 @@ def end_offsets(kafka: KafkaSettings, topic: str) -> int:
         meta = consumer.list_topics(name, timeout=10).topics.get(name)
         if meta is None or meta.error is not None:
             return 0
-        return sum(
-            consumer.get_watermark_offsets(TopicPartition(name, p), timeout=10)[1] for p in meta.partitions
-        )
+        return sum(watermarks(consumer, TopicPartition(name, p))[1] for p in meta.partitions)
     finally:
         consumer.close()
 
